@@ -115,7 +115,7 @@ class Pagination(Model):
         if kind not in _PAGINATION_FIELDS:
             return data  # the Literal reports it
         allowed = _PAGINATION_FIELDS[kind] | {"type"}
-        extra = sorted(k for k in data if k not in allowed and k in cls.model_fields)
+        extra = sorted(k for k, v in data.items() if k not in allowed and k in cls.model_fields and v is not None)
         if extra:
             raise ValueError(f"field {extra[0]!r} does not apply to pagination type {kind!r}")
         return {**_PAGINATION_DEFAULTS.get(kind, {}), **{k: v for k, v in data.items() if v is not None}}

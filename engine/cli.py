@@ -1,0 +1,222 @@
+"""`python -m engine run|validate` (contract §2).
+
+stdout carries exactly one line - the JSON summary; progress and logs go to stderr.
+Exit codes: 0 completed, 1 the job failed, 2 the spec (or the command line) is invalid,
+130 interrupted (Ctrl-C; SIGTERM gives 143): workers stop, the work directory is kept for
+`--resume`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from config import load_settings
+from config.settings import SettingsError
+from engine.api import Engine, new_job_id
+from engine.errors import FieldError, JobCancelled, JobFailed, SpecError
+from engine.job import WorkdirMismatch
+from engine.prepare import prepare
+from engine.spec import parse_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def _emit(summary: dict) -> None:
+    sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _read_spec(path: str):
+    """The spec document and the directory relative paths (ids.file) are taken from."""
+    try:
+        if path == "-":
+            raw, base = sys.stdin.buffer.read(), Path.cwd()
+        else:
+            raw, base = Path(path).read_bytes(), Path(path).resolve().parent
+    except OSError as exc:
+        raise SpecError([FieldError("spec", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        return orjson.loads(raw), base
+    except orjson.JSONDecodeError as exc:
+        raise SpecError([FieldError("spec", f"not valid JSON: {exc}")]) from None
+
+
+def _invalid(exc: SpecError, quiet: bool = False) -> int:
+    for detail in exc.details:
+        print(f"invalid spec: {detail.field}: {detail.message}", file=sys.stderr)
+    _emit({"status": "invalid", "error": str(exc), "details": [d.as_dict() for d in exc.details]})
+    return EXIT_INVALID
+
+
+def _output_path(out: str | None, filename: str) -> Path:
+    if out is None:
+        return Path.cwd() / filename
+    path = Path(out)
+    return path / filename if path.is_dir() else path
+
+
+def cmd_validate(args) -> int:
+    try:
+        settings = load_settings()
+        document, base = _read_spec(args.spec)
+        spec = parse_spec(document)
+        prepared = prepare(spec, os.environ, settings.allowed_source_hosts, base_dir=base)
+    except SettingsError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        _emit({"status": "invalid", "error": str(exc)})
+        return EXIT_INVALID
+    except SpecError as exc:
+        return _invalid(exc)
+    _emit({"status": "valid", "name": spec.name, "sources": len(spec.sources),
+           "units": sum(f.count for f in prepared.fanouts), "output": spec.output_name})
+    return EXIT_OK
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr, fed from the job's progress snapshot."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=None, unit="page", file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def update(self, progress: dict) -> None:
+        if self.bar is None:
+            return
+        p = progress["progress"]
+        if p["pages_total"] is not None and self.bar.total != p["pages_total"]:
+            self.bar.total = p["pages_total"]
+        self.bar.n = p["pages_done"]
+        self.bar.set_description(progress["phase"], refresh=False)
+        self.bar.set_postfix(rows=p["rows"], req_s=p["rate"], retries=p["retries"], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_run(args) -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        _emit({"status": "invalid", "error": str(exc)})
+        return EXIT_INVALID
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        document, base = _read_spec(args.spec)
+        spec = parse_spec(document)
+        prepared = prepare(spec, os.environ, settings.allowed_source_hosts, base_dir=base)
+        if args.workers is not None and args.workers < 1:
+            raise SpecError([FieldError("--workers", "must be at least 1")])
+        if args.resume is not None and not (Path(args.resume) / "job.json").exists():
+            raise SpecError([FieldError("--resume", f"{args.resume} is not a pageferry work directory")])
+    except SpecError as exc:
+        return _invalid(exc)
+
+    if args.resume:
+        workdir = Path(args.resume)
+        job_id = json.loads((workdir / "job.json").read_text()).get("job_id") or new_job_id("run")
+    else:
+        job_id = new_job_id("run")
+        workdir = Path(".pageferry") / "work" / job_id
+    output = _output_path(args.output, spec.output_name)
+    engine = Engine(settings)
+    interrupted = {"signal": None}
+    bar = _ProgressBar(sys.stderr.isatty() and not args.quiet)
+    started = time.monotonic()
+    handle = None
+    try:
+        options = engine.options(job_id, workdir.resolve(), output.resolve(), workers=args.workers)
+        handle = engine.start(prepared, options)
+
+        def on_signal(signum, frame):
+            interrupted["signal"] = signum
+            handle.cancel("interrupted")
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not handle.wait(0.2):
+                bar.update(handle.progress())
+            bar.update(handle.progress())
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    finally:
+        bar.close()
+        engine.close()
+
+    seconds = round(time.monotonic() - started, 3)
+    progress = handle.runner.progress()["progress"]
+    base_summary = {"rows": 0, "records": progress["rows"], "pages": progress["pages_done"],
+                    "requests": progress["requests"], "retries": progress["retries"], "seconds": seconds,
+                    "output": None, "bytes": 0, "sha256": None, "partial": False}
+    error = handle.error
+    if error is None:
+        result = handle.result
+        shutil.rmtree(workdir, ignore_errors=True)
+        _emit({"status": "completed", "rows": result.rows, "records": result.records, "pages": result.pages,
+               "requests": result.requests, "retries": result.retries, "seconds": seconds,
+               "output": str(result.output), "bytes": result.bytes, "sha256": result.sha256,
+               "partial": result.partial})
+        return EXIT_OK
+    if isinstance(error, JobCancelled):
+        print(f"interrupted; the work is kept: resume with --resume {workdir}", file=sys.stderr)
+        _emit({"status": "interrupted", **base_summary, "error": "interrupted", "workdir": str(workdir)})
+        return EXIT_TERMINATED if interrupted["signal"] == signal.SIGTERM else EXIT_INTERRUPTED
+    if isinstance(error, WorkdirMismatch):
+        return _invalid(SpecError([FieldError("--resume", str(error))]))
+    if isinstance(error, SpecError):
+        return _invalid(error)
+    if isinstance(error, JobFailed):
+        message = error.message
+    else:
+        logging.getLogger("pageferry.cli").error("internal error: %s", type(error).__name__)
+        message = f"internal error: {type(error).__name__}"
+        message = prepared.redactor.text(f"{message}: {error}")
+    print(f"failed: {message}", file=sys.stderr)
+    for page in getattr(error, "pages", [])[:20]:
+        print(f"  {page.url}: {page.error}", file=sys.stderr)
+    summary = {"status": "failed", **base_summary, "error": message, "workdir": str(workdir)}
+    if getattr(error, "pages", None):
+        summary["failed_pages"] = [p.as_dict() for p in error.pages]
+    _emit(summary)
+    return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="pageferry: paginated API → file")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a job spec and write its export")
+    run.add_argument("spec", help="job spec (JSON file, or - for stdin)")
+    run.add_argument("-o", "--output", help="output file, or an existing directory for {filename}.{ext}")
+    run.add_argument("--workers", type=int, help="engine processes (default: WORKERS)")
+    run.add_argument("--resume", metavar="WORKDIR", help="continue an interrupted run from its work directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    validate = commands.add_parser("validate", help="check a job spec without fetching")
+    validate.add_argument("spec", help="job spec (JSON file, or - for stdin)")
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_INVALID if exc.code not in (0, None) else EXIT_OK
+    return cmd_validate(args) if args.command == "validate" else cmd_run(args)

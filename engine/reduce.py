@@ -1,0 +1,75 @@
+"""Reduce: a source's shards → one lazy frame in row order → shaping → the export writer.
+
+Shards are scanned lazily (`scan_ipc`) and concatenated in file-name order,
+which is row order. Schemas that drifted between shards are reconciled by Polars'
+`diagonal_relaxed` concat (missing columns → null, Null → the other type, int + float →
+float, number + string → string); a column that is a list in one shard and a scalar in
+another cannot meet that way, so it becomes JSON text everywhere first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from engine.export import ExportedFile, Table, export_tables
+from engine.shaping import shape
+from engine.spec import JobSpec
+
+
+@dataclass
+class ExportRequest:
+    spec: JobSpec
+    tables: list[tuple[str, list[str]]]   # (source name, its shard paths in row order)
+    output: str
+    manifest: dict | None
+
+
+def _nested(dtype: pa.DataType) -> bool:
+    return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_struct(dtype)
+
+
+def json_text(column: str) -> pl.Expr:
+    """A list/struct column as JSON text (null stays null)."""
+    encoded = pl.struct(pl.col(column).alias("v")).struct.json_encode()  # {"v":<value>}
+    return (pl.when(pl.col(column).is_null()).then(None)
+            .otherwise(encoded.str.slice(5, encoded.str.len_bytes() - 6)).alias(column))
+
+
+def scan_source(paths: list[str]) -> pl.LazyFrame:
+    """One lazy frame over a source's shards, in order, with drifted schemas reconciled."""
+    schemas = []
+    for path in paths:
+        with ipc.open_file(path) as reader:
+            schemas.append(reader.schema)
+    kept = [(p, s) for p, s in zip(paths, schemas) if len(s)]
+    if not kept:
+        return pl.LazyFrame()
+    kinds: dict[str, set] = {}
+    for _, schema in kept:
+        for field in schema:
+            if not pa.types.is_null(field.type):
+                kinds.setdefault(field.name, set()).add(_nested(field.type))
+    mixed = {name for name, found in kinds.items() if len(found) > 1}
+    frames = []
+    for path, schema in kept:
+        frame = pl.scan_ipc(path)
+        to_text = [name for name in mixed if name in schema.names]
+        if to_text:
+            frame = frame.with_columns(
+                [json_text(n) if _nested(schema.field(n).type) else pl.col(n).cast(pl.String) for n in to_text])
+        frames.append(frame)
+    if len(frames) == 1:
+        return frames[0]
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def export_job(request: ExportRequest) -> ExportedFile:
+    spec = request.spec
+    tables = [Table(name, shape(scan_source(paths), spec)) for name, paths in request.tables]
+    return export_tables(tables, spec.export.format, Path(request.output), inner=spec.export.inner,
+                         csv_separator=spec.export.csv.separator, escape_formulas=spec.export.csv.escape_formulas,
+                         manifest=request.manifest)
