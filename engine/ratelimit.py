@@ -1,16 +1,23 @@
 """The job's one rate limiter, shared by every process of the job through shared memory.
 
-APIs count requests in a sliding window, so a plain token bucket is not enough: it lets 2N
-requests through in the first second. Each send reserves a time slot under one lock:
+APIs count requests in a sliding window as they *arrive*, so a plain token bucket is not
+enough (it lets 2N requests through in the first second), and neither is logging our own
+send times: on a busy machine a request can reach the server tens of milliseconds after we
+decided to send it (GIL, scheduling), while the next one goes straight through. So the
+limiter reasons about the latest moment each request can have arrived:
 
-- the sliding log: the slot is at least `per` (+ a small margin for scheduling jitter)
-  after the send `requests` slots earlier - so no window of `per` seconds ever holds more
-  than `requests` sends;
-- GCRA with `burst`: at most `burst` back to back, then one every `per / requests`;
+- when a request is let go, its log entry is `now + cap` (cap = 10 % of `per`, at most 1 s);
+  when its response headers come back the entry drops to that moment - the server had seen
+  the request by then;
+- a new request may go once `per` has passed since the latest possible arrival of every
+  request `requests` sends back or earlier (a running maximum, so arrivals that overtake
+  each other are covered too);
+- GCRA with `burst`: at most `burst` back to back, then one every `per / requests` (with a
+  quarter interval of slack, so one late wake-up doesn't delay every later send);
 - `pause_until`: a 429's Retry-After pauses every process of the job.
 
-Slots are handed out in increasing order, so the ring's oldest entry is the send that is
-`requests` sends back. A caller then sleeps until its slot (cancellably) and sends.
+For a fast API this costs the response time once per window; it never lets more than
+`requests` arrive within `per` seconds.
 """
 from __future__ import annotations
 
@@ -18,40 +25,47 @@ import time
 from typing import Callable
 
 # Shared scalars, by index into `state`.
-_HEAD, _TAT, _PAUSE, _LAST = 0, 1, 2, 3
+_HEAD, _TAT, _PAUSE, _FLOOR, _SEQ = 0, 1, 2, 3, 4
 NEVER = -1e18
+MARGIN = 0.002    # clock read-out granularity between processes
+CATCH_UP = 0.25   # of an interval: a send that woke late does not slow every later one
 
 
-def window_margin(per: float) -> float:
-    """Slack added to every window: absorbs the jitter between a slot and the real send."""
-    return min(0.015, per * 0.05)
+def arrival_cap(per: float) -> float:
+    """The longest a request is assumed to take to reach the server, until it is answered."""
+    return min(0.1 * per, 1.0)
 
 
 class SharedLimiterState:
     """The shared-memory part; created by the coordinator, handed to pool processes at start."""
 
     def __init__(self, ctx, requests: int | None):
-        self.ring = ctx.RawArray("d", max(requests or 1, 1))
-        self.state = ctx.RawArray("d", 4)
+        size = max(requests or 1, 1)
+        self.ring = ctx.RawArray("d", size)   # latest possible arrival of each of the last sends
+        self.seqs = ctx.RawArray("q", size)   # which send each ring entry belongs to
+        self.state = ctx.RawArray("d", 5)
         self.lock = ctx.Lock()
-        for i in range(len(self.ring)):
+        for i in range(size):
             self.ring[i] = NEVER
+            self.seqs[i] = -1
         self.state[_HEAD] = 0
         self.state[_TAT] = NEVER
         self.state[_PAUSE] = NEVER
-        self.state[_LAST] = NEVER
+        self.state[_FLOOR] = NEVER
+        self.state[_SEQ] = 0
 
     def copy_into(self, other: "SharedLimiterState") -> None:
         """Carry the history over to fresh primitives (after a killed process, a lock may be lost)."""
         for i in range(min(len(self.ring), len(other.ring))):
             other.ring[i] = self.ring[i]
-        for i in range(4):
+            other.seqs[i] = self.seqs[i]
+        for i in range(len(self.state)):
             other.state[i] = self.state[i]
 
 
 class RateLimiter:
-    """Reserve-then-sleep limiter. `clock` is injectable for tests; it must be system-wide
-    (time.monotonic is CLOCK_MONOTONIC on Linux, the same in every process)."""
+    """`clock` is injectable for tests; it must be system-wide (time.monotonic is
+    CLOCK_MONOTONIC on Linux, the same in every process)."""
 
     def __init__(self, shared: SharedLimiterState, requests: int | None, per: float = 1.0,
                  burst: int | None = None, clock: Callable[[], float] = time.monotonic):
@@ -60,30 +74,47 @@ class RateLimiter:
         self.per = per
         self.burst = burst or requests
         self.interval = per / requests if requests else 0.0
-        self.margin = window_margin(per)
+        self.cap = arrival_cap(per)
         self.clock = clock
 
     @property
     def limited(self) -> bool:
         return self.requests is not None
 
-    def reserve(self) -> float:
-        """Take the next free slot and return its time (may be now or in the future)."""
+    def try_take(self) -> tuple[float, tuple[int, int] | None]:
+        """Let one request go now if the limits allow: returns (0.0, ticket). Otherwise returns
+        (seconds to wait before asking again, None)."""
         now = self.clock()
         state = self.shared.state
         if not self.limited:
-            return max(now, state[_PAUSE])
-        ring = self.shared.ring
+            return max(0.0, state[_PAUSE] - now), None
+        ring, seqs = self.shared.ring, self.shared.seqs
         with self.shared.lock:
             head = int(state[_HEAD])
-            slot = max(now, state[_PAUSE], state[_LAST],
-                       ring[head] + self.per + self.margin,            # sliding window
-                       state[_TAT] - (self.burst - 1) * self.interval)  # GCRA burst
-            ring[head] = slot
+            floor = max(state[_FLOOR], ring[head])  # the send `requests` back leaves the log now
+            allowed = max(state[_PAUSE],
+                          floor + self.per + MARGIN,                        # sliding window
+                          state[_TAT] - (self.burst - 1 + CATCH_UP) * self.interval)  # GCRA burst
+            if now < allowed:
+                return allowed - now, None
+            seq = int(state[_SEQ])
+            state[_FLOOR] = floor
+            ring[head] = now + self.cap
+            seqs[head] = seq
+            state[_SEQ] = seq + 1
             state[_HEAD] = (head + 1) % len(ring)
-            state[_TAT] = max(state[_TAT], slot) + self.interval
-            state[_LAST] = slot
-        return slot
+            state[_TAT] = max(state[_TAT], now) + self.interval
+        return 0.0, (head, seq)
+
+    def answered(self, ticket: tuple[int, int] | None) -> None:
+        """The response to `ticket`'s request has begun: the server saw it by now."""
+        if ticket is None:
+            return
+        slot, seq = ticket
+        now = self.clock()
+        with self.shared.lock:
+            if self.shared.seqs[slot] == seq and now < self.shared.ring[slot]:
+                self.shared.ring[slot] = now
 
     def pause(self, seconds: float) -> None:
         """Hold back every process of the job for `seconds` (a 429's Retry-After)."""
@@ -95,14 +126,12 @@ class RateLimiter:
     def paused_until(self) -> float:
         return self.shared.state[_PAUSE]
 
-    def acquire(self, wait: Callable[[float], bool]) -> bool:
+    def acquire(self, wait: Callable[[float], bool]) -> tuple[bool, tuple[int, int] | None]:
         """Block until this caller may send. `wait(seconds)` sleeps and returns True when the job
-        was cancelled meanwhile; then acquire returns False and nothing may be sent."""
+        was cancelled meanwhile. Returns (may_send, ticket for `answered`)."""
         while True:
-            slot = self.reserve()
-            delay = slot - self.clock()
-            if delay > 0 and wait(delay):
-                return False
-            # A 429 seen while we slept moves everyone behind the pause.
-            if self.shared.state[_PAUSE] <= self.clock():
-                return True
+            delay, ticket = self.try_take()
+            if delay <= 0:
+                return True, ticket
+            if wait(delay):
+                return False, None
