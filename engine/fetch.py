@@ -22,6 +22,7 @@ from engine.records import BodyError, ParsedPage, parse_page
 from engine.spec import Retry
 
 MAX_REDIRECTS = 10
+SAFE_CROSS_HOST_HEADERS = {"accept", "accept-encoding", "accept-language", "user-agent", "content-type"}
 MAX_RETRY_AFTER = 600.0
 USER_AGENT = "pageferry/1.0"
 
@@ -67,18 +68,19 @@ class HttpClient:
         self.session.close()
 
     def send(self, method: str, url: str, params: dict, headers: dict, body: Any, timeout: float,
-             before_each: Callable[[], None]) -> Response:
+             before_each: Callable[[], Any], answered: Callable[[Any], None] = lambda ticket: None) -> Response:
         """One request, following redirects ourselves: each hop is checked against the host
-        allowlist and charged to the rate limit (`before_each` is called before every send)."""
+        allowlist and charged to the rate limit: `before_each()` is called right before every
+        send and returns a ticket; `answered(ticket)` when that send's response headers arrive."""
         for hop in range(MAX_REDIRECTS + 1):
             if not host_allowed(url, self.allowed_hosts):
                 raise FetchError(f"host {urlsplit(url).hostname!r} is not in ALLOWED_SOURCE_HOSTS", retryable=False)
-            before_each()
-            response = self._send_once(method, url, params, headers, body, timeout)
+            response = self._send_once(method, url, params, headers, body, timeout, before_each, answered)
             if response.status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
                 target = urljoin(response.url, response.headers["Location"])
                 if urlsplit(target).hostname != urlsplit(url).hostname:
-                    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                    # Another host gets none of our credentials (auth headers, API keys, cookies).
+                    headers = {k: v for k, v in headers.items() if k.lower() in SAFE_CROSS_HOST_HEADERS}
                 if response.status == 303 or (response.status in (301, 302) and method == "POST"):
                     method, body = "GET", None
                 url, params = target, {}
@@ -86,12 +88,20 @@ class HttpClient:
             return response
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
 
-    def _send_once(self, method: str, url: str, params: dict, headers: dict, body: Any, timeout: float) -> Response:
+    def _send_once(self, method: str, url: str, params: dict, headers: dict, body: Any, timeout: float,
+                   before_send: Callable[[], Any], answered: Callable[[Any], None]) -> Response:
+        try:
+            # Prepared before the rate-limit slot is taken: the slot is as close to the real
+            # send as we can make it.
+            prepared = self.session.prepare_request(
+                requests.Request(method, url, params=params or None, headers=headers, json=body))
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, ValueError):
+            raise FetchError("invalid URL", retryable=False) from None
+        ticket = before_send()
         started = time.monotonic()
         try:
-            raw = self.session.request(method, url, params=params or None, headers=headers,
-                                       json=body, timeout=(timeout, timeout), stream=True,
-                                       allow_redirects=False)
+            raw = self.session.send(prepared, timeout=(timeout, timeout), stream=True, allow_redirects=False)
+            answered(ticket)
         except requests.Timeout:
             raise FetchError(f"no answer within {timeout:g} s (timeout)", retryable=True) from None
         except requests.exceptions.InvalidURL:
@@ -202,7 +212,7 @@ class PageFetcher:
                 outcome.attempts += 1
                 try:
                     response = self.client.send(source.method, url, query, headers, source.body, self.timeout,
-                                                self._take_token)
+                                                self._take_token, self.gate.limiter.answered)
                 finally:
                     self.gate.semaphore.release()
                 self.gate.on_bytes(len(response.body))
@@ -235,10 +245,12 @@ class PageFetcher:
                 outcome.cancelled = True
                 return outcome
 
-    def _take_token(self) -> None:
-        if not self.gate.limiter.acquire(self.gate.sleep):
+    def _take_token(self) -> Any:
+        may_send, ticket = self.gate.limiter.acquire(self.gate.sleep)
+        if not may_send:
             raise _Cancelled()
         self.gate.on_request()
+        return ticket
 
     def _status_error(self, response: Response, auth: Auth) -> FetchError:
         status = response.status

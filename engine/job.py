@@ -30,7 +30,7 @@ from engine.prepare import PreparedJob
 from engine.reduce import ExportRequest
 from engine.shards import ShardInfo, list_shards, remove_temp_files
 from engine.spec import spec_to_json
-from engine.worker import SharedState, WorkerJob, init_worker, run_export, run_piece
+from engine.worker import SharedState, WorkerJob, greet, init_worker, run_export, run_piece
 
 log = logging.getLogger("pageferry.engine")
 
@@ -288,8 +288,18 @@ class JobRunner:
         os.replace(temp, marker)
 
     def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=init_worker,
+        """The job's pool. Under a rate limit every process is started before the first piece:
+        process start-up is a CPU burst, and overlapping it with rate-limited sends skews them."""
+        pool = cf.ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=init_worker,
                                       initargs=(worker_job, shared))
+        if self.spec.rate_limit is None:
+            return pool
+        started: set[int] = set()
+        for _ in range(3):  # each greeting holds its process briefly, so they spread over all
+            started |= {f.result() for f in [pool.submit(greet, 0.05) for _ in range(processes)]}
+            if len(started) >= processes:
+                break
+        return pool
 
     def _check_deadline(self) -> None:
         deadline = self.options.deadline

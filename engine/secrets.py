@@ -136,6 +136,10 @@ def resolve(spec: JobSpec, env: Mapping[str, str]) -> tuple[JobSpec, Redactor]:
         resolved = ENV_REF.sub(one, value)
         if _is_secret_path(path):
             secrets.add(resolved)
+        if resolved != value:
+            # Values kept in the environment are treated as secrets wherever they are used
+            # (a token in a URL path, say): masked in every message, not just in auth fields.
+            secrets.update(env[name] for name in ENV_REF.findall(value) if name in env)
         return resolved
 
     resolved_json = _replace(spec_to_json(spec), substitute)

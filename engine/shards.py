@@ -81,8 +81,10 @@ def write_shard(directory: Path, table: pa.Table, info: ShardInfo) -> Path:
 
 def read_info(path: Path) -> ShardInfo:
     with ipc.open_file(str(path)) as reader:
-        meta = json.loads(reader.schema.metadata[META_KEY])
-    return ShardInfo.from_metadata(meta, path)
+        metadata = reader.schema.metadata or {}
+    if META_KEY not in metadata:
+        raise ValueError(f"{path.name} is not a pageferry shard")
+    return ShardInfo.from_metadata(json.loads(metadata[META_KEY]), path)
 
 
 def list_shards(directory: Path, source: int | None = None) -> list[ShardInfo]:
@@ -97,7 +99,7 @@ def list_shards(directory: Path, source: int | None = None) -> list[ShardInfo]:
             continue
         try:
             infos.append(read_info(directory / entry))
-        except (OSError, pa.ArrowInvalid, KeyError, ValueError):
+        except (OSError, pa.ArrowInvalid, KeyError, TypeError, ValueError):
             continue
     return infos
 

@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
 from engine.errors import FieldError, SpecError
@@ -108,17 +108,20 @@ class Pagination(Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _fields_of_type(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        kind = data.get("type", "none")
-        if kind not in _PAGINATION_FIELDS:
-            return data  # the Literal reports it
-        allowed = _PAGINATION_FIELDS[kind] | {"type"}
-        extra = sorted(k for k, v in data.items() if k not in allowed and k in cls.model_fields and v is not None)
-        if extra:
-            raise ValueError(f"field {extra[0]!r} does not apply to pagination type {kind!r}")
-        return {**_PAGINATION_DEFAULTS.get(kind, {}), **{k: v for k, v in data.items() if v is not None}}
+    def _type_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("type", "none") not in _PAGINATION_FIELDS:
+            return data  # the Literal reports an unknown type
+        given = {k: v for k, v in data.items() if v is not None}
+        defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(data.get("type", "none"), {}).items() if k not in given}
+        return {**defaults, **given}
+
+    @field_validator("param", "start", "size_param", "size", "total_pages", "total_records", "next")
+    @classmethod
+    def _applies_to_type(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("type")
+        if value is not None and kind in _PAGINATION_FIELDS and info.field_name not in _PAGINATION_FIELDS[kind]:
+            raise ValueError(f"field {info.field_name!r} does not apply to pagination type {kind!r}")
+        return value
 
 
 class IdRange(Model):
@@ -144,15 +147,25 @@ class IdsFanout(Model):
     column: str | None = Field(None, min_length=1)
     param: str | None = Field(None, min_length=1)
 
+    @field_validator("values")
+    @classmethod
+    def _some_values(cls, value: tuple | None) -> tuple | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("column")
+    @classmethod
+    def _column_with_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("file") is None:
+            raise ValueError("applies only with file")
+        return value
+
     @model_validator(mode="after")
     def _one_origin(self) -> "IdsFanout":
         given = [k for k in ("values", "range", "file") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of values, range or file")
-        if self.values is not None and not self.values:
-            raise ValueError("values must not be empty")
-        if self.column is not None and self.file is None:
-            raise ValueError("column applies only with file")
         return self
 
 
@@ -164,10 +177,16 @@ class DateWindows(Model):
     end_param: str | None = Field("end", min_length=1)
     date_format: str = "%Y-%m-%d"
 
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        start = info.data.get("start")
+        if start is not None and value < start:
+            raise ValueError("must not be before start")
+        return value
+
     @model_validator(mode="after")
-    def _ordered(self) -> "DateWindows":
-        if self.end < self.start:
-            raise ValueError("end must not be before start")
+    def _bounded(self) -> "DateWindows":
         if (self.end - self.start).days // self.days > 1_000_000:
             raise ValueError("too many windows")
         return self
@@ -254,11 +273,13 @@ class RateLimit(Model):
     per: float = Field(1.0, gt=0, le=86_400)
     burst: int | None = Field(None, ge=1)
 
-    @model_validator(mode="after")
-    def _burst(self) -> "RateLimit":
-        if self.burst is not None and self.burst > self.requests:
-            raise ValueError("burst must not exceed requests")
-        return self
+    @field_validator("burst")
+    @classmethod
+    def _burst(cls, value: int | None, info: ValidationInfo) -> int | None:
+        requests = info.data.get("requests")
+        if value is not None and requests is not None and value > requests:
+            raise ValueError("must not exceed requests")
+        return value
 
     @property
     def effective_burst(self) -> int:
@@ -292,11 +313,12 @@ class Column(Model):
     order: int | None = None
     on_cast_error: Literal["fail", "null"] = "fail"
 
-    @model_validator(mode="after")
-    def _one_origin(self) -> "Column":
-        if self.source is not None and self.column is not None:
+    @field_validator("column")
+    @classmethod
+    def _one_origin(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("source") is not None:
             raise ValueError("give source or column, not both")
-        return self
+        return value
 
 
 class Filter(Model):

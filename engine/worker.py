@@ -150,6 +150,12 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
 
 
+def greet(hold: float) -> int:
+    """A no-op the coordinator uses to start every pool process up front."""
+    time.sleep(hold)
+    return os.getpid()
+
+
 def _parent_alive() -> bool:
     try:
         os.kill(_P.job.coordinator_pid, 0)
@@ -181,18 +187,21 @@ def _sleep(seconds: float) -> bool:
 
 
 def _report_loop() -> None:
+    """Pushes this process's counters to the board, and ends the process when the coordinator
+    is gone: an idle pool process would otherwise wait forever for work (it holds both ends
+    of the call queue's pipe, so it never sees EOF), and keep the forkserver alive with it."""
     key = f"proc:{os.getpid()}"
     seen = -1
     while True:
         time.sleep(REPORT_EVERY)
+        if not _parent_alive():
+            os._exit(0)
         if _P.counters.version != seen:
             seen = _P.counters.version
             try:
                 _P.shared.board[key] = _P.counters.snapshot()
             except Exception:  # the Manager is gone: the job is over
-                if not _parent_alive():
-                    os._exit(0)
-                return
+                continue
 
 
 def flush_progress() -> None:
