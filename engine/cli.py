@@ -89,7 +89,14 @@ class _ProgressBar:
         self.bar = None
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=None, unit="page", file=sys.stderr, dynamic_ncols=True, leave=True)
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except OSError:
+                size = os.terminal_size((0, 0))
+            sized = size.columns > 0 and size.lines > 0
+            # A terminal that reports no size (a bare pty) still gets a bar.
+            self.bar = tqdm(total=None, unit="page", file=sys.stderr, leave=True, dynamic_ncols=sized,
+                            ncols=None if sized else 100, nrows=None if sized else 24)
 
     def update(self, progress: dict) -> None:
         if self.bar is None:

@@ -188,3 +188,31 @@ def test_resume_with_a_different_spec_is_refused(api, cli, tmp_path):
     run = cli("run", str(other), "--resume", str(tmp_path / summary["workdir"]))
     assert run.code == 2 and "--resume" in run.stderr
     assert cli("run", str(other), "--resume", "nowhere").code == 2
+
+
+def test_progress_bar_on_a_terminal(api, tmp_path):
+    import pty
+    spec = write_spec(tmp_path / "s.json", page_spec(api, n=400, size=20, delay_ms=60))
+    master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "-o", str(tmp_path / "o.csv")],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0 and json.loads(out)["rows"] == 400
+    assert "20/20" in text and "rows=" in text and "page" in text   # pages done/total, rows, rate
+    assert "\r" in text                                            # redrawn in place
