@@ -13,8 +13,9 @@ from typing import Callable
 
 from config import Settings
 from engine.errors import JobCancelled, JobFailed
-from engine.job import JobOptions, JobResult, JobRunner, mp_context
+from engine.job import JobOptions, JobResult, JobRunner
 from engine.prepare import PreparedJob
+from engine.processes import mp_context
 
 
 def new_job_id(prefix: str = "task") -> str:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import threading
 import time
@@ -26,33 +25,17 @@ from typing import Any, Callable
 
 from engine.errors import JobCancelled, JobFailed, PageFailure
 from engine.plan import Piece, PieceResult, Scheduler
+from engine.processes import mp_context
 from engine.prepare import PreparedJob
-from engine.reduce import ExportRequest
 from engine.shards import ShardInfo, list_shards, remove_temp_files
 from engine.spec import spec_to_json
-from engine.worker import SharedState, WorkerJob, greet, init_worker, run_export, run_piece
+from engine.worker import ExportRequest, SharedState, WorkerJob, greet, init_worker, run_export, run_piece
 
 log = logging.getLogger("pageferry.engine")
 
 MAX_POOL_REBUILDS = 5
 CANCEL_GRACE = 1.0          # seconds in-flight pieces get to stop by themselves before a kill
 PIECES_PER_PROCESS = 2      # one running, one queued: no process waits for the coordinator
-_PRELOAD = ["engine.worker", "engine.reduce", "polars", "pyarrow", "requests"]
-_context_lock = threading.Lock()
-_context = None
-
-
-def mp_context():
-    """forkserver: forking a multi-threaded process (a gunicorn gthread worker) can deadlock;
-    preloading the heavy modules makes each pool process start in a fraction of a second."""
-    global _context
-    with _context_lock:
-        if _context is None:
-            _context = multiprocessing.get_context("forkserver")
-            _context.set_forkserver_preload(_PRELOAD)
-        return _context
-
-
 def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -253,9 +236,13 @@ class JobRunner:
             self.phase = "fetching"
             self._changed()
             pool, shared = self._fetch(scheduler, pool, ctx, processes, worker_job, shared, known, shards_dir)
+            # The fetch processes go before the export starts: their memory is not needed
+            # any more, and the export is the job's memory peak.
+            self._stop_pool(pool, shared)
+            pool = None
             self.phase = "merging"
             self._changed()
-            result = self._export(scheduler, pool, shards_dir, started)
+            result = self._export(scheduler, ctx, shards_dir, started)
             self.result = result
             return result
         finally:
@@ -431,7 +418,7 @@ class JobRunner:
                                     f"({before.path.name}, {after.path.name})")
         return selected
 
-    def _export(self, scheduler: Scheduler, pool, shards_dir: Path, started: float) -> JobResult:
+    def _export(self, scheduler: Scheduler, ctx, shards_dir: Path, started: float) -> JobResult:
         if not scheduler.done():
             raise JobFailed("internal error: fetching ended with pages missing")
         selected = self._select_shards(scheduler, shards_dir)
@@ -458,25 +445,12 @@ class JobRunner:
                                         for i, infos in enumerate(selected)])
         self.phase = "exporting"
         self._changed()
-        future = pool.submit(run_export, request)
-        while True:
-            self._check_deadline()
-            if self._cancel.is_set():
-                self._kill(pool)
-                if self._cancel_reason.startswith("timed out"):
-                    raise JobFailed(self._cancel_reason)
-                raise JobCancelled(self._cancel_reason)
-            try:
-                exported = future.result(timeout=0.25)
-                break
-            except cf.TimeoutError:
-                continue
-            except BrokenProcessPool:
-                raise JobFailed("the engine process writing the export died") from None
-            except OSError as exc:
-                raise JobFailed(f"cannot write the result: {exc.strerror or exc}") from None
-            except Exception as exc:
-                raise JobFailed(redactor.text(_export_error(exc))) from None
+        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        try:
+            exported = self._wait_for_export(pool.submit(run_export, request), pool)
+        finally:
+            self._kill(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
         finished_at = utcnow()
         return JobResult(
             job_id=self.options.job_id, output=exported.path, bytes=exported.bytes, sha256=exported.sha256,
@@ -485,6 +459,27 @@ class JobRunner:
             requests=self._progress.sum(3), retries=self._progress.sum(4), downloaded=self._progress.sum(2),
             partial=partial, skipped=skipped, seconds=round(time.monotonic() - started, 3),
             started_at=self.started_at, finished_at=finished_at, sources=per_source)
+
+
+    def _wait_for_export(self, future: cf.Future, pool):
+        redactor = self.prepared.redactor
+        while True:
+            self._check_deadline()
+            if self._cancel.is_set():
+                self._kill(pool)
+                if self._cancel_reason.startswith("timed out"):
+                    raise JobFailed(self._cancel_reason)
+                raise JobCancelled(self._cancel_reason)
+            try:
+                return future.result(timeout=0.25)
+            except cf.TimeoutError:
+                continue
+            except BrokenProcessPool:
+                raise JobFailed("the engine process writing the export died") from None
+            except OSError as exc:
+                raise JobFailed(f"cannot write the result: {exc.strerror or exc}") from None
+            except Exception as exc:
+                raise JobFailed(redactor.text(_export_error(exc))) from None
 
 
 def _export_error(exc: Exception) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from engine.errors import FieldError, SpecError
 from engine.fanout import MAX_UNITS, FanOut, read_id_file, parse_id_csv
-from engine.fetch import host_allowed
+from engine.http import host_allowed
 from engine.secrets import Redactor, resolve
 from engine.spec import ENV_REF, JobSpec
 

@@ -8,7 +8,6 @@ another cannot meet that way, so it becomes JSON text everywhere first.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -17,15 +16,7 @@ import pyarrow.ipc as ipc
 
 from engine.export import ExportedFile, Table, export_tables
 from engine.shaping import shape
-from engine.spec import JobSpec
-
-
-@dataclass
-class ExportRequest:
-    spec: JobSpec
-    tables: list[tuple[str, list[str]]]   # (source name, its shard paths in row order)
-    output: str
-    manifest: dict | None
+from engine.worker import ExportRequest
 
 
 def _nested(dtype: pa.DataType) -> bool:

@@ -23,7 +23,8 @@ import pyarrow as pa
 from engine.auth import DictTokenStore, make_auth
 from engine.errors import PageFailure
 from engine.fanout import FanOut
-from engine.fetch import Gate, HttpClient, PageFetcher, SourceRequestSpec
+from engine.fetch import Gate, PageFetcher, SourceRequestSpec
+from engine.http import HttpClient
 from engine.pagination import (addressable_request, is_last_addressable, next_token, sequential_request,
                                total_pages)
 from engine.plan import PageSpan, Piece, PieceResult, RunSpan, _digest
@@ -49,6 +50,15 @@ class WorkerJob:
     coordinator_pid: int
     id_values: list               # per source: ids read from a file, or None
     unit_offsets: list[int]       # per source: index of its first unit in `ends`
+
+
+@dataclass
+class ExportRequest:
+    """What the coordinator asks a pool process to export."""
+    spec: JobSpec
+    tables: list[tuple[str, list[str]]]   # (source name, its shard paths in row order)
+    output: str
+    manifest: dict | None
 
 
 @dataclass
@@ -444,8 +454,8 @@ def run_piece(piece: Piece) -> PieceResult:
     return result
 
 
-def run_export(request: Any) -> Any:
+def run_export(request: ExportRequest) -> Any:
     """Reduce the shards and write the result file, inside a pool process so the caller's
-    process (a gunicorn worker, say) never holds the data."""
+    process (a gunicorn worker, say) never holds the data - nor even imports Polars."""
     from engine.reduce import export_job
     return export_job(request)
