@@ -602,6 +602,8 @@ def parse_spec(data: Any) -> JobSpec:
         _filter_value_ok(i, item, problems)
     _aggregations_ok(spec, problems)
     _export_fits_sources(spec, problems)
+    from engine.shaping_rules import check as shaping_problems
+    problems.extend(shaping_problems(spec))
     if problems:
         raise SpecError(problems)
     return spec
