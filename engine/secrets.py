@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from typing import Any, Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from engine.errors import FieldError, SpecError
 from engine.spec import ENV_REF, JobSpec, parse_spec, spec_to_json
@@ -65,9 +65,14 @@ class Redactor:
 
     def __init__(self, secrets: set[str] | frozenset[str] = frozenset()):
         self.secrets = frozenset(s for s in secrets if isinstance(s, str) and len(s) >= MIN_SCRUB_LENGTH)
+        # A secret inside a URL is percent-encoded (a query-param key with '/', '+' or '='):
+        # those forms are masked too.
+        forms = set(self.secrets)
+        for s in self.secrets:
+            forms.update((quote(s, safe=""), quote(s), quote_plus(s)))
         # Longest first, so a secret containing another is masked whole.
-        self._pattern = (re.compile("|".join(re.escape(s) for s in sorted(self.secrets, key=len, reverse=True)))
-                         if self.secrets else None)
+        self._pattern = (re.compile("|".join(re.escape(s) for s in sorted(forms, key=len, reverse=True)))
+                         if forms else None)
 
     def text(self, value: str) -> str:
         if self._pattern is not None and value:
@@ -79,7 +84,8 @@ class Redactor:
         try:
             parts = urlsplit(url)
             if parts.query:
-                query = [(k, MASK if SENSITIVE_NAME.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+                query = [(k, MASK if SENSITIVE_NAME.search(k) else self.text(v))
+                         for k, v in parse_qsl(parts.query, keep_blank_values=True)]
                 parts = parts._replace(query=urlencode(query, safe="*"))
             if parts.password:
                 parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{MASK}@"))

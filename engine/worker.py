@@ -258,9 +258,13 @@ def _full_url(url: str, params: dict) -> str:
 
 def _failure(runtime: _SourceRuntime, url: str, params: dict, outcome) -> PageFailure:
     error = outcome.error
-    return PageFailure(url=_P.redactor.url(_full_url(url, params)), status=error.status,
-                       error=_P.redactor.text(f"{error.message} (after {outcome.attempts} attempt"
-                                              f"{'s' if outcome.attempts != 1 else ''})"),
+    # The URL as requested, a query-param credential shown as `***`; no attempt count when
+    # none went out (the credentials could not be obtained).
+    shown = _full_url(url, runtime.request.auth.shown_params(params))
+    tries = (f" (after {outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''})"
+             if outcome.attempts else "")
+    return PageFailure(url=_P.redactor.url(shown), status=error.status,
+                       error=_P.redactor.text(f"{error.message}{tries}"),
                        source=_P.job.spec.sources[runtime.index].name)
 
 
@@ -338,8 +342,11 @@ def _run_sequence(runtime: _SourceRuntime, run: RunSpan, seen: frozenset) -> lis
         _P.counters.add(runtime.index, 0)
         _P.counters.add(runtime.index, 1, parsed.records)
         following = next_token(source.pagination, parsed.doc, outcome.response.links, outcome.response.url)
+        if following is not None and source.pagination.type in ("next_url", "link"):
+            following = runtime.request.auth.without_credentials(following)
         if following is not None and _digest(following) in tokens:
-            result.failure = PageFailure(url=_P.redactor.url(_full_url(request.url, request.params)), status=None,
+            result.failure = PageFailure(url=_P.redactor.url(_full_url(request.url, runtime.request.auth.shown_params(
+                request.params))), status=None,
                                          error=f"pagination repeats a {source.pagination.type} token: the next "
                                                f"page would be one already fetched (the API loops)",
                                          source=source.name)
