@@ -38,7 +38,8 @@ class Settings:
 
     @property
     def work_dir(self) -> Path:
-        return self.data_dir / "work"
+        """Per-task work directories (shards, uploads): under TEMP_DIR."""
+        return self.temp_dir / "work"
 
     @property
     def results_dir(self) -> Path:

@@ -135,7 +135,7 @@ class JobRunner:
         self.manager = manager
         self.on_change = on_change
         self.spec = prepared.resolved
-        self.phase = "queued"
+        self.phase = "fetching"
         self._cancel = threading.Event()
         self._cancel_reason = "cancelled"
         self._lock = threading.Lock()

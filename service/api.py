@@ -1,0 +1,304 @@
+"""The /api/export blueprint (contract §3)."""
+from __future__ import annotations
+
+import hmac
+import re
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+
+from engine.errors import FieldError, SpecError
+from engine.secrets import env_references
+from engine.spec import parse_spec, spec_to_json
+from service import profiles
+from service.errors import ApiError, invalid
+from service.runner import uploads_dir
+from service.status import status_json
+
+bp = Blueprint("export", __name__, url_prefix="/api/export")
+
+TASK_ID = re.compile(r"^task_[0-9a-f]{12}$")
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FORBIDDEN_ENV = {"API_TOKEN"}  # the service's own secrets are not for job specs
+CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json",
+                 "ndjson": "application/x-ndjson", "parquet": "application/vnd.apache.parquet",
+                 "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                 "zip": "application/zip"}
+CANCEL_WAIT = 3.0
+
+
+def services():
+    return current_app.extensions["pageferry"]
+
+
+# ------------------------------------------------------------------ request helpers
+
+@bp.before_request
+def _authorize():
+    token = services().settings.api_token
+    if not token:
+        return None
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else request.args.get("token", "")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "missing or wrong API token: send Authorization: Bearer <API_TOKEN>", "unauthorized")
+    return None
+
+
+def json_body(required: bool = True):
+    """The request's JSON document; 415 for another content type, 400 for invalid JSON."""
+    if not request.get_data(cache=True):
+        if required:
+            raise ApiError(400, "a JSON body is required", "invalid_json")
+        return None
+    if request.mimetype != "application/json":
+        raise ApiError(415, "send Content-Type: application/json", "unsupported_media_type")
+    body = request.get_json(silent=True)
+    if body is None:
+        raise ApiError(400, "the body is not valid JSON", "invalid_json")
+    return body
+
+
+def profile_name() -> str:
+    try:
+        return profiles.check_profile_name(request.headers.get("X-Profile"))
+    except SpecError as exc:
+        raise invalid(exc) from None
+
+
+def find_task(task_id: str) -> dict:
+    task = services().store.get_task(task_id) if TASK_ID.match(task_id) else None
+    if task is None:
+        raise ApiError(404, f"no task {task_id[:40]!r}", "not_found")
+    return task
+
+
+def base_url() -> str:
+    return request.host_url.rstrip("/")
+
+
+def urls(task_id: str) -> dict:
+    root = base_url()
+    ws_root = ("wss://" if root.startswith("https://") else "ws://") + root.split("://", 1)[1]
+    return {"status_url": f"{root}/api/export/status/{task_id}",
+            "download_url": f"{root}/api/export/download/{task_id}",
+            "ws_url": f"{ws_root}/api/export/ws/{task_id}"}
+
+
+# ------------------------------------------------------------------ stored inputs
+
+@bp.post("/inputs")
+def add_input():
+    try:
+        item = profiles.check_input(json_body())
+    except SpecError as exc:
+        raise invalid(exc) from None
+    stored = services().store.update_profile(
+        profile_name(), lambda p: {**p, "inputs": profiles.upsert_inputs(p["inputs"], [item])})
+    return jsonify({"input": item, "inputs": profiles.in_output_order(stored["inputs"])})
+
+
+@bp.post("/bulk-inputs")
+def add_inputs():
+    body = json_body()
+    items = body.get("inputs") if isinstance(body, dict) else body
+    if not isinstance(items, list):
+        raise ApiError(400, "send a list of inputs, or {\"inputs\": [...]}", "validation_error",
+                       [{"field": "inputs", "message": "must be a list"}])
+    checked, problems = [], []
+    for i, item in enumerate(items):
+        try:
+            checked.append(profiles.check_input(item, f"inputs.{i}"))
+        except SpecError as exc:
+            problems.extend(exc.details)
+    names = [item["name"] for item in checked]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(FieldError(f"inputs.{i}.name", f"duplicate input name {name!r}"))
+    if problems:
+        raise invalid(SpecError(problems))
+    stored = services().store.update_profile(
+        profile_name(), lambda p: {**p, "inputs": profiles.upsert_inputs(p["inputs"], checked)})
+    return jsonify({"inputs": profiles.in_output_order(stored["inputs"])})
+
+
+@bp.get("/inputs-list")
+def list_inputs():
+    return jsonify({"inputs": profiles.in_output_order(services().store.profile(profile_name())["inputs"])})
+
+
+@bp.delete("/inputs-clear")
+def clear_inputs():
+    before = services().store.profile(profile_name())["inputs"]
+    services().store.update_profile(profile_name(), lambda p: {**p, "inputs": []})
+    return jsonify({"inputs": [], "cleared": len(before)})
+
+
+# ------------------------------------------------------------------ configuration
+
+def _check_configuration(config: dict, inputs: list) -> None:
+    """Validate what is configured so far (a source may still be missing)."""
+    document = profiles.spec_from_profile({"configuration": config, "inputs": inputs}, require_source=False)
+    sources = document.setdefault("sources", [{}])
+    if len(sources) == 1 and isinstance(sources[0], dict):
+        sources[0].setdefault("url", "http://placeholder.invalid/")  # the URL may come later
+    try:
+        parse_spec(document)
+    except SpecError as exc:
+        raise invalid(exc, profiles.seed_path) from None
+
+
+@bp.post("/configure")
+def configure():
+    change = json_body()
+    name = profile_name()
+
+    def apply(current):
+        try:
+            merged = profiles.merge_configuration(current["configuration"], change)
+        except SpecError as exc:
+            raise invalid(exc) from None
+        _check_configuration(merged, current["inputs"])
+        return {**current, "configuration": merged}
+
+    stored = services().store.update_profile(name, apply)
+    return jsonify({"configuration": stored["configuration"]})
+
+
+@bp.get("/configure")
+def show_configuration():
+    return jsonify({"configuration": services().store.profile(profile_name())["configuration"]})
+
+
+# ------------------------------------------------------------------ tasks
+
+def _spec_and_uploads():
+    """The job spec document of a /start request, and ids files uploaded with it."""
+    if request.mimetype == "multipart/form-data":
+        text = request.form.get("spec")
+        if text is None and "spec" in request.files:
+            text = request.files["spec"].read().decode("utf-8", errors="replace")
+        if not text:
+            raise ApiError(400, "a multipart start needs a `spec` field holding the job spec (JSON)",
+                           "validation_error", [{"field": "spec", "message": "field required"}])
+        import json
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise ApiError(400, "the `spec` field is not valid JSON", "invalid_json",
+                           [{"field": "spec", "message": "not valid JSON"}]) from None
+        files = [f for key, f in request.files.items(multi=True) if key != "spec"]
+        return document, files
+    body = json_body(required=False)
+    if body is None:
+        try:
+            return profiles.spec_from_profile(services().store.profile(profile_name())), []
+        except SpecError as exc:
+            raise invalid(exc) from None
+    return body, []
+
+
+def _match_uploads(spec, files) -> dict[int, bytes]:
+    """Which uploaded file feeds which source's `ids.file` (by file name, or the only one)."""
+    wanted = {i: s.ids.file for i, s in enumerate(spec.sources) if s.ids is not None and s.ids.file}
+    by_name = {f.filename: f for f in files if f.filename}
+    matched: dict[int, bytes] = {}
+    problems = []
+    limit = services().settings.max_file_size
+    for i, name in wanted.items():
+        upload = by_name.get(name) or by_name.get(name.rsplit("/", 1)[-1])
+        if upload is None and len(wanted) == 1 and len(files) == 1:
+            upload = files[0]
+        if upload is None:
+            problems.append(FieldError(f"sources.{i}.ids.file",
+                                       f"upload {name!r} with the spec (multipart/form-data)"))
+            continue
+        data = upload.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, f"{upload.filename} exceeds MAX_FILE_SIZE", "payload_too_large",
+                           [{"field": f"sources.{i}.ids.file", "message": "file too large"}])
+        matched[i] = data
+    if problems:
+        raise invalid(SpecError(problems))
+    return matched
+
+
+@bp.post("/start")
+def start():
+    from engine.api import new_job_id
+    from engine.prepare import prepare
+    svc = services()
+    document, files = _spec_and_uploads()
+    try:
+        spec = parse_spec(document)
+        forbidden = sorted(env_references(spec) & FORBIDDEN_ENV)
+        if forbidden:
+            raise SpecError([FieldError("spec", f"${{{forbidden[0]}}} is the service's own secret")])
+        uploads = _match_uploads(spec, files)
+        prepare(spec, svc.env, svc.settings.allowed_source_hosts, id_files=uploads)
+    except SpecError as exc:
+        raise invalid(exc) from None
+    task_id = new_job_id("task")
+    if uploads:
+        folder = uploads_dir(svc.settings, task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, data in uploads.items():
+            (folder / f"source-{i}.csv").write_bytes(data)
+    svc.store.create_task({"id": task_id, "name": spec.name, "spec": spec_to_json(spec), "profile": profile_name(),
+                           "created_at": time.time()})
+    svc.runner.wake()
+    return jsonify({"task_id": task_id, "status": "queued", **urls(task_id)}), 202
+
+
+@bp.get("/tasks")
+def list_tasks():
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise ApiError(400, "limit must be an integer from 1 to 1000", "validation_error",
+                       [{"field": "limit", "message": "must be an integer from 1 to 1000"}])
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(400, f"status must be one of {', '.join(STATUSES)}", "validation_error",
+                       [{"field": "status", "message": f"must be one of {', '.join(STATUSES)}"}])
+    tasks = services().store.list_tasks(int(limit), status)
+    return jsonify({"tasks": [status_json(t, base_url()) for t in tasks]})
+
+
+@bp.get("/status/<task_id>")
+def status(task_id: str):
+    return jsonify(status_json(find_task(task_id), base_url()))
+
+
+@bp.get("/download/<task_id>")
+def download(task_id: str):
+    task = find_task(task_id)
+    svc = services()
+    if task["status"] != "completed":
+        raise ApiError(409, f"task is {task['status']}; only a completed task has a result", "not_completed")
+    expired = task["expired"] or (task["finished_at"] or 0) + svc.settings.result_ttl < time.time()
+    result = task.get("result") or {}
+    path = svc.settings.results_dir / task_id / result.get("filename", "")
+    if expired or not path.is_file():
+        raise ApiError(410, "the result has expired (RESULT_TTL) and was removed", "expired")
+    fmt = path.suffix.lstrip(".")
+    response: Response = send_file(path, mimetype=CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                                   as_attachment=True, download_name=path.name, conditional=True, etag=False)
+    response.headers["X-Content-SHA256"] = result.get("sha256", "")
+    return response
+
+
+@bp.delete("/cancel/<task_id>")
+def cancel(task_id: str):
+    svc = services()
+    task = find_task(task_id)
+    found = svc.store.request_cancel(task_id)
+    if found in ("completed", "failed", "cancelled"):
+        raise ApiError(409, f"task already {found}", "already_finished")
+    svc.runner.wake()
+    deadline = time.monotonic() + CANCEL_WAIT
+    while time.monotonic() < deadline:  # a running task stops within ~2 s; answer with the outcome
+        task = svc.store.get_task(task_id)
+        if task["status"] != "running":
+            break
+        time.sleep(0.1)
+    return jsonify(status_json(task, base_url()))

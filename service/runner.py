@@ -1,0 +1,252 @@
+"""The task runner: one per gunicorn worker, a background thread beside the web threads.
+
+It claims tasks from the store (at most MAX_CONCURRENT_TASKS run across all workers; a
+running task whose runner died is claimed again and resumes from its shards), runs them
+with this worker's `Engine`, renews their leases, saves their progress a few times a
+second (every worker's websockets read it from the store), passes on cancel requests,
+and records the outcome. A web request never waits for a fetch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from config import Settings
+from engine.errors import JobCancelled, JobFailed, SpecError
+from service.logs import log_event
+from service.store import HOST, SQLiteTaskStore
+
+log = logging.getLogger("pageferry.runner")
+
+LEASE = 15.0            # seconds a claim lasts without renewal
+RENEW_EVERY = 1.0
+TICK = 0.2              # the runner's loop period: cancel within ~0.2 s, progress ≤ 5/s
+SWEEP_EVERY = 60.0
+SHUTDOWN = "service shutting down"
+
+
+@dataclass
+class Active:
+    task: dict
+    handle: object
+    saved: dict | None = None
+    saved_at: float = 0.0
+    cancelling: bool = False
+    extras: dict = field(default_factory=dict)
+
+
+def uploads_dir(settings: Settings, task_id: str) -> Path:
+    return settings.work_dir / task_id / "uploads"
+
+
+def read_uploads(settings: Settings, task_id: str) -> dict[int, bytes]:
+    """ids files uploaded with the task's spec, by source index."""
+    folder = uploads_dir(settings, task_id)
+    files = {}
+    if folder.exists():
+        for path in folder.glob("source-*.csv"):
+            files[int(path.stem.split("-")[1])] = path.read_bytes()
+    return files
+
+
+class TaskRunner:
+    def __init__(self, settings: Settings, store: SQLiteTaskStore, env: Mapping[str, str] | None = None,
+                 after_finish: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.store = store
+        self.env = os.environ if env is None else env
+        self.after_finish = after_finish
+        self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.active: dict[str, Active] = {}
+        self._engine = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="task-runner", daemon=True)
+        self._renewed = 0.0
+        self._swept = 0.0
+
+    # ------------------------------------------------------------ life
+    @property
+    def engine(self):
+        if self._engine is None:
+            from engine.api import Engine  # created lazily: never in a gunicorn master
+            self._engine = Engine(self.settings)
+        return self._engine
+
+    def start(self) -> "TaskRunner":
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop running jobs without marking them cancelled: their leases are released so the
+        next runner (after a restart, or another worker) resumes them from their shards."""
+        self._stopping.set()
+        self._wake.set()
+        for active in list(self.active.values()):
+            active.handle.cancel(SHUTDOWN)
+        deadline = time.monotonic() + timeout
+        for active in list(self.active.values()):
+            active.handle.wait(max(0.0, deadline - time.monotonic()))
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1)
+        try:
+            self.store.release(self.owner)
+        except Exception:
+            log.exception("could not release leases")
+        if self._engine is not None:
+            self._engine.close()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._claim()
+                self._tend()
+                if time.monotonic() - self._swept > SWEEP_EVERY:
+                    self._swept = time.monotonic()
+                    self.sweep()
+            except Exception:  # the runner must outlive any one task's trouble
+                log.exception("task runner loop failed")
+            self._wake.wait(TICK)
+            self._wake.clear()
+
+    # ------------------------------------------------------------ claiming
+    def _claim(self) -> None:
+        while not self._stopping.is_set():
+            task = self.store.claim(self.owner, self.settings.max_concurrent_tasks, LEASE)
+            if task is None:
+                return
+            self._launch(task)
+
+    def _launch(self, task: dict) -> None:
+        from engine.prepare import prepare
+        from engine.spec import parse_spec
+        task_id = task["id"]
+        try:
+            spec = parse_spec(task["spec"])
+            prepared = prepare(spec, self.env, self.settings.allowed_source_hosts,
+                               id_files=read_uploads(self.settings, task_id))
+        except SpecError as exc:  # e.g. an environment variable gone since the task was queued
+            self._record_failure(task_id, {"message": f"invalid spec: {exc}", "pages": []})
+            return
+        remaining = self.settings.worker_timeout - (time.time() - (task.get("started_at") or time.time()))
+        options = self.engine.options(task_id, self.settings.work_dir / task_id,
+                                      self.settings.results_dir / task_id / spec.output_name,
+                                      deadline=time.monotonic() + max(0.0, remaining))
+        handle = self.engine.start(prepared, options)
+        self.active[task_id] = Active(task, handle, extras={"redactor": prepared.redactor, "spec": prepared.resolved})
+        log_event("task_resumed" if task.get("runs", 1) > 1 else "task_started", task_id=task_id,
+                  name=spec.name, owner=self.owner)
+
+    # ------------------------------------------------------------ tending
+    def _tend(self) -> None:
+        if not self.active:
+            return
+        now = time.monotonic()
+        if now - self._renewed >= RENEW_EVERY:
+            self._renewed = now
+            self.store.renew(self.owner, list(self.active), LEASE)
+        for task_id in self.store.cancel_requests(list(self.active)):
+            active = self.active[task_id]
+            if not active.cancelling:
+                active.cancelling = True
+                active.handle.cancel("cancelled on request")
+        for task_id, active in list(self.active.items()):
+            if active.handle.done.is_set():
+                self._finish(task_id, active)
+            elif now - active.saved_at >= TICK:
+                progress = active.handle.progress()
+                if progress != active.saved:
+                    active.saved, active.saved_at = progress, now
+                    self.store.save_progress(task_id, self.owner, progress)
+
+    def _finish(self, task_id: str, active: Active) -> None:
+        del self.active[task_id]
+        handle = active.handle
+        error = handle.error
+        if isinstance(error, JobCancelled) and str(error) == SHUTDOWN:
+            return  # not cancelled: resumed by the next runner
+        progress = handle.progress()
+        redactor = active.extras["redactor"]
+        if error is None:
+            result = handle.result
+            outcome = {"filename": result.output.name, "bytes": result.bytes, "sha256": result.sha256,
+                       "rows": result.rows, "rows_by_source": result.rows_by_source, "records": result.records,
+                       "pages": result.pages, "requests": result.requests, "retries": result.retries,
+                       "seconds": result.seconds}
+            progress = {**progress, "phase": "completed"}
+            extra = {"summary": {"sources": result.sources, "seconds": result.seconds}}
+            if result.skipped:
+                extra["skipped_pages"] = result.skipped
+            self.store.finish(task_id, self.owner, "completed", result=outcome, partial=result.partial,
+                              progress=progress, extra={**(active.task.get("extra") or {}), **extra})
+            log_event("task_completed", task_id=task_id, rows=result.rows, pages=result.pages,
+                      requests=result.requests, retries=result.retries, seconds=result.seconds,
+                      partial=result.partial)
+        elif isinstance(error, JobCancelled):
+            self.store.finish(task_id, self.owner, "cancelled", progress=progress,
+                              error={"message": str(error), "pages": []})
+            log_event("task_cancelled", task_id=task_id)
+        else:
+            if isinstance(error, JobFailed):
+                detail = redactor.data(error.as_dict())
+            else:
+                log.error("task %s: internal error %s", task_id, type(error).__name__)
+                detail = {"message": redactor.text(f"internal error: {type(error).__name__}: {error}"), "pages": []}
+            self.store.finish(task_id, self.owner, "failed", progress=progress, error=detail)
+            log_event("task_failed", task_id=task_id, error=detail["message"])
+        shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
+        if self.after_finish is not None:
+            try:
+                self.after_finish(task_id)
+            except Exception:
+                log.exception("after-finish hook failed for %s", task_id)
+
+    def _record_failure(self, task_id: str, error: dict) -> None:
+        self.store.finish(task_id, self.owner, "failed", error=error)
+        log_event("task_failed", task_id=task_id, error=error["message"])
+        shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
+
+    # ------------------------------------------------------------ sweeping
+    def sweep(self) -> dict:
+        """Remove expired results (RESULT_TTL), work directories of finished or unknown tasks,
+        and temp files a killed export left behind."""
+        removed = {"results": 0, "work": 0, "temps": 0}
+        for task in self.store.expired_results(self.settings.result_ttl):
+            shutil.rmtree(self.settings.results_dir / task["id"], ignore_errors=True)
+            self.store.mark_expired(task["id"])
+            removed["results"] += 1
+        unfinished = self.store.unfinished_ids() | set(self.active)
+        if self.settings.work_dir.exists():
+            for folder in self.settings.work_dir.iterdir():
+                if folder.name not in unfinished and _older_than(folder, 60):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed["work"] += 1
+        if self.settings.results_dir.exists():
+            known = self.store.task_ids()
+            for folder in self.settings.results_dir.iterdir():
+                if folder.name not in known and _older_than(folder, 60):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    continue
+                for temp in folder.glob(".*.tmp-*"):
+                    if _older_than(temp, 3600):
+                        temp.unlink(missing_ok=True)
+                        removed["temps"] += 1
+        if any(removed.values()):
+            log_event("swept", **removed)
+        return removed
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False

@@ -1,0 +1,332 @@
+"""The task store: everything the service must remember across restarts and share between
+gunicorn workers - tasks (with their progress snapshots, cancel requests and leases),
+profiles of stored inputs/configuration, and schedules.
+
+`TaskStore` is the interface; `SQLiteTaskStore` the embedded default (one file under
+DATA_DIR, WAL mode, so readers never block the writer). Claims are made inside
+`BEGIN IMMEDIATE` transactions, so two workers never claim the same task.
+
+Leases: a running task belongs to one runner (`owner` = host:pid:instance) until
+`lease_until`; the runner renews it every second. A task whose lease ran out - or whose
+owner process is gone from this host - is claimed again by any runner and resumes from its
+shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+FINAL = ("completed", "failed", "cancelled")
+HOST = socket.gethostname()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    phase TEXT,
+    name TEXT,
+    spec TEXT NOT NULL,               -- the job spec as submitted (${NAME} references kept)
+    profile TEXT,
+    schedule_id TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress TEXT,                    -- JSON: {"phase", "progress", "sources"}
+    result TEXT,                      -- JSON, when completed
+    error TEXT,                       -- JSON, when failed
+    extra TEXT,                       -- JSON: webhook/deliveries/summary outcomes
+    partial INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 0,  -- how many times a runner claimed it (restarts resume)
+    expired INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at);
+CREATE TABLE IF NOT EXISTS profiles (
+    name TEXT PRIMARY KEY,
+    inputs TEXT NOT NULL DEFAULT '[]',
+    configuration TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    next_run REAL NOT NULL,
+    last_run REAL,
+    last_task_id TEXT
+);
+"""
+
+
+class TaskStore(Protocol):
+    """What the service needs from a store (SQLite here; PostgreSQL can follow)."""
+
+    def create_task(self, task: dict) -> None: ...
+    def get_task(self, task_id: str) -> dict | None: ...
+    def list_tasks(self, limit: int, status: str | None = None) -> list[dict]: ...
+    def claim(self, owner: str, max_running: int, lease: float, alive: Any) -> dict | None: ...
+    def renew(self, owner: str, task_ids: Iterable[str], lease: float) -> None: ...
+    def release(self, owner: str) -> None: ...
+    def save_progress(self, task_id: str, owner: str, progress: dict) -> None: ...
+    def finish(self, task_id: str, owner: str | None, status: str, **fields: Any) -> bool: ...
+    def request_cancel(self, task_id: str) -> str | None: ...
+    def cancel_requests(self, task_ids: Iterable[str]) -> set[str]: ...
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _row(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    task = dict(row)
+    for key in ("spec", "progress", "result", "error", "extra"):
+        if task.get(key) is not None:
+            task[key] = json.loads(task[key])
+    task["partial"] = bool(task["partial"])
+    task["cancel_requested"] = bool(task["cancel_requested"])
+    task["expired"] = bool(task["expired"])
+    return task
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Is the process named by an owner string still running (when it is on this host)?"""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    if host != HOST:
+        return True  # another machine: only its lease can tell
+    try:
+        os.kill(int(rest.split(":")[0]), 0)
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+
+
+class SQLiteTaskStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as db:
+            db.executescript(SCHEMA)
+
+    # ------------------------------------------------------------ plumbing
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    def _write(self):
+        return _Transaction(self._connection())
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def ping(self) -> bool:
+        self._connection().execute("SELECT 1").fetchone()
+        return True
+
+    # ------------------------------------------------------------ tasks
+    def create_task(self, task: dict) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO tasks (id, status, name, spec, profile, schedule_id, created_at, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (task["id"], task.get("status", "queued"), task.get("name"), _json(task["spec"]),
+                 task.get("profile"), task.get("schedule_id"), task.get("created_at", time.time()),
+                 _json(task.get("extra") or {})))
+
+    def get_task(self, task_id: str) -> dict | None:
+        return _row(self._connection().execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
+
+    def list_tasks(self, limit: int, status: str | None = None) -> list[dict]:
+        if status:
+            rows = self._connection().execute(
+                "SELECT * FROM tasks WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?", (status, limit))
+        else:
+            rows = self._connection().execute("SELECT * FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                              (limit,))
+        return [_row(r) for r in rows.fetchall()]
+
+    def claim(self, owner: str, max_running: int, lease: float, alive=owner_alive) -> dict | None:
+        """Claim one task for `owner`: first a running task whose runner is gone (it resumes),
+        else the oldest queued task if fewer than `max_running` tasks are running."""
+        now = time.time()
+        with self._write() as db:
+            for row in db.execute("SELECT id, owner, lease_until FROM tasks WHERE status = 'running' "
+                                  "AND owner IS NOT ? ORDER BY created_at", (owner,)).fetchall():
+                if row["lease_until"] < now or not alive(row["owner"]):
+                    db.execute("UPDATE tasks SET owner = ?, lease_until = ?, runs = runs + 1 WHERE id = ?",
+                               (owner, now + lease, row["id"]))
+                    return _row(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
+            running = db.execute("SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()[0]
+            if running >= max_running:
+                return None
+            row = db.execute("SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE tasks SET status = 'running', phase = 'fetching', owner = ?, lease_until = ?, "
+                       "started_at = coalesce(started_at, ?), runs = runs + 1 WHERE id = ?",
+                       (owner, now + lease, now, row["id"]))
+            return _row(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
+
+    def renew(self, owner: str, task_ids: Iterable[str], lease: float) -> None:
+        ids = list(task_ids)
+        if not ids:
+            return
+        with self._write() as db:
+            db.executemany("UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                           [(time.time() + lease, i, owner) for i in ids])
+
+    def release(self, owner: str) -> None:
+        """Give up every lease of `owner` now (a clean shutdown): others resume them at once."""
+        with self._write() as db:
+            db.execute("UPDATE tasks SET lease_until = 0 WHERE owner = ? AND status = 'running'", (owner,))
+
+    def save_progress(self, task_id: str, owner: str, progress: dict) -> None:
+        with self._write() as db:
+            db.execute("UPDATE tasks SET progress = ?, phase = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                       (_json(progress), progress.get("phase"), task_id, owner))
+
+    def finish(self, task_id: str, owner: str | None, status: str, **fields: Any) -> bool:
+        """Move a task to a final status (only from queued/running; by its owner when given)."""
+        assert status in FINAL
+        values = {"status": status, "finished_at": fields.pop("finished_at", time.time()), "phase": None,
+                  "cancel_requested": 0}
+        for key in ("result", "error", "extra", "progress"):
+            if key in fields:
+                values[key] = _json(fields.pop(key))
+        if "partial" in fields:
+            values["partial"] = int(bool(fields.pop("partial")))
+        assert not fields, f"unknown fields {fields}"
+        sets = ", ".join(f"{k} = ?" for k in values)
+        where = "id = ? AND status IN ('queued', 'running')" + (" AND owner = ?" if owner else "")
+        args = list(values.values()) + [task_id] + ([owner] if owner else [])
+        with self._write() as db:
+            return db.execute(f"UPDATE tasks SET {sets} WHERE {where}", args).rowcount == 1
+
+    def update_extra(self, task_id: str, extra: dict) -> None:
+        with self._write() as db:
+            row = db.execute("SELECT extra FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            merged = {**(json.loads(row["extra"]) if row and row["extra"] else {}), **extra}
+            db.execute("UPDATE tasks SET extra = ? WHERE id = ?", (_json(merged), task_id))
+
+    def request_cancel(self, task_id: str) -> str | None:
+        """Cancel a queued task at once, flag a running one. Returns the status found first."""
+        with self._write() as db:
+            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] == "queued":
+                db.execute("UPDATE tasks SET status = 'cancelled', finished_at = ?, phase = NULL, "
+                           "error = ? WHERE id = ?",
+                           (time.time(), _json({"message": "cancelled before it started", "pages": []}), task_id))
+            elif row["status"] == "running":
+                db.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
+            return row["status"]
+
+    def cancel_requests(self, task_ids: Iterable[str]) -> set[str]:
+        ids = list(task_ids)
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = self._connection().execute(
+            f"SELECT id FROM tasks WHERE cancel_requested = 1 AND id IN ({marks})", ids).fetchall()
+        return {r["id"] for r in rows}
+
+    def expired_results(self, ttl: float) -> list[dict]:
+        cutoff = time.time() - ttl
+        rows = self._connection().execute(
+            "SELECT * FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?", (cutoff,))
+        return [_row(r) for r in rows.fetchall()]
+
+    def mark_expired(self, task_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE tasks SET expired = 1 WHERE id = ?", (task_id,))
+
+    def task_ids(self) -> set[str]:
+        return {r["id"] for r in self._connection().execute("SELECT id FROM tasks").fetchall()}
+
+    def unfinished_ids(self) -> set[str]:
+        rows = self._connection().execute("SELECT id FROM tasks WHERE status IN ('queued', 'running')").fetchall()
+        return {r["id"] for r in rows}
+
+    def counts(self) -> dict:
+        """Tasks by status, and work done by finished tasks (for /metrics)."""
+        db = self._connection()
+        by_status = {r["status"]: r["n"] for r in db.execute("SELECT status, count(*) AS n FROM tasks GROUP BY status")}
+        totals = {"pages": 0, "requests": 0, "retries": 0, "bytes": 0, "rows": 0}
+        for row in db.execute("SELECT progress, result FROM tasks WHERE progress IS NOT NULL"):
+            progress = (json.loads(row["progress"]) or {}).get("progress") or {}
+            for key in ("requests", "retries", "bytes"):
+                totals[key] += progress.get(key) or 0
+            totals["pages"] += progress.get("pages_done") or 0
+            if row["result"]:
+                totals["rows"] += (json.loads(row["result"]) or {}).get("rows") or 0
+        return {"by_status": by_status, "totals": totals}
+
+    # ------------------------------------------------------------ profiles
+    def profile(self, name: str) -> dict:
+        row = self._connection().execute("SELECT * FROM profiles WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return {"inputs": [], "configuration": {}}
+        return {"inputs": json.loads(row["inputs"]), "configuration": json.loads(row["configuration"])}
+
+    def save_profile(self, name: str, inputs: list | None = None, configuration: dict | None = None) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO profiles (name) VALUES (?)", (name,))
+            if inputs is not None:
+                db.execute("UPDATE profiles SET inputs = ? WHERE name = ?", (_json(inputs), name))
+            if configuration is not None:
+                db.execute("UPDATE profiles SET configuration = ? WHERE name = ?", (_json(configuration), name))
+
+    def update_profile(self, name: str, change) -> dict:
+        """Read-modify-write a profile atomically: `change(profile) -> profile`."""
+        with self._write() as db:
+            row = db.execute("SELECT * FROM profiles WHERE name = ?", (name,)).fetchone()
+            current = ({"inputs": json.loads(row["inputs"]), "configuration": json.loads(row["configuration"])}
+                       if row else {"inputs": [], "configuration": {}})
+            updated = change(current)
+            db.execute("INSERT INTO profiles (name, inputs, configuration) VALUES (?, ?, ?) "
+                       "ON CONFLICT(name) DO UPDATE SET inputs = excluded.inputs, "
+                       "configuration = excluded.configuration",
+                       (name, _json(updated["inputs"]), _json(updated["configuration"])))
+            return updated
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... COMMIT/ROLLBACK: the write lock is taken up front, so a
+    read-then-write (a claim) cannot interleave with another writer."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
