@@ -1,0 +1,30 @@
+# pageferry service: gunicorn + the engine, data under the /data volume.
+#   docker build -t pageferry . && docker run -p 8000:8000 -v pageferry-data:/data pageferry
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DATA_DIR=/data \
+    PORT=8000
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY config/ config/
+COPY engine/ engine/
+COPY service/ service/
+COPY gunicorn.conf.py .
+
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin pageferry \
+    && mkdir -p /data && chown pageferry /data
+USER pageferry
+VOLUME ["/data"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4)"]
+
+ENTRYPOINT ["gunicorn", "-c", "gunicorn.conf.py"]
