@@ -51,6 +51,22 @@ def _read_spec(path: str):
         raise SpecError([FieldError("spec", f"not valid JSON: {exc}")]) from None
 
 
+def _with_webhook(prepared, summary: dict, job_id: str) -> dict:
+    """POST the summary to the spec's webhook (completed and failed runs; an interrupted run is
+    not over - `--resume` continues it) and add the outcome to the printed summary."""
+    webhook = prepared.resolved.webhook
+    if webhook is None:
+        return summary
+    from engine.webhook import post_webhook
+    try:
+        outcome = post_webhook(webhook, summary, prepared.redactor, task_id=job_id)
+    except KeyboardInterrupt:
+        outcome = {"delivered": False, "attempts": None, "error": "interrupted"}
+    if not outcome["delivered"]:
+        print(f"webhook not delivered ({outcome['attempts']} attempts): {outcome['error']}", file=sys.stderr)
+    return {**summary, "webhook": outcome}
+
+
 def _invalid(exc: SpecError, quiet: bool = False) -> int:
     for detail in exc.details:
         print(f"invalid spec: {detail.field}: {detail.message}", file=sys.stderr)
@@ -63,6 +79,19 @@ def _output_path(out: str | None, filename: str) -> Path:
         return Path.cwd() / filename
     path = Path(out)
     return path / filename if path.is_dir() else path
+
+
+def _check_output_location(output: Path) -> None:
+    """Refuse an output nobody can write before anything is fetched (not after an hour)."""
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError([FieldError("--output", f"cannot create the folder {folder}: {exc.strerror or exc}")]) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SpecError([FieldError("--output", f"the folder {folder} is not writable")])
+    if output.is_dir():
+        raise SpecError([FieldError("--output", f"{output} is a directory")])
 
 
 def cmd_validate(args) -> int:
@@ -141,6 +170,10 @@ def cmd_run(args) -> int:
         job_id = new_job_id("run")
         workdir = Path(".pageferry") / "work" / job_id
     output = _output_path(args.output, spec.output_name)
+    try:
+        _check_output_location(output)
+    except SpecError as exc:
+        return _invalid(exc)
     engine = Engine(settings)
     interrupted = {"signal": None}
     bar = _ProgressBar(sys.stderr.isatty() and not args.quiet)
@@ -175,10 +208,15 @@ def cmd_run(args) -> int:
     if error is None:
         result = handle.result
         shutil.rmtree(workdir, ignore_errors=True)
-        _emit({"status": "completed", "rows": result.rows, "records": result.records, "pages": result.pages,
-               "requests": result.requests, "retries": result.retries, "seconds": seconds,
-               "output": str(result.output), "bytes": result.bytes, "sha256": result.sha256,
-               "partial": result.partial})
+        summary = {"status": "completed", "rows": result.rows, "records": result.records, "pages": result.pages,
+                   "requests": result.requests, "retries": result.retries, "seconds": seconds,
+                   "output": str(result.output), "bytes": result.bytes, "sha256": result.sha256,
+                   "partial": result.partial}
+        if result.deliveries:
+            summary["deliveries"] = result.deliveries
+            for failed in (d for d in result.deliveries if not d["ok"]):
+                print(f"delivery to {failed['target']} failed: {failed['error']}", file=sys.stderr)
+        _emit(_with_webhook(prepared, summary, job_id))
         return EXIT_OK
     if isinstance(error, JobCancelled):
         print(f"interrupted; the work is kept: resume with --resume {workdir}", file=sys.stderr)
@@ -200,7 +238,7 @@ def cmd_run(args) -> int:
     summary = {"status": "failed", **base_summary, "error": message, "workdir": str(workdir)}
     if getattr(error, "pages", None):
         summary["failed_pages"] = [p.as_dict() for p in error.pages]
-    _emit(summary)
+    _emit(_with_webhook(prepared, summary, job_id))
     return EXIT_FAILED
 
 
