@@ -80,11 +80,11 @@ class Engine:
             return self._manager
 
     def options(self, job_id: str, workdir: Path, output: Path, workers: int | None = None,
-                deadline: float | None = None) -> JobOptions:
+                deadline: float | None = None, nice: int = 0) -> JobOptions:
         return JobOptions(job_id=job_id, workdir=workdir, output=output,
                           workers=workers or self.settings.workers, max_body=self.settings.max_file_size,
                           allowed_hosts=self.settings.allowed_source_hosts, deadline=deadline,
-                          timeout_seconds=self.settings.worker_timeout)
+                          timeout_seconds=self.settings.worker_timeout, nice=nice)
 
     def runner(self, prepared: PreparedJob, options: JobOptions,
                on_change: Callable[[dict], None] | None = None) -> JobRunner:

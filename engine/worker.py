@@ -50,6 +50,7 @@ class WorkerJob:
     coordinator_pid: int
     id_values: list               # per source: ids read from a file, or None
     unit_offsets: list[int]       # per source: index of its first unit in `ends`
+    nice: int = 0                 # added niceness (the service keeps its web threads ahead)
 
 
 @dataclass
@@ -138,6 +139,7 @@ _P: _Process | None = None
 def init_worker(job: WorkerJob, shared: SharedState) -> None:
     global _P
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    lower_priority(job.nice)
     spec = job.spec
     rl = spec.rate_limit
     limiter = RateLimiter(shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0,
@@ -459,6 +461,16 @@ def run_piece(piece: Piece) -> PieceResult:
         result.shards.append(info)
     flush_progress()
     return result
+
+
+def lower_priority(nice: int) -> None:
+    """Yield the CPU to the web threads that share this machine: a status request should not
+    queue behind page parsing. Throughput is unchanged when nothing else wants the CPU."""
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass
 
 
 def run_export(request: ExportRequest) -> Any:
