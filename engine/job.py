@@ -29,7 +29,8 @@ from engine.processes import mp_context
 from engine.prepare import PreparedJob
 from engine.shards import ShardInfo, list_shards, remove_temp_files
 from engine.spec import spec_to_json
-from engine.worker import ExportRequest, SharedState, WorkerJob, greet, init_worker, run_export, run_piece
+from engine.worker import (ExportRequest, SharedState, WorkerJob, greet, init_worker, lower_priority, run_export,
+                           run_piece)
 
 log = logging.getLogger("pageferry.engine")
 
@@ -62,6 +63,7 @@ class JobOptions:
     allowed_hosts: tuple[str, ...] = ()
     deadline: float | None = None        # time.monotonic() after which the job fails (WORKER_TIMEOUT)
     timeout_seconds: float | None = None
+    nice: int = 0                        # added niceness of the job's processes (the service: web threads first)
 
 
 @dataclass
@@ -228,7 +230,7 @@ class JobRunner:
         worker_job = WorkerJob(job_id=options.job_id, spec=self.spec, secrets=self.prepared.redactor.secrets,
                                shards_dir=str(shards_dir), threads=threads, max_body=options.max_body,
                                allowed_hosts=options.allowed_hosts, coordinator_pid=os.getpid(),
-                               id_values=self.prepared.id_values, unit_offsets=offsets)
+                               id_values=self.prepared.id_values, unit_offsets=offsets, nice=options.nice)
         known = {info.path.name for info in ledger}
         pool = None
         try:
@@ -445,7 +447,8 @@ class JobRunner:
                                         for i, infos in enumerate(selected)])
         self.phase = "exporting"
         self._changed()
-        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx)
+        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=lower_priority,
+                                      initargs=(self.options.nice,))
         try:
             exported = self._wait_for_export(pool.submit(run_export, request), pool)
         finally:

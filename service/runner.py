@@ -23,6 +23,9 @@ from engine.errors import JobCancelled, JobFailed, SpecError
 from service.logs import log_event
 from service.store import HOST, SQLiteTaskStore
 
+# Engine processes run a little nicer than the web threads beside them: with every core busy
+# fetching, a status request or a websocket push still answers in milliseconds.
+ENGINE_NICE = 5
 log = logging.getLogger("pageferry.runner")
 
 LEASE = 15.0            # seconds a claim lasts without renewal
@@ -140,7 +143,7 @@ class TaskRunner:
         remaining = self.settings.worker_timeout - (time.time() - (task.get("started_at") or time.time()))
         options = self.engine.options(task_id, self.settings.work_dir / task_id,
                                       self.settings.results_dir / task_id / spec.output_name,
-                                      deadline=time.monotonic() + max(0.0, remaining))
+                                      deadline=time.monotonic() + max(0.0, remaining), nice=ENGINE_NICE)
         handle = self.engine.start(prepared, options)
         self.active[task_id] = Active(task, handle, extras={"redactor": prepared.redactor, "spec": prepared.resolved})
         log_event("task_resumed" if task.get("runs", 1) > 1 else "task_started", task_id=task_id,
