@@ -47,6 +47,16 @@ class JobFailed(RuntimeError):
         return {"message": self.message, "pages": [p.as_dict() for p in self.pages]}
 
 
+class ShapingError(RuntimeError):
+    """The fetched data does not fit the spec's shaping: a column that is not in the data, a
+    value that does not cast to its column's `type`, an op or aggregation the column's type
+    cannot take. Raised in the export process; the job fails with this message."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 class JobCancelled(RuntimeError):
     """The job was cancelled (Ctrl-C, a cancel request, a timeout handled by the caller)."""
 

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from engine.errors import FieldError, SpecError
+from engine.shaping_rules import output_order
 from engine.spec import COLUMN_TYPES, JobSpec, Source
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -80,11 +81,9 @@ def upsert_inputs(current: list[dict], new: list[dict]) -> list[dict]:
 
 
 def in_output_order(inputs: list[dict]) -> list[dict]:
-    """Inputs as the export's columns come out: by `change_order`, ties (and inputs without
-    one, which come after) in list order."""
-    indexed = list(enumerate(inputs))
-    indexed.sort(key=lambda pair: (pair[1].get("change_order") is None, pair[1].get("change_order") or 0, pair[0]))
-    return [item for _, item in indexed]
+    """Inputs as the export's columns come out: by `change_order`, ties in list order, inputs
+    without one after them in list order - the very rule the shaping applies to `columns`."""
+    return [inputs[i] for i in output_order([item.get("change_order") for item in inputs])]
 
 
 def as_columns(inputs: list[dict]) -> list[dict]:

@@ -14,6 +14,7 @@ import requests
 import websocket
 
 from tests.readback import rows_of
+from tests.testapi.records import record
 from tests.service_process import ServiceProcess
 
 
@@ -71,9 +72,13 @@ def test_seed_flow_end_to_end(api, service):
     assert 'filename=export.zip' in download.headers["Content-Disposition"]
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
         assert sorted(archive.namelist()) == ["export.csv", "manifest.json"]
-        assert ids_of(archive.read("export.csv")) == list(range(1, 731))
+        rows = rows_of(archive.read("export.csv"), "csv")
         manifest = json.loads(archive.read("manifest.json"))
     assert manifest["job_id"] == body["task_id"] and manifest["sources"][0]["pages"] == 8
+    # the stored inputs shaped it: column 0 (`id`) as `ident`, then `name` as `label`
+    assert list(rows[0]) == ["ident", "label"]
+    assert [int(r["ident"]) for r in rows] == list(range(1, 731))
+    assert rows[0]["label"] == record(1)["name"] and rows[-1]["label"] == record(730)["name"]
 
 
 def test_full_spec_start_and_status_shape(api, service):
@@ -338,8 +343,9 @@ BAD_REQUESTS = [
                                                          "params": {}}]}}, 400),
     ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x", "auth": {"type": "bearer",
                                                                                      "token": "${API_TOKEN}"}}]}}, 400),
+    # (the server answers 413 without reading the body: this connection is not reused after it)
     ("POST", "/api/export/start", {"data": b"x" * (2 * 1024 * 1024),
-                                   "headers": {"Content-Type": "application/json"}}, 413),
+                                   "headers": {"Content-Type": "application/json", "Connection": "close"}}, 413),
     ("POST", "/api/export/start", {"files": {"other": ("a.txt", b"x")}}, 400),
     ("POST", "/api/export/start", {"files": {"spec": (None, "{bad")}}, 400),
     ("POST", "/api/export/start", {}, 400),  # no body, nothing configured

@@ -414,7 +414,8 @@ FULL = {
     "timeout": 12.5,
     "on_error": "skip",
     "columns": [{"name": "revenue", "source": "amount", "type": "float", "order": 1},
-                {"name": "first", "column": 0, "on_cast_error": "null"}],
+                {"name": "first", "column": 0, "on_cast_error": "null"},
+                {"name": "category"}],  # group_by's key must be a column `columns` produces
     "filters": [{"column": "revenue", "op": ">", "value": 100}, {"column": "revenue", "op": "in", "value": [1, 2]}],
     "group_by": {"keys": ["category"], "aggregations": [{"column": "revenue", "agg": "sum", "as": "total"},
                                                         {"agg": "count"}]},
