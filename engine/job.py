@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import JobCancelled, JobFailed, PageFailure
+from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
 from engine.plan import Piece, PieceResult, Scheduler
 from engine.processes import mp_context
 from engine.prepare import PreparedJob
 from engine.shards import ShardInfo, list_shards, remove_temp_files
 from engine.spec import spec_to_json
-from engine.worker import (ExportRequest, SharedState, WorkerJob, greet, init_worker, lower_priority, run_export,
-                           run_piece)
+from engine.tasks import (ExportRequest, SharedState, WorkerJob, greet, init_worker, lower_priority, run_export,
+                          run_piece)
 
 log = logging.getLogger("pageferry.engine")
 
@@ -85,6 +85,7 @@ class JobResult:
     started_at: str
     finished_at: str
     sources: list[dict] = field(default_factory=list)
+    deliveries: list[dict] = field(default_factory=list)   # one outcome per `deliver` target
 
 
 class _Progress:
@@ -147,6 +148,8 @@ class JobRunner:
         self._last_read = 0.0
         self.started_at = utcnow()
         self.result: JobResult | None = None
+        self._started = time.monotonic()
+        self._source_seconds: dict[int, float] = {}   # source index -> seconds until all its pages were in
 
     # ------------------------------------------------------------ control
     def cancel(self, reason: str = "cancelled") -> None:
@@ -195,6 +198,14 @@ class JobRunner:
             "sources": sources,
         }
 
+    def source_stats(self) -> list[dict]:
+        """Per source: pages, records, bytes downloaded, requests, retries and the seconds its
+        fetching took (None while unfinished) - for run summaries (safe from any thread)."""
+        p = self._progress
+        return [{"name": name, "pages": p.base[i][0] + p.totals[i][0], "records": p.base[i][1] + p.totals[i][1],
+                 "bytes": p.totals[i][2], "requests": p.totals[i][3], "retries": p.totals[i][4],
+                 "seconds": self._source_seconds.get(i)} for i, name in enumerate(p.names)]
+
     def _changed(self) -> None:
         if self.on_change is not None:
             try:
@@ -204,7 +215,7 @@ class JobRunner:
 
     # ------------------------------------------------------------ the run
     def run(self) -> JobResult:
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         options = self.options
         shards_dir = options.workdir / "shards"
         self._claim_workdir()
@@ -231,7 +242,8 @@ class JobRunner:
                                shards_dir=str(shards_dir), threads=threads, max_body=options.max_body,
                                allowed_hosts=options.allowed_hosts, coordinator_pid=os.getpid(),
                                id_values=self.prepared.id_values, unit_offsets=offsets, nice=options.nice)
-        known = {info.path.name for info in ledger}
+        known = {info.path.name: info for info in ledger}   # finished shards: name -> what it holds
+        self._known = known
         pool = None
         try:
             pool = self._new_pool(ctx, processes, worker_job, shared)
@@ -245,6 +257,10 @@ class JobRunner:
             self.phase = "merging"
             self._changed()
             result = self._export(scheduler, ctx, shards_dir, started)
+            if self.spec.deliver:
+                self.phase = "delivering"
+                self._changed()
+                result.deliveries = self._deliver(result)
             self.result = result
             return result
         finally:
@@ -296,7 +312,7 @@ class JobRunner:
             self.cancel(f"timed out after {self.options.timeout_seconds:g} s (WORKER_TIMEOUT)")
 
     def _fetch(self, scheduler: Scheduler, pool, ctx, processes: int, worker_job: WorkerJob,
-               shared: SharedState, known: set[str], shards_dir: Path):
+               shared: SharedState, known: dict[str, ShardInfo], shards_dir: Path):
         in_flight: dict[cf.Future, Piece] = {}
         failures: list[PageFailure] = []
         rebuilds = 0
@@ -330,7 +346,7 @@ class JobRunner:
                     raise JobFailed(self.prepared.redactor.text(
                         f"internal error in an engine process: {type(exc).__name__}: {exc}")) from None
                 for info in result.shards:
-                    known.add(info.path.name)
+                    known[info.path.name] = info
                 scheduler.settle(piece, result)
                 failures.extend(result.fatal)
             if broken:
@@ -344,15 +360,18 @@ class JobRunner:
                 self._kill(pool)
                 pool.shutdown(wait=False, cancel_futures=True)
                 # Pieces of the dead pool may have finished shards before dying: take them in.
-                for info in list_shards(shards_dir):
+                for info in list_shards(shards_dir, known=known):
                     if info.path.name not in known:
-                        known.add(info.path.name)
+                        known[info.path.name] = info
                         scheduler.record(info)
                 remove_temp_files(shards_dir)
                 shared = shared.renew(ctx, self.spec.rate_limit.requests if self.spec.rate_limit else None,
                                       self.spec.concurrency or self.options.workers)
                 pool = self._new_pool(ctx, processes, worker_job, shared)
             now = time.monotonic()
+            for i, plan in enumerate(scheduler.sources):
+                if i not in self._source_seconds and plan.done():
+                    self._source_seconds[i] = round(now - self._started, 3)
             if now - last_change >= 0.2:
                 last_change = now
                 self._changed()
@@ -405,7 +424,9 @@ class JobRunner:
         """Each source's shards in row order, minus those past a unit's end; checks that the
         shards hold every page exactly once."""
         selected: list[list[ShardInfo]] = [[] for _ in self.spec.sources]
-        for info in list_shards(shards_dir):
+        # The directory is the ledger; shards the pieces reported are not read again (reading
+        # them would load pyarrow into this process just for their metadata).
+        for info in list_shards(shards_dir, known=getattr(self, "_known", None)):
             plan = scheduler.sources[info.source]
             (u1, p1), (u2, _) = info.first, info.last
             if u1 == u2 and u1 in plan.units:
@@ -461,8 +482,24 @@ class JobRunner:
             records=sum(s["records"] for s in per_source), pages=sum(s["pages"] for s in per_source),
             requests=self._progress.sum(3), retries=self._progress.sum(4), downloaded=self._progress.sum(2),
             partial=partial, skipped=skipped, seconds=round(time.monotonic() - started, 3),
-            started_at=self.started_at, finished_at=finished_at, sources=per_source)
+            started_at=self.started_at, finished_at=finished_at,
+            sources=[{**s, "bytes": self._progress.totals[i][2],
+                      "seconds": self._source_seconds.setdefault(i, round(time.monotonic() - started, 3))}
+                     for i, s in enumerate(per_source)])
 
+    def _deliver(self, result: JobResult) -> list[dict]:
+        """Copies to the `deliver` targets; a failed copy is an outcome, not a failed job."""
+        from engine.deliver import DeliveryStopped, deliver_all
+
+        def stop() -> bool:
+            self._check_deadline()
+            return self._cancel.is_set()
+        try:
+            return deliver_all(self.spec.deliver, result.output, self.prepared.redactor, stop)
+        except DeliveryStopped:
+            if self._cancel_reason.startswith("timed out"):
+                raise JobFailed(self._cancel_reason) from None
+            raise JobCancelled(self._cancel_reason) from None
 
     def _wait_for_export(self, future: cf.Future, pool):
         redactor = self.prepared.redactor
@@ -487,5 +524,7 @@ class JobRunner:
 
 def _export_error(exc: Exception) -> str:
     """A shaping/export failure in words a user can act on (Polars' messages are long)."""
+    if isinstance(exc, ShapingError):  # already names the source, the field and the column
+        return exc.message
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"export failed: {text[:500]}"

@@ -28,68 +28,14 @@ from engine.http import HttpClient
 from engine.pagination import (addressable_request, is_last_addressable, next_token, sequential_request,
                                total_pages)
 from engine.plan import PageSpan, Piece, PieceResult, RunSpan, _digest
-from engine.ratelimit import RateLimiter, SharedLimiterState
+from engine.ratelimit import RateLimiter
 from engine.secrets import Redactor
 from engine.shards import ShardInfo, unify, write_shard
-from engine.spec import JobSpec
+from engine.spec import JobSpec  # noqa: F401
+from engine.tasks import (UNKNOWN_END, ExportRequest, SharedState, WorkerJob,  # noqa: F401  (defined there: light)
+                          lower_priority)
 
-UNKNOWN_END = 2 ** 62
 REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
-
-
-@dataclass
-class WorkerJob:
-    """Everything a pool process needs about its job (pickled once, at process start)."""
-    job_id: str
-    spec: JobSpec                 # resolved: holds secrets, never logged
-    secrets: frozenset
-    shards_dir: str
-    threads: int
-    max_body: int
-    allowed_hosts: tuple
-    coordinator_pid: int
-    id_values: list               # per source: ids read from a file, or None
-    unit_offsets: list[int]       # per source: index of its first unit in `ends`
-    nice: int = 0                 # added niceness (the service keeps its web threads ahead)
-
-
-@dataclass
-class ExportRequest:
-    """What the coordinator asks a pool process to export."""
-    spec: JobSpec
-    tables: list[tuple[str, list[str]]]   # (source name, its shard paths in row order)
-    output: str
-    manifest: dict | None
-
-
-@dataclass
-class SharedState:
-    """Cross-process primitives of one job; recreated (history copied) when a pool is rebuilt,
-    because a killed process may have died holding a lock or a semaphore slot."""
-    limiter: SharedLimiterState
-    semaphore: Any
-    cancel: Any
-    ends: Any                     # RawArray of each unit's known last page
-    ends_lock: Any
-    token_lock: Any
-    board: Any                    # Manager dict: progress and shared OAuth2 tokens
-
-    @classmethod
-    def create(cls, ctx, requests: int | None, concurrency: int, units: int, board: Any) -> "SharedState":
-        ends = ctx.RawArray("q", max(units, 1))
-        for i in range(len(ends)):
-            ends[i] = UNKNOWN_END
-        return cls(SharedLimiterState(ctx, requests), ctx.BoundedSemaphore(concurrency), ctx.Event(),
-                   ends, ctx.Lock(), ctx.Lock(), board)
-
-    def renew(self, ctx, requests: int | None, concurrency: int) -> "SharedState":
-        fresh = SharedState.create(ctx, requests, concurrency, len(self.ends), self.board)
-        self.limiter.copy_into(fresh.limiter)
-        for i in range(len(self.ends)):
-            fresh.ends[i] = self.ends[i]
-        if self.cancel.is_set():
-            fresh.cancel.set()
-        return fresh
 
 
 class Counters:
@@ -461,16 +407,6 @@ def run_piece(piece: Piece) -> PieceResult:
         result.shards.append(info)
     flush_progress()
     return result
-
-
-def lower_priority(nice: int) -> None:
-    """Yield the CPU to the web threads that share this machine: a status request should not
-    queue behind page parsing. Throughput is unchanged when nothing else wants the CPU."""
-    if nice > 0:
-        try:
-            os.nice(nice)
-        except OSError:
-            pass
 
 
 def run_export(request: ExportRequest) -> Any:

@@ -37,6 +37,9 @@ def create_app(settings: Settings | None = None, *, run_tasks: bool = True,
     app.json.sort_keys = False
     store = SQLiteTaskStore(settings.db_path)
     runner = TaskRunner(settings, store, env)
+    from service.schedules import ScheduleClock
+    from service.webhooks import WebhookDispatcher
+    runner.companions = [WebhookDispatcher(store, env, runner.owner), ScheduleClock(store, on_fired=runner.wake)]
     app.extensions["pageferry"] = Services(settings, store, runner, env)
 
     from service.api import bp
@@ -46,6 +49,8 @@ def create_app(settings: Settings | None = None, *, run_tasks: bool = True,
 
     errors.install(app)
     app.register_blueprint(bp)
+    from service.schedules import sched_bp
+    app.register_blueprint(sched_bp)
     app.register_blueprint(page_bp)
     sock.init_app(app)
     registry = registry_for(store)

@@ -11,6 +11,7 @@ from engine.errors import FieldError, SpecError
 from engine.secrets import env_references
 from engine.spec import parse_spec, spec_to_json
 from service import profiles
+from service.detail import task_detail
 from service.errors import ApiError, invalid
 from service.runner import uploads_dir
 from service.status import status_json
@@ -223,9 +224,9 @@ def _match_uploads(spec, files) -> dict[int, bytes]:
     return matched
 
 
-@bp.post("/start")
-def start():
-    from engine.api import new_job_id
+def _checked_spec():
+    """The request's job spec and its uploaded ids files, checked as a task would need them
+    (the same checks for /start and /validate); a 4xx naming the fields when not."""
     from engine.prepare import prepare
     svc = services()
     document, files = _spec_and_uploads()
@@ -238,6 +239,22 @@ def start():
         prepare(spec, svc.env, svc.settings.allowed_source_hosts, id_files=uploads)
     except SpecError as exc:
         raise invalid(exc) from None
+    return spec, uploads
+
+
+@bp.post("/validate")
+def validate():
+    """Validate a job spec exactly as /start would (body, multipart or stored profile), without
+    starting anything: 200 {"valid": true}, or the same 4xx error JSON as /start."""
+    _checked_spec()
+    return jsonify({"valid": True})
+
+
+@bp.post("/start")
+def start():
+    from engine.api import new_job_id
+    svc = services()
+    spec, uploads = _checked_spec()
     task_id = new_job_id("task")
     if uploads:
         folder = uploads_dir(svc.settings, task_id)
@@ -245,7 +262,7 @@ def start():
         for i, data in uploads.items():
             (folder / f"source-{i}.csv").write_bytes(data)
     svc.store.create_task({"id": task_id, "name": spec.name, "spec": spec_to_json(spec), "profile": profile_name(),
-                           "created_at": time.time()})
+                           "created_at": time.time(), "extra": {"base_url": base_url()}})
     svc.runner.wake()
     return jsonify({"task_id": task_id, "status": "queued", **urls(task_id)}), 202
 
@@ -260,13 +277,20 @@ def list_tasks():
     if status is not None and status not in STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(STATUSES)}", "validation_error",
                        [{"field": "status", "message": f"must be one of {', '.join(STATUSES)}"}])
-    tasks = services().store.list_tasks(int(limit), status)
+    schedule_id = request.args.get("schedule_id") or None
+    tasks = services().store.list_tasks(int(limit), status, schedule_id)
     return jsonify({"tasks": [status_json(t, base_url()) for t in tasks]})
 
 
 @bp.get("/status/<task_id>")
 def status(task_id: str):
     return jsonify(status_json(find_task(task_id), base_url()))
+
+
+@bp.get("/detail/<task_id>")
+def detail(task_id: str):
+    """Read-only extras for the progress page: the redacted spec and the manifest summary."""
+    return jsonify(task_detail(find_task(task_id), services().settings.results_dir))
 
 
 @bp.get("/download/<task_id>")

@@ -22,6 +22,7 @@ from config import Settings
 from engine.errors import JobCancelled, JobFailed, SpecError
 from service.logs import log_event
 from service.store import HOST, SQLiteTaskStore
+from service.summary import run_summary
 
 # Engine processes run a little nicer than the web threads beside them: with every core busy
 # fetching, a status request or a websocket push still answers in milliseconds.
@@ -74,6 +75,7 @@ class TaskRunner:
         self._thread = threading.Thread(target=self._loop, name="task-runner", daemon=True)
         self._renewed = 0.0
         self._swept = 0.0
+        self.companions: list = []  # threads started and stopped with the runner (webhooks, schedules)
 
     # ------------------------------------------------------------ life
     @property
@@ -85,6 +87,8 @@ class TaskRunner:
 
     def start(self) -> "TaskRunner":
         self._thread.start()
+        for companion in self.companions:
+            companion.start()
         return self
 
     def wake(self) -> None:
@@ -95,6 +99,8 @@ class TaskRunner:
         next runner (after a restart, or another worker) resumes them from their shards."""
         self._stopping.set()
         self._wake.set()
+        for companion in self.companions:
+            companion.stop()
         for active in list(self.active.values()):
             active.handle.cancel(SHUTDOWN)
         deadline = time.monotonic() + timeout
@@ -138,7 +144,7 @@ class TaskRunner:
             prepared = prepare(spec, self.env, self.settings.allowed_source_hosts,
                                id_files=read_uploads(self.settings, task_id))
         except SpecError as exc:  # e.g. an environment variable gone since the task was queued
-            self._record_failure(task_id, {"message": f"invalid spec: {exc}", "pages": []})
+            self._record_failure(task_id, {"message": f"invalid spec: {exc}", "pages": []}, task)
             return
         remaining = self.settings.worker_timeout - (time.time() - (task.get("started_at") or time.time()))
         options = self.engine.options(task_id, self.settings.work_dir / task_id,
@@ -179,6 +185,8 @@ class TaskRunner:
             return  # not cancelled: resumed by the next runner
         progress = handle.progress()
         redactor = active.extras["redactor"]
+        extra = dict(active.task.get("extra") or {})
+        seconds = round(time.time() - (active.task.get("started_at") or time.time()), 3)
         if error is None:
             result = handle.result
             outcome = {"filename": result.output.name, "bytes": result.bytes, "sha256": result.sha256,
@@ -186,17 +194,22 @@ class TaskRunner:
                        "pages": result.pages, "requests": result.requests, "retries": result.retries,
                        "seconds": result.seconds}
             progress = {**progress, "phase": "completed"}
-            extra = {"summary": {"sources": result.sources, "seconds": result.seconds}}
+            extra["summary"] = redactor.data(run_summary(active.task, "completed", handle.runner.source_stats(),
+                                                         result=result))
             if result.skipped:
                 extra["skipped_pages"] = result.skipped
+            if result.deliveries:
+                extra["deliveries"] = result.deliveries
             self.store.finish(task_id, self.owner, "completed", result=outcome, partial=result.partial,
-                              progress=progress, extra={**(active.task.get("extra") or {}), **extra})
+                              progress=progress, extra=extra)
             log_event("task_completed", task_id=task_id, rows=result.rows, pages=result.pages,
                       requests=result.requests, retries=result.retries, seconds=result.seconds,
                       partial=result.partial)
         elif isinstance(error, JobCancelled):
+            extra["summary"] = redactor.data(run_summary(active.task, "cancelled", handle.runner.source_stats(),
+                                                         message=str(error), seconds=seconds))
             self.store.finish(task_id, self.owner, "cancelled", progress=progress,
-                              error={"message": str(error), "pages": []})
+                              error={"message": str(error), "pages": []}, extra=extra)
             log_event("task_cancelled", task_id=task_id)
         else:
             if isinstance(error, JobFailed):
@@ -204,8 +217,11 @@ class TaskRunner:
             else:
                 log.error("task %s: internal error %s", task_id, type(error).__name__)
                 detail = {"message": redactor.text(f"internal error: {type(error).__name__}: {error}"), "pages": []}
-            self.store.finish(task_id, self.owner, "failed", progress=progress, error=detail)
+            extra["summary"] = redactor.data(run_summary(active.task, "failed", handle.runner.source_stats(),
+                                                         error=error, message=detail["message"], seconds=seconds))
+            self.store.finish(task_id, self.owner, "failed", progress=progress, error=detail, extra=extra)
             log_event("task_failed", task_id=task_id, error=detail["message"])
+        log_event("run_summary", **extra["summary"])
         shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
         if self.after_finish is not None:
             try:
@@ -213,9 +229,12 @@ class TaskRunner:
             except Exception:
                 log.exception("after-finish hook failed for %s", task_id)
 
-    def _record_failure(self, task_id: str, error: dict) -> None:
-        self.store.finish(task_id, self.owner, "failed", error=error)
+    def _record_failure(self, task_id: str, error: dict, task: dict | None = None) -> None:
+        extra = dict((task or {}).get("extra") or {})
+        extra["summary"] = run_summary(task or {"id": task_id}, "failed", [], message=error["message"], seconds=0.0)
+        self.store.finish(task_id, self.owner, "failed", error=error, extra=extra)
         log_event("task_failed", task_id=task_id, error=error["message"])
+        log_event("run_summary", **extra["summary"])
         shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
 
     # ------------------------------------------------------------ sweeping

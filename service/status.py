@@ -51,7 +51,7 @@ def status_json(task: dict, base_url: str = "") -> dict:
         "expired": bool(task.get("expired")),
     }
     extra = task.get("extra") or {}
-    for key in ("webhook", "deliveries", "summary", "skipped_pages", "manifest"):
+    for key in ("webhook", "deliveries", "summary", "skipped_pages", "manifest", "scheduled_for", "missed_runs"):
         if key in extra:
             out[key] = extra[key]
     return out

@@ -65,7 +65,21 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_run REAL,
     last_task_id TEXT
 );
+CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks(schedule_id, created_at);
+CREATE TABLE IF NOT EXISTS webhooks (  -- outbox: one row per finished task whose spec has a webhook
+    task_id TEXT PRIMARY KEY,
+    due REAL NOT NULL,                 -- next attempt not before
+    attempts INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks(done, due);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL);
 """
+# Columns added after a table first shipped: (table, column, declaration).
+MIGRATIONS = [("schedules", "base_url", "TEXT")]
+WEBHOOK_PENDING = {"delivered": False, "attempts": 0, "error": None, "pending": True}
 
 
 class TaskStore(Protocol):
@@ -123,6 +137,9 @@ class SQLiteTaskStore:
         self._local = threading.local()
         with self._connection() as db:
             db.executescript(SCHEMA)
+            for table, column, declaration in MIGRATIONS:
+                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     # ------------------------------------------------------------ plumbing
     def _connection(self) -> sqlite3.Connection:
@@ -152,23 +169,16 @@ class SQLiteTaskStore:
     # ------------------------------------------------------------ tasks
     def create_task(self, task: dict) -> None:
         with self._write() as db:
-            db.execute(
-                "INSERT INTO tasks (id, status, name, spec, profile, schedule_id, created_at, extra) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (task["id"], task.get("status", "queued"), task.get("name"), _json(task["spec"]),
-                 task.get("profile"), task.get("schedule_id"), task.get("created_at", time.time()),
-                 _json(task.get("extra") or {})))
+            _insert_task(db, task)
 
     def get_task(self, task_id: str) -> dict | None:
         return _row(self._connection().execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
-    def list_tasks(self, limit: int, status: str | None = None) -> list[dict]:
-        if status:
-            rows = self._connection().execute(
-                "SELECT * FROM tasks WHERE status = ? ORDER BY created_at DESC, rowid DESC LIMIT ?", (status, limit))
-        else:
-            rows = self._connection().execute("SELECT * FROM tasks ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                                              (limit,))
+    def list_tasks(self, limit: int, status: str | None = None, schedule_id: str | None = None) -> list[dict]:
+        where = [(k, v) for k, v in (("status", status), ("schedule_id", schedule_id)) if v]
+        clause = ("WHERE " + " AND ".join(f"{k} = ?" for k, _ in where)) if where else ""
+        rows = self._connection().execute(f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                                          [v for _, v in where] + [limit])
         return [_row(r) for r in rows.fetchall()]
 
     def claim(self, owner: str, max_running: int, lease: float, alive=owner_alive) -> dict | None:
@@ -226,7 +236,10 @@ class SQLiteTaskStore:
         where = "id = ? AND status IN ('queued', 'running')" + (" AND owner = ?" if owner else "")
         args = list(values.values()) + [task_id] + ([owner] if owner else [])
         with self._write() as db:
-            return db.execute(f"UPDATE tasks SET {sets} WHERE {where}", args).rowcount == 1
+            changed = db.execute(f"UPDATE tasks SET {sets} WHERE {where}", args).rowcount == 1
+            if changed:
+                _enqueue_webhook(db, task_id)
+            return changed
 
     def update_extra(self, task_id: str, extra: dict) -> None:
         with self._write() as db:
@@ -244,6 +257,7 @@ class SQLiteTaskStore:
                 db.execute("UPDATE tasks SET status = 'cancelled', finished_at = ?, phase = NULL, "
                            "error = ? WHERE id = ?",
                            (time.time(), _json({"message": "cancelled before it started", "pages": []}), task_id))
+                _enqueue_webhook(db, task_id)
             elif row["status"] == "running":
                 db.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
             return row["status"]
@@ -315,6 +329,128 @@ class SQLiteTaskStore:
                        "configuration = excluded.configuration",
                        (name, _json(updated["inputs"]), _json(updated["configuration"])))
             return updated
+
+
+    # ------------------------------------------------------------ webhooks (outbox)
+    def claim_webhooks(self, owner: str, limit: int, margin: float) -> list[dict]:
+        """Claim up to `limit` due webhook attempts, each leased for twice the webhook's
+        timeout (connect + read) plus `margin`. A claim counts as an attempt: one whose sender
+        died is not retried forever."""
+        now = time.time()
+        if limit < 1 or self._connection().execute(
+                "SELECT 1 FROM webhooks WHERE done = 0 AND due <= ? AND lease_until < ? LIMIT 1",
+                (now, now)).fetchone() is None:
+            return []
+        with self._write() as db:
+            rows = db.execute("SELECT task_id FROM webhooks WHERE done = 0 AND due <= ? AND lease_until < ? "
+                              "ORDER BY due LIMIT ?", (now, now, limit)).fetchall()
+            claimed = []
+            for row in rows:
+                db.execute("UPDATE webhooks SET owner = ?, attempts = attempts + 1, lease_until = ? + ? + 2 * coalesce("
+                           "(SELECT json_extract(spec, '$.webhook.timeout') FROM tasks WHERE id = webhooks.task_id), 10) "
+                           "WHERE task_id = ?", (owner, now, margin, row["task_id"]))
+                claimed.append(dict(db.execute("SELECT * FROM webhooks WHERE task_id = ?", (row["task_id"],)).fetchone()))
+            return claimed
+
+    def settle_webhook(self, task_id: str, owner: str, outcome: dict, retry_at: float | None) -> bool:
+        """Record an attempt: `retry_at` None = final (delivered or given up), else the next
+        attempt's time. The task's status shows `outcome` as its `webhook` section."""
+        with self._write() as db:
+            if retry_at is None:
+                changed = db.execute("UPDATE webhooks SET done = 1, owner = NULL, lease_until = 0 "
+                                     "WHERE task_id = ? AND owner = ?", (task_id, owner)).rowcount
+            else:
+                changed = db.execute("UPDATE webhooks SET due = ?, owner = NULL, lease_until = 0 "
+                                     "WHERE task_id = ? AND owner = ?", (retry_at, task_id, owner)).rowcount
+            if changed:
+                db.execute("UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) "
+                           "WHERE id = ?", (_json(outcome), task_id))
+            return bool(changed)
+
+    # ------------------------------------------------------------ schedules
+    def create_schedule(self, schedule: dict) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO schedules (id, cron, timezone, spec, created_at, next_run, base_url) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (schedule["id"], schedule["cron"], schedule["timezone"], _json(schedule["spec"]),
+                        schedule.get("created_at", time.time()), schedule["next_run"], schedule.get("base_url")))
+
+    def get_schedule(self, schedule_id: str) -> dict | None:
+        row = self._connection().execute("SELECT * FROM schedules WHERE id = ?", (schedule_id,)).fetchone()
+        return _schedule(row)
+
+    def list_schedules(self) -> list[dict]:
+        rows = self._connection().execute("SELECT * FROM schedules ORDER BY created_at, rowid").fetchall()
+        return [_schedule(r) for r in rows]
+
+    def delete_schedule(self, schedule_id: str) -> bool:
+        with self._write() as db:
+            return db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount == 1
+
+    def fire_schedules(self, now: float, plan, make_task, stale: float) -> list[dict]:
+        """Turn every due time of every schedule into a queued task, exactly once across all
+        workers and restarts: the schedule's `next_run` moves on and its tasks are inserted in
+        one write transaction (guarded by `next_run = <the value read>`).
+
+        `plan(schedule, now, caught_up) -> ([(due, missed), ...], next_run)` decides which runs
+        to make; `caught_up` says some scheduler looked within the last `stale` seconds (a
+        gap shorter than that is caught up run by run; after a longer downtime `plan` makes
+        one run). `make_task(schedule, due, missed) -> task dict`. Returns the new tasks."""
+        db = self._connection()
+        if db.execute("SELECT 1 FROM schedules LIMIT 1").fetchone() is None:
+            return []
+        if db.execute("SELECT 1 FROM schedules WHERE next_run <= ? LIMIT 1", (now,)).fetchone() is None:
+            beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
+            if beat is not None and now - beat["value"] < 1.0:
+                return []  # nothing due, and the heartbeat is fresh: no write needed
+        fired: list[dict] = []
+        with self._write() as db:
+            beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
+            caught_up = beat is not None and now - beat["value"] <= stale
+            for row in db.execute("SELECT * FROM schedules WHERE next_run <= ?", (now,)).fetchall():
+                schedule = _schedule(row)
+                runs, next_run = plan(schedule, now, caught_up)
+                tasks = [make_task(schedule, due, missed) for due, missed in runs]
+                moved = db.execute("UPDATE schedules SET next_run = ?, last_run = ?, last_task_id = ? "
+                                   "WHERE id = ? AND next_run = ?",
+                                   (next_run, runs[-1][0] if runs else row["last_run"],
+                                    tasks[-1]["id"] if tasks else row["last_task_id"], row["id"], row["next_run"]))
+                if moved.rowcount != 1:
+                    continue
+                for task in tasks:
+                    _insert_task(db, task)
+                fired.extend(tasks)
+            db.execute("INSERT INTO meta (key, value) VALUES ('scheduler_beat', ?) "
+                       "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)", (now,))
+        return fired
+
+
+def _insert_task(db: sqlite3.Connection, task: dict) -> None:
+    db.execute(
+        "INSERT INTO tasks (id, status, name, spec, profile, schedule_id, created_at, extra) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (task["id"], task.get("status", "queued"), task.get("name"), _json(task["spec"]),
+         task.get("profile"), task.get("schedule_id"), task.get("created_at", time.time()),
+         _json(task.get("extra") or {})))
+
+
+def _enqueue_webhook(db: sqlite3.Connection, task_id: str) -> None:
+    """A task just reached a final status: if its spec has a webhook, queue the POST (in the
+    same transaction, so no final status is ever left without its webhook)."""
+    queued = db.execute("INSERT OR IGNORE INTO webhooks (task_id, due) SELECT id, ? FROM tasks "
+                        "WHERE id = ? AND json_extract(spec, '$.webhook.url') IS NOT NULL",
+                        (time.time(), task_id)).rowcount
+    if queued:
+        db.execute("UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) WHERE id = ?",
+                   (_json(WEBHOOK_PENDING), task_id))
+
+
+def _schedule(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    schedule = dict(row)
+    schedule["spec"] = json.loads(schedule["spec"])
+    return schedule
 
 
 class _Transaction:
