@@ -14,8 +14,6 @@ import time
 from typing import Any, Callable, MutableMapping, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import requests
-
 from engine.backoff import parse_retry_after
 from engine.http import FetchError
 from engine.spec import OAuth2Auth
@@ -114,9 +112,12 @@ class OAuth2ClientCredentials(Auth):
     refreshable = True
 
     def __init__(self, spec: OAuth2Auth, store: TokenStore, key: str, timeout: float,
-                 session_factory: Callable[[], requests.Session] = requests.Session,
+                 session_factory: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.time):
         self.spec, self.store, self.key, self.timeout = spec, store, key, timeout
+        if session_factory is None:
+            import requests  # loaded by the processes that fetch a token, not by every engine process
+            session_factory = requests.Session
         self.session_factory, self.clock = session_factory, clock
         self._current: dict | None = None
         self._sent = threading.local()   # per fetch thread: the token its last request carried
@@ -142,7 +143,7 @@ class OAuth2ClientCredentials(Auth):
                 # Some servers want the client credentials in the form body instead.
                 response = session.post(self.spec.token_url, timeout=self.timeout, data={
                     **data, "client_id": self.spec.client_id, "client_secret": self.spec.client_secret})
-        except requests.RequestException as exc:
+        except _request_exception() as exc:
             # The exception's text may quote the URL: only its type is told.
             raise AuthError(f"{endpoint} could not be reached ({type(exc).__name__})", retryable=True) from None
         finally:
@@ -204,7 +205,12 @@ class OAuth2ClientCredentials(Auth):
         return True
 
 
-def _oauth_error(response: requests.Response) -> str:
+def _request_exception() -> type[Exception]:
+    import requests
+    return requests.RequestException
+
+
+def _oauth_error(response) -> str:
     """RFC 6749 §5.2 `error` (and `error_description`, or a `message`) from a token error body."""
     try:
         body = response.json()

@@ -12,10 +12,27 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urljoin
 
-from engine.records import get_path
 from engine.spec import Pagination
 
 SEQUENTIAL = ("cursor", "next_url", "link")
+
+
+def get_path(doc: Any, path: str) -> Any:
+    """Follow a dotted path (`meta.total`, `result.items`, `items.0.id`); None when absent.
+    (Defined here rather than in `engine.records`, so the coordinator's planner can import
+    this module without pyarrow; `engine.records` re-exports it.)"""
+    node = doc
+    for part in path.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            node = node[index] if -len(node) <= index < len(node) else None
+        else:
+            return None
+        if node is None:
+            return None
+    return node
 
 
 def is_sequential(pagination: Pagination) -> bool:

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from engine.errors import FieldError, SpecError
 from engine.fanout import MAX_UNITS, FanOut, read_id_file, parse_id_csv
-from engine.http import host_allowed
 from engine.secrets import Redactor, resolve
 from engine.spec import ENV_REF, JobSpec
 
@@ -66,6 +65,7 @@ def prepare(spec: JobSpec, env: Mapping[str, str], allowed_hosts: tuple[str, ...
 
 
 def _check_hosts(i: int, source, fanout: FanOut, allowed: tuple[str, ...], problems: list[FieldError]) -> None:
+    from engine.http import host_allowed  # the HTTP stack is loaded only when there is an allowlist
     urls = []
     if source.url.strip() == "{id}":
         urls = [str(fanout.unit(u).id) for u in range(fanout.count)]

@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from engine.pagination import get_path  # noqa: F401  (part of this module's interface)
 from engine.spec import CsvSourceOptions
 
 
@@ -27,22 +28,6 @@ class BodyError(Exception):
     def __init__(self, message: str, retryable: bool):
         super().__init__(message)
         self.retryable = retryable
-
-
-def get_path(doc: Any, path: str) -> Any:
-    """Follow a dotted path (`meta.total`, `result.items`, `items.0.id`); None when absent."""
-    node = doc
-    for part in path.split("."):
-        if isinstance(node, dict):
-            node = node.get(part)
-        elif isinstance(node, list) and part.lstrip("-").isdigit():
-            index = int(part)
-            node = node[index] if -len(node) <= index < len(node) else None
-        else:
-            return None
-        if node is None:
-            return None
-    return node
 
 
 def find_records(doc: Any, path: str | None) -> list:
@@ -73,6 +58,40 @@ def decode_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         hint = "empty body" if not body.strip() else f"invalid JSON ({exc})"
         raise BodyError(f"the page is not valid JSON: {hint}", retryable=True) from None
+
+
+_FLATTEN_DEPTH: dict = {}   # record struct type -> flatten() passes it needs (None: has an empty struct)
+
+
+def _struct_depth(struct_type: pa.DataType) -> int | None:
+    """How deep structs nest inside `struct_type` (0: no struct field); None when an empty
+    struct is among them (those need `_flatten_table`'s care)."""
+    depth = 0
+    for i in range(struct_type.num_fields):
+        field_type = struct_type.field(i).type
+        if pa.types.is_struct(field_type):
+            inner = _struct_depth(field_type) if field_type.num_fields else None
+            if inner is None:
+                return None
+            depth = max(depth, inner + 1)
+    return depth
+
+
+def _flatten_records(array: pa.StructArray) -> pa.Table:
+    """`_flatten_table(Table.from_struct_array(array))`, with the struct walk done once per
+    record type instead of once per page."""
+    table = pa.Table.from_struct_array(array)
+    try:
+        depth = _FLATTEN_DEPTH[array.type]
+    except KeyError:
+        if len(_FLATTEN_DEPTH) > 1024:
+            _FLATTEN_DEPTH.clear()
+        depth = _FLATTEN_DEPTH[array.type] = _struct_depth(array.type)
+    if depth is None:
+        return _flatten_table(table)
+    for _ in range(depth):
+        table = table.flatten()
+    return table
 
 
 def _flatten_table(table: pa.Table) -> pa.Table:
@@ -133,7 +152,8 @@ def records_to_table(records: list) -> pa.Table:
     """Records (dicts; other values become a `value` column) → a flat Arrow table."""
     if not records:
         return pa.table({})
-    if not all(isinstance(r, dict) for r in records):
+    kinds = set(map(type, records))
+    if kinds != {dict} and not all(isinstance(r, dict) for r in records):
         records = [r if isinstance(r, dict) else {"value": r} for r in records]
     try:
         array = pa.array(records)
@@ -141,7 +161,7 @@ def records_to_table(records: list) -> pa.Table:
         return _records_slow(records)
     if not pa.types.is_struct(array.type) or array.type.num_fields == 0:
         return _records_slow(records)
-    return _flatten_table(pa.Table.from_struct_array(array))
+    return _flatten_records(array)
 
 
 def ndjson_records(body: bytes) -> list:

@@ -16,9 +16,10 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
-import pyarrow as pa
-import pyarrow.ipc as ipc
+# pyarrow is imported where it is used: the coordinator imports this module for `ShardInfo`
+# and the ledger, and only pool processes (which have pyarrow preloaded) read or write shards.
 
 META_KEY = b"pageferry"
 NAME = re.compile(r"^s(\d{3})_u(\d{7})_p(\d{7})_u(\d{7})_p(\d{7})\.arrow$")
@@ -58,9 +59,11 @@ def shard_name(source: int, first: tuple[int, int], last: tuple[int, int]) -> st
     return f"s{source:03d}_u{first[0]:07d}_p{first[1]:07d}_u{last[0]:07d}_p{last[1]:07d}.arrow"
 
 
-def write_shard(directory: Path, table: pa.Table, info: ShardInfo) -> Path:
+def write_shard(directory: Path, table, info: ShardInfo) -> Path:
     """Write atomically: a temp name inside `with ipc.new_file` (the footer is written on
     close), fsync, then rename to the final name."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / shard_name(info.source, info.first, info.last)
     temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}.arrow"
@@ -80,6 +83,7 @@ def write_shard(directory: Path, table: pa.Table, info: ShardInfo) -> Path:
 
 
 def read_info(path: Path) -> ShardInfo:
+    import pyarrow.ipc as ipc
     with ipc.open_file(str(path)) as reader:
         metadata = reader.schema.metadata or {}
     if META_KEY not in metadata:
@@ -87,9 +91,11 @@ def read_info(path: Path) -> ShardInfo:
     return ShardInfo.from_metadata(json.loads(metadata[META_KEY]), path)
 
 
-def list_shards(directory: Path, source: int | None = None) -> list[ShardInfo]:
+def list_shards(directory: Path, source: int | None = None,
+                known: Mapping[str, ShardInfo] | None = None) -> list[ShardInfo]:
     """Every finished shard (of one source), in row order. Unreadable files are ignored: only
-    a complete, renamed shard counts as fetched."""
+    a complete, renamed shard counts as fetched. `known`: infos already at hand by file name
+    (what the pieces reported), taken as they are instead of reading those files again."""
     if not directory.exists():
         return []
     infos = []
@@ -97,6 +103,10 @@ def list_shards(directory: Path, source: int | None = None) -> list[ShardInfo]:
         match = NAME.match(entry)
         if not match or (source is not None and int(match.group(1)) != source):
             continue
+        if known is not None and entry in known:
+            infos.append(known[entry])
+            continue
+        import pyarrow as pa
         try:
             infos.append(read_info(directory / entry))
         except (OSError, pa.ArrowInvalid, KeyError, TypeError, ValueError):
@@ -115,9 +125,10 @@ def remove_temp_files(directory: Path) -> int:
     return removed
 
 
-def unify(tables: list[pa.Table]) -> pa.Table:
+def unify(tables: list):
     """Concatenate pages whose schemas drifted: missing columns become null, null-typed columns
     take the other pages' type, int and float become float; types that cannot meet become text."""
+    import pyarrow as pa
     tables = [t for t in tables if t.num_columns or t.num_rows]
     if not tables:
         return pa.table({})
@@ -141,7 +152,9 @@ def unify(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(fixed, promote_options="permissive")
 
 
-def _as_text(column: pa.ChunkedArray) -> pa.Array:
+def _as_text(column):
+    import pyarrow as pa
+
     from engine.records import _as_text as text_of
     if pa.types.is_string(column.type):
         return column.combine_chunks()

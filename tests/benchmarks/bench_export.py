@@ -61,12 +61,64 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(repeat: int, **fns) -> dict[str, float]:
+def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200_000,
+        log=print) -> dict:
+    """Write the shards into `work` and time every contender (interleaved). Returns
+    {"rows", "xlsx_rows", "seconds": {case: {contender: median s}}, "runs": {...}}."""
+    (work / "shards").mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    files = make_shards(work / "shards", n_shards)
+    rows = len(files) * ROWS_PER_SHARD
+    log(f"{len(files)} shards x {ROWS_PER_SHARD} rows x 8 columns written in {time.perf_counter() - t0:.1f}s")
+
+    def reduced() -> pl.LazyFrame:
+        return pl.concat([pl.scan_ipc(f) for f in files], how="diagonal_relaxed")
+
+    seconds: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[str, list[float]]] = {}
+    for fmt in ("csv", "parquet"):
+        def raw(fmt=fmt):
+            lf = pl.scan_ipc(files)
+            (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"raw.{fmt}")
+
+        def concat_raw(fmt=fmt):
+            lf = reduced()
+            (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"concat.{fmt}")
+
+        def ours(fmt=fmt):
+            out = export_tables([Table("bench", reduced())], fmt, work / f"ours.{fmt}")
+            assert out.rows == {"bench": rows}, out.rows
+
+        runs[fmt] = interleaved_runs(repeat, raw=raw, concat_raw=concat_raw, ours=ours)
+        seconds[fmt] = {k: statistics.median(v) for k, v in runs[fmt].items()}
+        t = seconds[fmt]
+        log(f"  {fmt}: raw {t['raw']:.3f}s, concat+sink {t['concat_raw']:.3f}s, export_tables {t['ours']:.3f}s")
+
+    n_x = min(xlsx_rows, rows)
+    x_files = files[: (n_x + ROWS_PER_SHARD - 1) // ROWS_PER_SHARD]
+    x_frame = lambda: pl.concat([pl.scan_ipc(f) for f in x_files],  # noqa: E731
+                                how="diagonal_relaxed").head(n_x)
+
+    def write_excel():
+        x_frame().collect().write_excel(work / "we.xlsx")
+
+    def ours_xlsx():
+        out = export_tables([Table("bench", x_frame())], "xlsx", work / "ours.xlsx")
+        assert out.rows == {"bench": n_x}, out.rows
+
+    runs["xlsx"] = interleaved_runs(repeat, write_excel=write_excel, ours=ours_xlsx)
+    seconds["xlsx"] = {k: statistics.median(v) for k, v in runs["xlsx"].items()}
+    log(f"  xlsx: write_excel {seconds['xlsx']['write_excel']:.3f}s, export_tables {seconds['xlsx']['ours']:.3f}s")
+    sizes = {"write_excel": (work / "we.xlsx").stat().st_size, "ours": (work / "ours.xlsx").stat().st_size}
+    return {"rows": rows, "xlsx_rows": n_x, "seconds": seconds, "runs": runs, "xlsx_bytes": sizes}
+
+
+def interleaved_runs(repeat: int, **fns) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
             times[name].append(timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def main() -> int:
@@ -78,62 +130,22 @@ def main() -> int:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-export-") as tmp:
-        work = Path(tmp)
-        (work / "shards").mkdir()
-        t0 = time.perf_counter()
-        files = make_shards(work / "shards", args.shards)
-        rows = len(files) * ROWS_PER_SHARD
-        print(f"{len(files)} shards x {ROWS_PER_SHARD} rows x 8 columns written in "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
-
-        def reduced() -> pl.LazyFrame:
-            return pl.concat([pl.scan_ipc(f) for f in files], how="diagonal_relaxed")
-
-        results = []
-        for fmt in ("csv", "parquet"):
-            def raw(fmt=fmt):
-                lf = pl.scan_ipc(files)
-                (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"raw.{fmt}")
-
-            def concat_raw(fmt=fmt):
-                lf = reduced()
-                (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"concat.{fmt}")
-
-            def ours(fmt=fmt):
-                out = export_tables([Table("bench", reduced())], fmt, work / f"ours.{fmt}")
-                assert out.rows == {"bench": rows}, out.rows
-
-            t = interleaved(args.repeat, raw=raw, concat_raw=concat_raw, ours=ours)
-            results.append((f"{fmt} ({rows:,} rows)", "raw sink", t["raw"], t["ours"],
-                            t["ours"] / t["raw"], "ratio <= 1.3"))
-            results.append((f"  same input, sink only", "concat sink", t["concat_raw"], t["ours"],
-                            t["ours"] / t["concat_raw"], "(export's own overhead)"))
-            print(f"  {fmt}: raw {t['raw']:.3f}s, concat+sink {t['concat_raw']:.3f}s, "
-                  f"export_tables {t['ours']:.3f}s", flush=True)
-
-        n_x = min(args.xlsx_rows, rows)
-        x_files = files[: (n_x + ROWS_PER_SHARD - 1) // ROWS_PER_SHARD]
-        x_frame = lambda: pl.concat([pl.scan_ipc(f) for f in x_files],  # noqa: E731
-                                    how="diagonal_relaxed").head(n_x)
-
-        def write_excel():
-            x_frame().collect().write_excel(work / "we.xlsx")
-
-        def ours_xlsx():
-            out = export_tables([Table("bench", x_frame())], "xlsx", work / "ours.xlsx")
-            assert out.rows == {"bench": n_x}, out.rows
-
-        t = interleaved(args.repeat, write_excel=write_excel, ours=ours_xlsx)
-        results.append((f"xlsx ({n_x:,} rows)", "write_excel", t["write_excel"], t["ours"],
-                        t["write_excel"] / t["ours"], "speed-up >= 5"))
-        sizes = ((work / "we.xlsx").stat().st_size, (work / "ours.xlsx").stat().st_size)
-
+        out = run(Path(tmp), args.repeat, args.shards, args.xlsx_rows)
+    rows, n_x, t = out["rows"], out["xlsx_rows"], out["seconds"]
+    results = []
+    for fmt in ("csv", "parquet"):
+        results.append((f"{fmt} ({rows:,} rows)", "raw sink", t[fmt]["raw"], t[fmt]["ours"],
+                        t[fmt]["ours"] / t[fmt]["raw"], "ratio <= 1.3"))
+        results.append(("  same input, sink only", "concat sink", t[fmt]["concat_raw"], t[fmt]["ours"],
+                        t[fmt]["ours"] / t[fmt]["concat_raw"], "(export's own overhead)"))
+    results.append((f"xlsx ({n_x:,} rows)", "write_excel", t["xlsx"]["write_excel"], t["xlsx"]["ours"],
+                    t["xlsx"]["write_excel"] / t["xlsx"]["ours"], "speed-up >= 5"))
     print()
     print(f"median of {args.repeat}, seconds")
     print(f"{'case':<27}{'baseline':<14}{'baseline s':>11}{'ours s':>9}{'figure':>9}  target")
     for case, base, tb, to, fig, target in results:
         print(f"{case:<27}{base:<14}{tb:>11.3f}{to:>9.3f}{fig:>9.2f}  {target}")
-    print(f"xlsx size: write_excel {sizes[0]:,} B, ours {sizes[1]:,} B")
+    print(f"xlsx size: write_excel {out['xlsx_bytes']['write_excel']:,} B, ours {out['xlsx_bytes']['ours']:,} B")
     return 0
 
 
