@@ -100,42 +100,60 @@ def host_allowed(url: str, allowed: tuple[str, ...]) -> bool:
     return any(host == a or (a.startswith(".") and host.endswith(a)) for a in allowed)
 
 
+_SAFE_QUERY_PART = re.compile(r"[A-Za-z0-9_.~-]*\Z")
+
+
+def encode_query(params: dict) -> str:
+    """`urlencode(params, doseq=True)`, without its per-character quoting when every key and
+    value is a plain str or int made of characters it would leave alone anyway."""
+    parts = []
+    for key, value in params.items():
+        if type(key) is str and _SAFE_QUERY_PART.match(key) and (
+                type(value) is int or (type(value) is str and _SAFE_QUERY_PART.match(value))):
+            parts.append(f"{key}={value}")
+        else:
+            return urlencode(params, doseq=True)
+    return "&".join(parts)
+
+
 def with_query(url: str, params: dict) -> str:
     if not params:
         return url
-    return f"{url}{'&' if '?' in url else '?'}{urlencode(params, doseq=True)}"
+    return f"{url}{'&' if '?' in url else '?'}{encode_query(params)}"
 
 
 # Characters urllib3 leaves as they are in a request target (its path/query sets, plus `%`
 # as part of an upper-case percent-encoding). A target made only of these, without dot
 # segments or lower-case escapes, is sent by urllib3 unchanged - so it can skip urllib3.
-_PLAIN_TARGET = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-F]{2})*$")
-_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$|\?)")
+_PLAIN_TARGET = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-F]{2})*\Z")
+_PLAIN_QUERY = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-F]{2})*\Z")
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|\Z)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_METHODS_EXPECTING_BODY = {"PATCH", "POST", "PUT"}
 
 
 class _Message:
     """The parsed header block of a response: what `http.client` and this module read of an
     `http.client.HTTPMessage` (first value by case-insensitive name, all values, items)."""
 
-    __slots__ = ("_headers",)
+    __slots__ = ("_headers", "_by_name")
 
     def __init__(self, headers: list[tuple[str, str]]):
         self._headers = headers
+        by_name: dict[str, list[str]] = {}
+        for key, value in headers:
+            by_name.setdefault(key.lower(), []).append(value)
+        self._by_name = by_name
 
     def get(self, name: str, failobj: Any = None) -> Any:
-        name = name.lower()
-        for key, value in self._headers:
-            if key.lower() == name:
-                return value
-        return failobj
+        values = self._by_name.get(name.lower())
+        return values[0] if values else failobj
 
     __getitem__ = get
 
     def get_all(self, name: str, failobj: Any = None) -> Any:
-        name = name.lower()
-        values = [value for key, value in self._headers if key.lower() == name]
-        return values or failobj
+        values = self._by_name.get(name.lower())
+        return list(values) if values else failobj
 
     def items(self) -> list[tuple[str, str]]:
         return list(self._headers)
@@ -144,13 +162,16 @@ class _Message:
         return [key for key, _ in self._headers]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
+        return isinstance(name, str) and name.lower() in self._by_name
 
     def __iter__(self):
         return iter(self.keys())
 
     def __len__(self) -> int:
         return len(self._headers)
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]+\Z")   # what the email parser takes for a header name
 
 
 def _parse_headers(fp) -> Any:
@@ -165,7 +186,7 @@ def _parse_headers(fp) -> Any:
             break
         line = raw_line.decode("iso-8859-1")
         name, colon, value = line.partition(":")
-        if not colon or line[0] in " \t":
+        if not colon or not _HEADER_NAME.match(name):
             import email.parser
             return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
                 b"".join(lines).decode("iso-8859-1"))
@@ -180,34 +201,70 @@ class _FastResponse(http.client.HTTPResponse):
                                {**vars(http.client), "parse_headers": _parse_headers}, "begin")
 
 
-class _HTTPConnection(http.client.HTTPConnection):
-    response_class = _FastResponse
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    response_class = _FastResponse
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _reusable(conn: http.client.HTTPConnection) -> bool:
-    """A pooled connection may carry a new request if its socket is open and not readable
-    (readable means the server closed it, or sent something unasked) - urllib3's check."""
-    sock = conn.sock
-    if sock is None:
-        return False
+def _reusable(sock: socket.socket) -> bool:
+    """A pooled connection may carry a new request if its socket is not readable (readable
+    means the server closed it, or sent something unasked) - urllib3's check."""
     try:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         return not poller.poll(0)
     except (OSError, ValueError):
         return False
+
+
+_HEADS: dict[tuple, bytes] = {}   # (method, host, headers, body length) -> encoded header block
+
+
+def _request_head(method: str, target: str, host: str, headers: dict, data: bytes | None) -> bytes:
+    """The request line and headers as `http.client` writes them (Host first unless given,
+    Content-Length for a body or a method that expects one), with its checks: a header name or
+    value that could split the request is a ValueError, a non-latin-1 value a UnicodeError.
+    The header block is the same request after request: it is built and checked once."""
+    key = (method, host, tuple(headers.items()), None if data is None else len(data))
+    try:
+        block = _HEADS[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable header value
+        block = _header_block(method, host, headers, data)
+        try:
+            if len(_HEADS) > 512:
+                _HEADS.clear()
+            _HEADS[key] = block
+        except TypeError:
+            pass
+    return f"{method} {target} HTTP/1.1\r\n".encode("ascii") + block
+
+
+def _header_block(method: str, host: str, headers: dict, data: bytes | None) -> bytes:
+    if http.client._contains_disallowed_method_pchar_re.search(method):
+        raise ValueError("method can't contain control characters")
+    names = {name.lower() for name in headers}
+    lines = []
+    if "host" not in names:
+        lines.append(f"Host: {host}")
+    if "accept-encoding" not in names:
+        lines.append("Accept-Encoding: identity")
+    if "content-length" not in names and "transfer-encoding" not in names:
+        if data is not None:
+            lines.append(f"Content-Length: {len(data)}")
+        elif method.upper() in _METHODS_EXPECTING_BODY:
+            lines.append("Content-Length: 0")
+    head = "".join(line + "\r\n" for line in lines).encode("latin-1")
+    for name, value in headers.items():
+        encoded_name = name.encode("ascii")
+        if not http.client._is_legal_header_name(encoded_name):
+            raise ValueError("Invalid header name")
+        if isinstance(value, str):
+            encoded = value.encode("latin-1")
+        elif isinstance(value, int):
+            encoded = str(value).encode("ascii")
+        else:
+            encoded = bytes(value)
+        if http.client._is_illegal_header_value(encoded):
+            raise ValueError("Invalid header value")
+        head += encoded_name + b": " + encoded + b"\r\n"
+    return head + b"\r\n"
 
 
 class _Headers:
@@ -253,7 +310,8 @@ class HttpClient:
         self._env_proxies = urllib.request.getproxies()
         self._urllib3: urllib3.PoolManager | None = None
         self._proxied: dict[str, urllib3.ProxyManager] = {}
-        self._idle: dict[tuple, list] = {}      # (scheme, host, port) -> idle connections
+        self._idle: dict[tuple, list] = {}      # (scheme, host, port) -> idle sockets
+        self._routes: dict[str, tuple | None] = {}
         self._tls: ssl.SSLContext | None = None
         self._lock = threading.Lock()
 
@@ -312,53 +370,79 @@ class HttpClient:
             return response
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
 
-    def _direct_target(self, url: str) -> tuple[tuple, str] | None:
-        """(pool key, request target) when the request can go over a plain pooled connection:
-        http(s), no proxy, no credentials in the URL, a target urllib3 would not rewrite."""
+    def _route(self, base: str) -> tuple[tuple, str, str] | None:
+        """(pool key, path, Host header) when requests to `base` (a URL without its query)
+        can go over a plain pooled socket: http(s), no proxy, no credentials or fragment in
+        the URL, a path urllib3 would send unchanged. Cached: a job asks for few bases."""
         try:
-            parts = urlsplit(url)
-            scheme = parts.scheme.lower()
-            host = parts.hostname
-            port = parts.port
+            return self._routes[base]
+        except KeyError:
+            pass
+        route = None
+        try:
+            parts = urlsplit(base)
+            scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
         except ValueError:
-            return None
-        if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc or not host.isascii():
-            return None
-        if self._env_proxies and self._proxy_for(scheme, host) is not None:
-            return None
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if not _PLAIN_TARGET.match(target) or _DOT_SEGMENT.search(parts.path):
-            return None
-        return (scheme, host.lower(), port or _DEFAULT_PORTS[scheme]), target
+            scheme = host = None
+        if (scheme in _DEFAULT_PORTS and host and host.isascii() and "@" not in parts.netloc
+                and "#" not in base and not parts.query
+                and (not self._env_proxies or self._proxy_for(scheme, host) is None)):
+            path = parts.path or "/"
+            if _PLAIN_TARGET.match(path) and not _DOT_SEGMENT.search(path):
+                port = port or _DEFAULT_PORTS[scheme]
+                shown = f"[{host}]" if ":" in host else host
+                route = ((scheme, host, port), path,
+                         shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}")
+        if len(self._routes) > 256:
+            self._routes.clear()
+        self._routes[base] = route
+        return route
 
-    def _connection(self, key: tuple, timeout: float) -> http.client.HTTPConnection:
+    def _direct(self, url: str) -> tuple[tuple, str, str] | None:
+        """(pool key, request target, Host header) for `url`, or None (urllib3 sends it)."""
+        base, mark, query = url.partition("?")
+        route = self._route(base)
+        if route is None or (mark and not _PLAIN_QUERY.match(query)):
+            return None
+        key, path, host = route
+        return key, (f"{path}?{query}" if mark else path), host
+
+    def _pooled(self, key: tuple, timeout: float) -> socket.socket | None:
         idle = self._idle.get(key)
         while idle:
             try:
-                conn = idle.pop()
+                sock = idle.pop()
             except IndexError:
                 break
-            if _reusable(conn):
-                conn.timeout = timeout
-                conn.sock.settimeout(timeout)
-                return conn
-            conn.close()
-        scheme, host, port = key
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context(cafile=certifi.where())
-            return _HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        return _HTTPConnection(host, port, timeout=timeout)
+            if _reusable(sock):
+                sock.settimeout(timeout)
+                return sock
+            sock.close()
+        return None
 
-    def _release(self, key: tuple, conn: http.client.HTTPConnection) -> None:
+    def _connect(self, key: tuple, timeout: float) -> socket.socket:
+        scheme, host, port = key
+        sock = socket.create_connection((host, port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                if self._tls is None:
+                    self._tls = ssl.create_default_context(cafile=certifi.where())
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _release(self, key: tuple, sock: socket.socket) -> None:
         idle = self._idle.get(key)
         if idle is None:
             with self._lock:
                 idle = self._idle.setdefault(key, [])
         if len(idle) < self.pool_size:
-            idle.append(conn)
+            idle.append(sock)
         else:
-            conn.close()
+            sock.close()
 
     def _send_once(self, method: str, url: str, headers: dict, body: Any, timeout: float,
                    before_send: Callable[[], Any], answered: Callable[[Any], None]) -> Response:
@@ -369,18 +453,29 @@ class HttpClient:
         if body is not None:
             data = orjson.dumps(body)
             sent_headers.setdefault("Content-Type", "application/json")
-        direct = self._direct_target(url)
+        direct = self._direct(url)
         if direct is None:
             return self._send_urllib3(method, url, sent_headers, data, timeout, before_send, answered)
-        key, target = direct
-        conn = self._connection(key, timeout)
+        key, target, host = direct
+        try:
+            request = _request_head(method, target, host, sent_headers, data) + (data or b"")
+        except (ValueError, UnicodeError) as exc:
+            raise _as_fetch_error(exc, timeout, "connection failed") from None
+        sock = self._pooled(key, timeout)
         ticket = before_send()
         started = time.monotonic()
+        raw = None
         try:
-            conn.request(method, target, body=data, headers=sent_headers)
-            raw = conn.getresponse()
+            if sock is None:
+                sock = self._connect(key, timeout)
+            sock.sendall(request)
+            raw = _FastResponse(sock, method=method)
+            raw.begin()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a worded FetchError
-            conn.close()
+            if raw is not None:
+                raw.close()
+            if sock is not None:
+                sock.close()
             raise _as_fetch_error(exc, timeout, "connection failed") from None
         answered(ticket)
         complete = False
@@ -422,10 +517,11 @@ class HttpClient:
         except Exception as exc:  # noqa: BLE001
             raise _as_fetch_error(exc, timeout, "body truncated or connection dropped", raw.status) from None
         finally:
+            raw.close()
             if complete and not raw.will_close:
-                self._release(key, conn)
+                self._release(key, sock)
             else:
-                conn.close()  # a half-read connection cannot be reused
+                sock.close()  # a half-read connection cannot be reused
 
     def _send_urllib3(self, method: str, url: str, sent_headers: dict, data: bytes | None, timeout: float,
                       before_send: Callable[[], Any], answered: Callable[[Any], None]) -> Response:

@@ -29,8 +29,8 @@ from engine.processes import mp_context
 from engine.prepare import PreparedJob
 from engine.shards import ShardInfo, list_shards, remove_temp_files
 from engine.spec import spec_to_json
-from engine.tasks import (ExportRequest, SharedState, WorkerJob, greet, init_worker, lower_priority, run_export,
-                          run_piece)
+from engine.tasks import (ExportRequest, SharedState, WorkerJob, greet, init_worker, ready, run_export, run_piece,
+                          start_export_process)
 
 log = logging.getLogger("pageferry.engine")
 
@@ -148,6 +148,8 @@ class JobRunner:
         self._last_read = 0.0
         self.started_at = utcnow()
         self.result: JobResult | None = None
+        self._export_pool: cf.ProcessPoolExecutor | None = None   # started early: it loads Polars meanwhile
+        self._known: dict[str, ShardInfo] = {}                     # finished shards by file name
         self._started = time.monotonic()
         self._source_seconds: dict[int, float] = {}   # source index -> seconds until all its pages were in
 
@@ -247,6 +249,10 @@ class JobRunner:
         pool = None
         try:
             pool = self._new_pool(ctx, processes, worker_job, shared)
+            if self.spec.rate_limit is None:
+                # Under a rate limit, nothing may burst beside the sends (see _new_pool): the
+                # export process starts when it is needed instead.
+                self._export_pool = self._start_export_pool(ctx)
             self.phase = "fetching"
             self._changed()
             pool, shared = self._fetch(scheduler, pool, ctx, processes, worker_job, shared, known, shards_dir)
@@ -266,6 +272,10 @@ class JobRunner:
         finally:
             if pool is not None:
                 self._stop_pool(pool, shared)
+            export_pool, self._export_pool = self._export_pool, None
+            if export_pool is not None:
+                self._kill(export_pool)
+                export_pool.shutdown(wait=True, cancel_futures=True)
             board, self._board = self._board, None
             self._progress.read(board)  # the last figures stay readable after the board is gone
             try:
@@ -293,11 +303,15 @@ class JobRunner:
         os.replace(temp, marker)
 
     def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.ProcessPoolExecutor:
-        """The job's pool. Under a rate limit every process is started before the first piece:
+        """The job's pool, every process started now (a pool starts one process per submit,
+        so the second would otherwise start only once page 1 has revealed the pages to split,
+        ~0.1 s late). Under a rate limit they are also waited for before the first piece:
         process start-up is a CPU burst, and overlapping it with rate-limited sends skews them."""
         pool = cf.ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=init_worker,
                                       initargs=(worker_job, shared))
         if self.spec.rate_limit is None:
+            for _ in range(processes):
+                pool.submit(greet, 0.0)
             return pool
         started: set[int] = set()
         for _ in range(3):  # each greeting holds its process briefly, so they spread over all
@@ -426,7 +440,7 @@ class JobRunner:
         selected: list[list[ShardInfo]] = [[] for _ in self.spec.sources]
         # The directory is the ledger; shards the pieces reported are not read again (reading
         # them would load pyarrow into this process just for their metadata).
-        for info in list_shards(shards_dir, known=getattr(self, "_known", None)):
+        for info in list_shards(shards_dir, known=self._known):
             plan = scheduler.sources[info.source]
             (u1, p1), (u2, _) = info.first, info.last
             if u1 == u2 and u1 in plan.units:
@@ -468,10 +482,16 @@ class JobRunner:
                                         for i, infos in enumerate(selected)])
         self.phase = "exporting"
         self._changed()
-        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=lower_priority,
-                                      initargs=(self.options.nice,))
+        pool, self._export_pool = self._export_pool, None
         try:
-            exported = self._wait_for_export(pool.submit(run_export, request), pool)
+            try:
+                future = pool.submit(run_export, request)
+            except (AttributeError, RuntimeError):  # none yet, or its process died while waiting
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                pool = self._start_export_pool(ctx)
+                future = pool.submit(run_export, request)
+            exported = self._wait_for_export(future, pool)
         finally:
             self._kill(pool)
             pool.shutdown(wait=True, cancel_futures=True)
@@ -500,6 +520,13 @@ class JobRunner:
             if self._cancel_reason.startswith("timed out"):
                 raise JobFailed(self._cancel_reason) from None
             raise JobCancelled(self._cancel_reason) from None
+
+    def _start_export_pool(self, ctx) -> cf.ProcessPoolExecutor:
+        """The job's export process (one), started now: it loads Polars while it waits."""
+        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=start_export_process,
+                                      initargs=(self.options.nice, os.getpid()))
+        pool.submit(ready)
+        return pool
 
     def _wait_for_export(self, future: cf.Future, pool):
         redactor = self.prepared.redactor

@@ -1,18 +1,21 @@
-"""How the engine starts processes: forkserver, with the heavy modules preloaded.
+"""How the engine starts processes: forkserver, with the fetching modules preloaded.
 
 Forking a multi-threaded process (a gunicorn gthread worker) can deadlock, so processes come
-from a forkserver; it imports polars, pyarrow and the engine once, and every pool process
-forks from it ready to work (~50 ms instead of ~1 s). This module imports nothing heavy, so
-`warm_up()` can start the forkserver before the caller has finished its own imports - both
-then import in parallel.
+from a forkserver; it imports the fetch side of the engine (pyarrow, the HTTP stack, the
+spec) once, and every pool process forks from it ready to work (~50 ms instead of ~1 s).
+Polars is not preloaded: only the export process needs it, and it imports it itself while
+the pages are being fetched (engine.tasks.start_export_process) - the preload is what the
+first request waits for. This module imports nothing heavy, so `warm_up()` can start the
+forkserver before the caller has finished its own imports - both then import in parallel.
 """
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 from multiprocessing import forkserver
 
-PRELOAD = ["engine.worker", "engine.reduce", "polars", "pyarrow", "urllib3"]
+PRELOAD = ["engine.worker", "engine.preloaded"]
 _lock = threading.Lock()
 _context = None
 
@@ -21,6 +24,9 @@ def mp_context():
     global _context
     with _lock:
         if _context is None:
+            # pyarrow loads numpy, whose OpenBLAS starts a spinning thread per core in every
+            # process that imports it; nothing here does linear algebra.
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
             _context = multiprocessing.get_context("forkserver")
             _context.set_forkserver_preload(PRELOAD)
         return _context

@@ -382,6 +382,14 @@ def _keep(pages: list[_Page], source: int, skip_failures: bool) -> list[_Page]:
     return kept
 
 
+def _map(fn, items: list) -> list:
+    """`fn` over `items` on the process's fetch threads, results in order. With one thread the
+    piece's own thread runs them: no hand-off between threads for every page."""
+    if _P.job.threads <= 1:
+        return [fn(item) for item in items]
+    return list(_P.threads.map(fn, items))
+
+
 def run_piece(piece: Piece) -> PieceResult:
     runtime = _P.sources[piece.source]
     source = _P.job.spec.sources[piece.source]
@@ -389,10 +397,10 @@ def run_piece(piece: Piece) -> PieceResult:
     result = PieceResult(piece.id)
     if piece.spans:
         work = [(s.unit, p, s.size) for s in piece.spans for p in range(s.first, s.last + 1)]
-        pages = list(_P.threads.map(lambda w: _fetch_addressable(runtime, *w), work))
+        pages = _map(lambda w: _fetch_addressable(runtime, *w), work)
     else:
         seen = {}
-        chunks = list(_P.threads.map(lambda r: _run_sequence(runtime, r, r.seen), piece.runs))
+        chunks = _map(lambda r: _run_sequence(runtime, r, r.seen), piece.runs)
         pages = [page for chunk in chunks for page in chunk]
         for run, chunk in zip(piece.runs, chunks):
             seen[run.unit] = [p.token for p in chunk if p.token is not None]

@@ -4,11 +4,10 @@
 
 Writes `--shards` Arrow IPC shards of 1,000 rows (8 columns) to a temp dir, then times
 (median of `--repeat`, runs interleaved):
-- CSV / Parquet: `export_tables` over `pl.concat([pl.scan_ipc(f) ...], how="diagonal_relaxed")`
-  (the reducer's shape; includes fsync, sha256 and the row count) vs a raw
-  `pl.scan_ipc(files).sink_csv / sink_parquet`. Target: ratio <= 1.3. Also shown: the same
-  concat input sunk directly, which isolates the exporter's own overhead from the cost of
-  the 1,000-scan concat itself.
+- CSV / Parquet: `export_tables` over `engine.reduce.scan_source(files)` (the reducer's
+  frame; includes fsync, sha256 and the row count) vs a raw
+  `pl.scan_ipc(files).sink_csv / sink_parquet`. Target: ratio <= 1.3. Also shown: a relaxed
+  concat of one scan per shard sunk directly (what the reducer does when schemas drifted).
 - XLSX, `--xlsx-rows` rows: `export_tables(..., "xlsx")` vs `pl.DataFrame.write_excel`
   (xlsxwriter). Target: speed-up >= 5.
 """
@@ -30,6 +29,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.export import Table, export_tables  # noqa: E402
+from engine.reduce import scan_source  # noqa: E402
 
 ROWS_PER_SHARD = 1_000
 
@@ -72,7 +72,7 @@ def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200
     log(f"{len(files)} shards x {ROWS_PER_SHARD} rows x 8 columns written in {time.perf_counter() - t0:.1f}s")
 
     def reduced() -> pl.LazyFrame:
-        return pl.concat([pl.scan_ipc(f) for f in files], how="diagonal_relaxed")
+        return scan_source(files)   # the engine's reducer: what the export step gets
 
     seconds: dict[str, dict[str, float]] = {}
     runs: dict[str, dict[str, list[float]]] = {}
@@ -82,7 +82,7 @@ def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200
             (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"raw.{fmt}")
 
         def concat_raw(fmt=fmt):
-            lf = reduced()
+            lf = pl.concat([pl.scan_ipc(f) for f in files], how="diagonal_relaxed")
             (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"concat.{fmt}")
 
         def ours(fmt=fmt):
@@ -96,8 +96,7 @@ def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200
 
     n_x = min(xlsx_rows, rows)
     x_files = files[: (n_x + ROWS_PER_SHARD - 1) // ROWS_PER_SHARD]
-    x_frame = lambda: pl.concat([pl.scan_ipc(f) for f in x_files],  # noqa: E731
-                                how="diagonal_relaxed").head(n_x)
+    x_frame = lambda: scan_source(x_files).head(n_x)  # noqa: E731
 
     def write_excel():
         x_frame().collect().write_excel(work / "we.xlsx")
