@@ -496,19 +496,12 @@ class HttpClient:
                 if decoder is not None:
                     chunk = _decode(decoder, chunk, self.max_body - size + 1)
                 size += len(chunk)
-                if size > self.max_body:
-                    raise FetchError(f"body exceeds MAX_FILE_SIZE ({self.max_body} bytes); download aborted",
-                                     retryable=False, status=raw.status)
-                if time.monotonic() - started > timeout:
-                    raise FetchError(f"body not complete within {timeout:g} s (timeout)", retryable=True,
-                                     status=raw.status)
+                self._check_body(size, started, timeout, raw.status)
                 chunks.append(chunk)
             if decoder is not None:
                 chunk = _decode(decoder, b"", -1, flush=True)
                 size += len(chunk)
-                if size > self.max_body:
-                    raise FetchError(f"body exceeds MAX_FILE_SIZE ({self.max_body} bytes); download aborted",
-                                     retryable=False, status=raw.status)
+                self._check_body(size, started, timeout, raw.status)
                 chunks.append(chunk)
             complete = True
             return Response(raw.status, headers_in, b"".join(chunks), url)
@@ -522,6 +515,14 @@ class HttpClient:
                 self._release(key, sock)
             else:
                 sock.close()  # a half-read connection cannot be reused
+
+    def _check_body(self, size: int, started: float, timeout: float, status: int) -> None:
+        """A body is given up on past MAX_FILE_SIZE (while streaming, not after) or past its time."""
+        if size > self.max_body:
+            raise FetchError(f"body exceeds MAX_FILE_SIZE ({self.max_body} bytes); download aborted",
+                             retryable=False, status=status)
+        if time.monotonic() - started > timeout:
+            raise FetchError(f"body not complete within {timeout:g} s (timeout)", retryable=True, status=status)
 
     def _send_urllib3(self, method: str, url: str, sent_headers: dict, data: bytes | None, timeout: float,
                       before_send: Callable[[], Any], answered: Callable[[Any], None]) -> Response:
@@ -546,12 +547,7 @@ class HttpClient:
             chunks, size = [], 0
             for chunk in raw.stream(CHUNK, decode_content=True):
                 size += len(chunk)
-                if size > self.max_body:
-                    raise FetchError(f"body exceeds MAX_FILE_SIZE ({self.max_body} bytes); download aborted",
-                                     retryable=False, status=raw.status)
-                if time.monotonic() - started > timeout:
-                    raise FetchError(f"body not complete within {timeout:g} s (timeout)", retryable=True,
-                                     status=raw.status)
+                self._check_body(size, started, timeout, raw.status)
                 chunks.append(chunk)
             complete = True
             return Response(raw.status, raw.headers, b"".join(chunks), url)
