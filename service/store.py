@@ -136,10 +136,20 @@ class SQLiteTaskStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connection() as db:
-            db.executescript(SCHEMA)
-            for table, column, declaration in MIGRATIONS:
-                if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            # Every gunicorn worker opens the store at start: create and migrate under one
+            # write lock, or two workers both see a column missing and the second ALTER fails.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                for table, column, declaration in MIGRATIONS:
+                    if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     # ------------------------------------------------------------ plumbing
     def _connection(self) -> sqlite3.Connection:
@@ -147,7 +157,17 @@ class SQLiteTaskStore:
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            for attempt in range(100):
+                # switching a new file to WAL answers "locked" at once (no busy wait) while
+                # another worker is doing the same: try again shortly
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=30000")
             self._local.db = db
