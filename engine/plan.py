@@ -305,20 +305,16 @@ class SourcePlan:
         """Take a piece's outcome in."""
         for info in result.shards:
             self.record(info)
-        for span in piece.spans:
-            if span.first == 1 and span.last == 1:
-                self.probing.remove(span.unit, span.unit)
-            if span.unit in self.units:
-                self.units[span.unit].in_flight.remove(span.first, span.last)
+        self._unclaim(piece)
         for run in piece.runs:
-            if run.page == 1:
-                self.probing.remove(run.unit, run.unit)
-            state = self._unit(run.unit)
-            state.running = False
-            state.seen.update(_digest(token) for token in result.seen_tokens.get(run.unit, []))
+            self._unit(run.unit).seen.update(_digest(token) for token in result.seen_tokens.get(run.unit, []))
 
     def release(self, piece: Piece) -> None:
         """A piece that never reported (its process died): its pages go back to planning."""
+        self._unclaim(piece)
+
+    def _unclaim(self, piece: Piece) -> None:
+        """The piece's pages and runs are no longer in flight (done or handed back)."""
         for span in piece.spans:
             if span.first == 1 and span.last == 1:
                 self.probing.remove(span.unit, span.unit)
