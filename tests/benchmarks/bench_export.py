@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import statistics
 import sys
 import tempfile
@@ -116,6 +117,9 @@ def interleaved_runs(repeat: int, **fns) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            # Untimed: write back what the previous run left dirty, so no contender's fsync
+            # (engine.export's) pays for another's deferred writes (the raw sinks never flush).
+            os.sync()
             times[name].append(timed(fn))
     return times
 
