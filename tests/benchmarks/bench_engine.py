@@ -1,7 +1,7 @@
 """pageferry's performance suite (issue 7): every case side by side with its baselines, in one
 run, on one local test API.
 
-    python tests/benchmarks/bench_engine.py              # every case, 3 runs each (~9 min on 2 cores)
+    python tests/benchmarks/bench_engine.py              # every case, 5 runs each (~10 min on 2 cores)
     python tests/benchmarks/bench_engine.py --quick      # small sizes, generous margins (CI smoke run)
     python tests/benchmarks/bench_engine.py --cases fetch200k,latency --repeat 5
 
@@ -539,12 +539,15 @@ def chart(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of: {', '.join(CASES)}")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per contender (default 3)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="timed runs per contender (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small sizes, generous margins (CI smoke run)")
     parser.add_argument("--check", action="store_true", help="full size: exit 1 when any target is missed")
     parser.add_argument("--results", default=str(HERE / "results.json"))
     parser.add_argument("--chart", default=str(HERE / "chart.png"))
     args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 5
     names = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES]
     if unknown:
