@@ -9,7 +9,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
 import zipfile
@@ -561,55 +560,22 @@ def test_failure_mid_write_keeps_previous_result(tmp_path, monkeypatch, fmt):
     path = tmp_path / f"out.{fmt}"
     path.write_bytes(b"previous result")
     calls = {"n": 0}
-    real_read = _atomic._Tally.read_from
+    real_digest = _atomic.digest
 
-    def broken_read(self, fh):   # hashing fails: while following the writer (csv) or after
+    def broken_digest(p, **kw):
         calls["n"] += 1
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(_atomic._Tally, "read_from", broken_read)
+    monkeypatch.setattr(_atomic, "digest", broken_digest)
     with pytest.raises(OSError, match="disk on fire"):
         export_tables([Table("t", pl.LazyFrame({"a": list(range(100))}))], fmt, path)
     assert calls["n"] == 1
     assert path.read_bytes() == b"previous result"
     assert leftovers(tmp_path) == []
-    monkeypatch.setattr(_atomic._Tally, "read_from", real_read)
+    monkeypatch.setattr(_atomic, "digest", real_digest)
     result = export_tables([Table("t", pl.LazyFrame({"a": list(range(100))}))], fmt, path)
     assert result.rows == {"t": 100}
     check_exported(result, path)
-
-
-def test_following_digest_hashes_while_the_writer_appends(tmp_path, monkeypatch):
-    path = tmp_path / "grown.bin"
-    path.write_bytes(b"")
-    chunks = [bytes([65 + i % 26]) * (3000 + 97 * i) + b"\n" for i in range(60)]
-
-    def writer():
-        with open(path, "ab") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-                fh.flush()
-                time.sleep(0.002)
-
-    follower = _atomic.FollowingDigest(path, count_newlines=True)
-    with follower:
-        thread = threading.Thread(target=writer)
-        thread.start()
-        time.sleep(0.03)
-        assert follower._task.is_alive()     # still following: the writer is not done
-        thread.join()
-    data = b"".join(chunks)
-    assert follower.result() == (len(data), hashlib.sha256(data).hexdigest(), 60)
-
-    # seal() takes the followed digest as it is: no second read of the file...
-    monkeypatch.setattr(_atomic, "digest", lambda *a, **k: pytest.fail("file read again"))
-    assert _atomic.seal(path, sync=True, followed=follower)[:2] == (len(data), hashlib.sha256(data).hexdigest())
-    monkeypatch.undo()
-    # ...unless the file is not what the follower saw: then it is hashed again.
-    with open(path, "ab") as fh:
-        fh.write(b"late")
-    assert _atomic.seal(path, sync=False, followed=follower)[:2] == (len(data) + 4,
-                                                                      hashlib.sha256(data + b"late").hexdigest())
 
 
 def test_failure_in_xlsx_batch_removes_sheet_temps(tmp_path, monkeypatch):

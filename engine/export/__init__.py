@@ -2,9 +2,8 @@
 
 Streaming (Polars sinks, or batches for XLSX; nothing is collected whole) and atomic: every
 byte goes to a temp file beside `final_path` (`.{name}.tmp-{12 hex}[.suffix]`), which is
-fsynced and renamed onto `final_path` only when complete; the sha256 of a csv / json /
-ndjson / parquet result is taken while it is written (`FollowingDigest`). On any error all
-temp files are removed and the error propagates; nothing appears under the final name.
+fsynced and renamed onto `final_path` only when complete. On any error all temp files are
+removed and the error propagates; nothing appears under the final name.
 
 Encodings (see the writer modules for details):
 - csv: header always; lists/structs as compact JSON text, nulls as empty cells; dates ISO
@@ -28,7 +27,7 @@ from typing import Callable
 import polars as pl
 
 from . import _zip
-from ._atomic import BackgroundFlush, FollowingDigest, TempFiles, remove_stale_temps, seal
+from ._atomic import BackgroundFlush, TempFiles, remove_stale_temps, seal
 from .parquet import write_parquet
 from .text import write_csv, write_json, write_ndjson
 from .xlsx import write_xlsx
@@ -81,7 +80,6 @@ def export_tables(tables: list[Table], fmt: str, final_path: Path, *, inner: str
     opts = _Options(csv_separator, escape_formulas)
     with TempFiles(final_path) as temps:
         out = temps.new()
-        follower = None
         with BackgroundFlush(out):
             if fmt == "zip":
                 rows = _write_zip(tables, inner, out, temps, opts, manifest)
@@ -91,11 +89,9 @@ def export_tables(tables: list[Table], fmt: str, final_path: Path, *, inner: str
                                 write_xlsx([(t.name, t.frame) for t in tables], out, temps)))
                 how = _Rows()
             else:
-                with FollowingDigest(out, count_newlines=fmt == "ndjson") as follower:
-                    how = _produce(fmt, tables[0], out, temps, opts)
+                how = _produce(fmt, tables[0], out, temps, opts)
                 rows = {}
-        size, sha, n = seal(out, sync=True, count_newlines=how.count_newlines, rows_fn=how.fn,
-                            followed=follower)
+        size, sha, n = seal(out, sync=True, count_newlines=how.count_newlines, rows_fn=how.fn)
         if fmt not in MULTI_TABLE_FORMATS:
             rows = {tables[0].name: how.value if how.value is not None else n}
         temps.publish(out)

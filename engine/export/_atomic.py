@@ -151,91 +151,30 @@ class BackgroundFlush:
 
 def digest(path: Path, *, count_newlines: bool = False) -> tuple[int, str, int]:
     """(bytes, sha256 hex, number of b"\\n") of a file, read in large chunks."""
-    tally = _Tally(count_newlines)
+    sha = hashlib.sha256()
+    size = 0
+    newlines = 0
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
-        while tally.read_from(fh):
-            pass
-    return tally.size, tally.sha.hexdigest(), tally.newlines
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                break
+            chunk = view[:n]
+            sha.update(chunk)
+            size += n
+            if count_newlines:
+                newlines += buf.count(b"\n", 0, n)
+    return size, sha.hexdigest(), newlines
 
 
-class _Tally:
-    """A running sha256 (and newline count) over chunks read from a file."""
-
-    def __init__(self, count_newlines: bool):
-        self.sha = hashlib.sha256()
-        self.size = 0
-        self.newlines = 0
-        self.count_newlines = count_newlines
-        self._buf = bytearray(READ_CHUNK)
-        self._view = memoryview(self._buf)
-
-    def read_from(self, fh) -> int:
-        n = fh.readinto(self._buf)
-        if n:
-            self.sha.update(self._view[:n])
-            self.size += n
-            if self.count_newlines:
-                self.newlines += self._buf.count(b"\n", 0, n)
-        return n or 0
-
-
-class FollowingDigest:
-    """Hashes a file from a thread while its writer is still appending to it, so the digest
-    is ready when the writer finishes instead of costing one more read of the whole file
-    (~15% of a CSV export). Only for writers that write front to back and never seek back
-    (Polars' CSV/NDJSON/Parquet sinks, the JSON framing copy) - a zip writer patches its
-    local headers after the data, so it is hashed by `digest` once complete.
-
-        with FollowingDigest(path) as follower:
-            write(path)
-        size, sha, newlines = follower.result()
-    """
-
-    POLL = 0.005   # seconds between looks at a file that has not grown
-
-    def __init__(self, path: Path, *, count_newlines: bool = False):
-        self.path = path
-        self.count_newlines = count_newlines
-        self._written = threading.Event()
-        self._task: _Task | None = None
-
-    def _follow(self) -> tuple[int, str, int]:
-        tally = _Tally(self.count_newlines)
-        with open(self.path, "rb", buffering=0) as fh:
-            while True:
-                # Looked at before reading: once the writer is done, a read that finds nothing
-                # new is the end of the file (bytes below the file size are always written).
-                finished = self._written.is_set()
-                if tally.read_from(fh):
-                    continue
-                if finished:
-                    return tally.size, tally.sha.hexdigest(), tally.newlines
-                self._written.wait(self.POLL)
-
-    def __enter__(self) -> "FollowingDigest":
-        self._task = _Task(self._follow, "pageferry-digest")
-        self._task.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._written.set()
-        self._task.join()
-
-    def result(self) -> tuple[int, str, int]:
-        """(bytes, sha256, newlines) of the finished file; raises what the thread met."""
-        if self._task.error is not None:
-            raise self._task.error
-        return self._task.result
-
-
-def seal(path: Path, *, sync: bool, count_newlines: bool = False, rows_fn=None,
-         followed: FollowingDigest | None = None) -> tuple[int, str, int | None]:
+def seal(path: Path, *, sync: bool, count_newlines: bool = False, rows_fn=None
+         ) -> tuple[int, str, int | None]:
     """Make `path` durable (optional) and describe it: (bytes, sha256, rows).
 
     rows: `rows_fn()` when given, else the newline count when `count_newlines`, else None.
-    `followed`: the digest taken while the file was written (read again if the file's size
-    says the writer went past what the follower saw). The fsync and `rows_fn` run in threads
-    (both release the GIL) while this one hashes, if it has to.
+    The fsync and `rows_fn` run in threads (both release the GIL) while this one hashes.
     """
     tasks = []
     if sync:
@@ -246,11 +185,7 @@ def seal(path: Path, *, sync: bool, count_newlines: bool = False, rows_fn=None,
     for task in tasks:
         task.start()
     try:
-        known = followed.result() if followed is not None else None
-        if known is not None and known[0] == os.path.getsize(path):
-            size, sha, newlines = known
-        else:
-            size, sha, newlines = digest(path, count_newlines=count_newlines)
+        size, sha, newlines = digest(path, count_newlines=count_newlines)
     finally:
         for task in tasks:
             task.join()
