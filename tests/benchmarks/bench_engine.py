@@ -187,6 +187,16 @@ def baseline_cmd(module: str, url: str, pages: int, per_page: int, n: int, out: 
     return [PYTHON, "-m", f"tests.benchmarks.baselines.{module}", url, str(pages), str(per_page), str(n), out, *extra]
 
 
+def asyncio_contender(url: str, pages: int, per_page: int, n: int, inflight: int = ASYNC_INFLIGHT,
+                      *params: str, after=None) -> "Contender":
+    """Contender (b): the hand-tuned asyncio client, `params` (`name=value`) on every request."""
+    extra = [arg for param in params for arg in ("--param", param)]
+    return Contender(f"(b) asyncio + aiohttp, {inflight} in flight",
+                     baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(inflight),
+                                  *extra),
+                     check_ids("b.parquet", n), after=after)
+
+
 def api_capacity(api: TestAPI, paths: list[str], seconds: float) -> float:
     """Pages/s the test API serves to a 64-connection aiohttp client in its own process (the
     client shares the machine's 2 cores, so this is a lower bound of the API's ceiling)."""
@@ -249,9 +259,7 @@ def case_fetch200k(ctx: "Ctx") -> dict:
     contenders = [
         Contender(f"pageferry --workers {TUNED_WORKERS}, concurrency {TUNED_CONCURRENCY}",
                   engine_cmd(spec, "pf.parquet", TUNED_WORKERS), check_ids("pf.parquet", n)),
-        Contender(f"(b) asyncio + aiohttp, {ASYNC_INFLIGHT} in flight",
-                  baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(ASYNC_INFLIGHT)),
-                  check_ids("b.parquet", n)),
+        asyncio_contender(url, pages, per_page, n),
         Contender("(a) sequential requests loop", baseline_cmd("sequential_requests", url, pages, per_page, n, "a.parquet"),
                   check_ids("a.parquet", n)),
         Contender(f"pageferry defaults (2 processes), concurrency {FETCH_CONCURRENCY}",
@@ -279,9 +287,7 @@ def case_fetch1m(ctx: "Ctx") -> dict:
     contenders = [
         Contender(f"pageferry defaults (2 processes), concurrency {FETCH_CONCURRENCY}", engine_cmd(spec, "pf.parquet"),
                   check_ids("pf.parquet", n)),
-        Contender(f"(b) asyncio + aiohttp, {ASYNC_INFLIGHT} in flight",
-                  baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(ASYNC_INFLIGHT)),
-                  check_ids("b.parquet", n)),
+        asyncio_contender(url, pages, per_page, n),
     ]
     run_interleaved(contenders, work, ctx.repeat, lambda: None, memory=True)
     pf, b = contenders
@@ -317,10 +323,7 @@ def case_latency(ctx: "Ctx") -> dict:
     contenders = [
         Contender("pageferry defaults (2 processes)", engine_cmd(spec, "pf.parquet"), check_ids("pf.parquet", n),
                   after=fetch_span),
-        Contender(f"(b) asyncio + aiohttp, {concurrency} in flight",
-                  baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(concurrency),
-                               "--param", f"delay_ms={delay_ms}"),
-                  check_ids("b.parquet", n), after=fetch_span),
+        asyncio_contender(url, pages, per_page, n, concurrency, f"delay_ms={delay_ms}", after=fetch_span),
     ]
     run_interleaved(contenders, work, ctx.repeat, api.reset, memory=False)
     pf = contenders[0]
