@@ -178,6 +178,11 @@ def engine_spec(api: TestAPI, n: int, per_page: int, concurrency: int, params: d
             "concurrency": concurrency, "export": {"format": "parquet"}, **extra}
 
 
+def spec_file(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def engine_cmd(spec_path: Path, out: str, workers: int | None = None) -> list[str]:
     return [PYTHON, "-m", "engine", "run", str(spec_path), "-o", out, "--quiet",
             *(["--workers", str(workers)] if workers else [])]
@@ -249,10 +254,8 @@ def case_fetch200k(ctx: "Ctx") -> dict:
     n, per_page = (50_000, 100) if ctx.quick else (200_000, 100)
     pages = n // per_page
     api, work = ctx.api, ctx.work
-    spec = work / "spec-fetch200k.json"
-    spec.write_text(json.dumps(engine_spec(api, n, per_page, TUNED_CONCURRENCY)))
-    default_spec = work / "spec-fetch200k-default.json"
-    default_spec.write_text(json.dumps(engine_spec(api, n, per_page, FETCH_CONCURRENCY)))
+    spec = spec_file(work / "spec-fetch200k.json", engine_spec(api, n, per_page, TUNED_CONCURRENCY))
+    default_spec = spec_file(work / "spec-fetch200k-default.json", engine_spec(api, n, per_page, FETCH_CONCURRENCY))
     url = api.url("/items/page")
     paths = page_paths(pages, per_page, n)
     api.warm(paths)
@@ -279,8 +282,7 @@ def case_fetch1m(ctx: "Ctx") -> dict:
     n, per_page = (100_000, 1000) if ctx.quick else (1_000_000, 1000)
     pages = n // per_page
     api, work = ctx.api, ctx.work
-    spec = work / "spec-fetch1m.json"
-    spec.write_text(json.dumps(engine_spec(api, n, per_page, FETCH_CONCURRENCY)))
+    spec = spec_file(work / "spec-fetch1m.json", engine_spec(api, n, per_page, FETCH_CONCURRENCY))
     url = api.url("/items/page")
     paths = page_paths(pages, per_page, n)
     api.warm(paths)
@@ -308,8 +310,8 @@ def case_latency(ctx: "Ctx") -> dict:
     n = pages * per_page
     ideal = pages * delay_ms / 1000 / concurrency
     api, work = ctx.api, ctx.work
-    spec = work / "spec-latency.json"
-    spec.write_text(json.dumps(engine_spec(api, n, per_page, concurrency, params={"delay_ms": delay_ms})))
+    spec = spec_file(work / "spec-latency.json",
+                     engine_spec(api, n, per_page, concurrency, params={"delay_ms": delay_ms}))
     paths = page_paths(pages, per_page, n, f"&delay_ms={delay_ms}")
     api.warm(page_paths(pages, per_page, n))
 
@@ -345,8 +347,8 @@ def case_ratelimit(ctx: "Ctx") -> dict:
     requests, limit, per_page = (150 if ctx.quick else 500), 50, 10
     n = requests * per_page
     api, work = ctx.api, ctx.work
-    spec = work / "spec-ratelimit.json"
-    spec.write_text(json.dumps(engine_spec(api, n, per_page, 4, rate_limit={"requests": limit, "per": 1.0})))
+    spec = spec_file(work / "spec-ratelimit.json",
+                     engine_spec(api, n, per_page, 4, rate_limit={"requests": limit, "per": 1.0}))
     api.warm(page_paths(requests, per_page, n))
 
     def arrivals() -> dict:
@@ -404,8 +406,7 @@ def case_service(ctx: "Ctx") -> dict:
     pages = n // per_page
     api, work = ctx.api, ctx.work
     doc = engine_spec(api, n, per_page, TUNED_CONCURRENCY)
-    spec = work / "spec-service.json"
-    spec.write_text(json.dumps(doc))
+    spec = spec_file(work / "spec-service.json", doc)
     api.warm(page_paths(pages, per_page, n))
     # The same engine settings on both sides: WORKERS=3 for the service, --workers 3 for the CLI.
     service = ServiceProcess(work / "service-data", workers=2,
