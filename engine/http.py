@@ -179,7 +179,12 @@ def _parse_headers(fp) -> Any:
     of http.client's own cost): the same line limits and errors, the same values for a
     well-formed header block (compat32: leading blanks dropped, folded lines joined); anything
     unusual (a line without a colon, a fold) goes to the stdlib parser."""
-    lines = http.client._read_headers(fp)
+    return message_from_lines(http.client._read_headers(fp))
+
+
+def message_from_lines(lines: list[bytes]) -> Any:
+    """The header lines of a response (each with its line end; a blank line or none at the
+    end) as `_parse_headers` reads them."""
     headers = []
     for raw_line in lines:
         if raw_line in (b"\r\n", b"\n", b""):
@@ -298,6 +303,68 @@ class _Headers:
         return f"_Headers({dict(self._message.items())!r})"
 
 
+@dataclass
+class Prepared:
+    """A request ready to go: `key` (the pool) and `request` (its bytes) when it takes the
+    direct path, None when urllib3 sends it."""
+    headers: dict
+    data: bytes | None
+    key: tuple | None = None
+    request: bytes | None = None
+
+
+def redirect_hop(response: Response, method: str, url: str, headers: dict,
+                 body: Any) -> tuple[str, str, dict, Any] | None:
+    """The next hop's (method, url, headers, body) when `response` redirects, else None."""
+    location = response.headers.get("Location")
+    if response.status not in (301, 302, 303, 307, 308) or not location:
+        return None
+    target = urljoin(response.url, location)
+    if urlsplit(target).hostname != urlsplit(url).hostname:
+        # Another host gets none of our credentials (auth headers, API keys, cookies).
+        headers = {k: v for k, v in headers.items() if k.lower() in SAFE_CROSS_HOST_HEADERS}
+    if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+        method, body = "GET", None
+    return method, target, headers, body
+
+
+class BodyCollector:
+    """A response body as it streams in: decoded (gzip/deflate) unless the transport decodes,
+    measured against MAX_FILE_SIZE as it arrives and expands (never inflated whole first),
+    given up on past its time."""
+
+    def __init__(self, max_body: int, status: int, headers: Any, started: float, timeout: float,
+                 decode: bool = True):
+        declared = headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_body:
+            raise FetchError(f"body of {int(declared)} bytes exceeds MAX_FILE_SIZE ({max_body} bytes)",
+                             retryable=False, status=status)
+        self.max_body, self.status, self.started, self.timeout = max_body, status, started, timeout
+        self.decoder = _decoder(headers.get("Content-Encoding", "").lower()) if decode else None
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self.decoder is not None:
+            chunk = _decode(self.decoder, chunk, self.max_body - self.size + 1)
+        self._append(chunk)
+
+    def finish(self) -> bytes:
+        if self.decoder is not None:
+            self._append(_decode(self.decoder, b"", -1, flush=True))
+        return b"".join(self.chunks)
+
+    def _append(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_body:
+            raise FetchError(f"body exceeds MAX_FILE_SIZE ({self.max_body} bytes); download aborted",
+                             retryable=False, status=self.status)
+        if time.monotonic() - self.started > self.timeout:
+            raise FetchError(f"body not complete within {self.timeout:g} s (timeout)", retryable=True,
+                             status=self.status)
+        self.chunks.append(chunk)
+
+
 class HttpClient:
     """One per process: pooled keep-alive connections, the body size cap, the host allowlist."""
 
@@ -354,21 +421,40 @@ class HttpClient:
         send (each hop takes a rate-limit slot) and returns a ticket; `answered(ticket)` runs
         when that send's response headers arrive."""
         for _ in range(MAX_REDIRECTS + 1):
-            if not host_allowed(url, self.allowed_hosts):
-                raise FetchError(f"host {urlsplit(url).hostname!r} is not in ALLOWED_SOURCE_HOSTS", retryable=False)
+            self.check_host(url)
             response = self._send_once(method, with_query(url, params), headers, body, timeout, before_each, answered)
-            location = response.headers.get("Location")
-            if response.status in (301, 302, 303, 307, 308) and location:
-                target = urljoin(response.url, location)
-                if urlsplit(target).hostname != urlsplit(url).hostname:
-                    # Another host gets none of our credentials (auth headers, API keys, cookies).
-                    headers = {k: v for k, v in headers.items() if k.lower() in SAFE_CROSS_HOST_HEADERS}
-                if response.status == 303 or (response.status in (301, 302) and method == "POST"):
-                    method, body = "GET", None
-                url, params = target, {}
-                continue
-            return response
+            hop = redirect_hop(response, method, url, headers, body)
+            if hop is None:
+                return response
+            (method, url, headers, body), params = hop, {}
         raise FetchError(f"more than {MAX_REDIRECTS} redirects", retryable=False)
+
+    def check_host(self, url: str) -> None:
+        if not host_allowed(url, self.allowed_hosts):
+            raise FetchError(f"host {urlsplit(url).hostname!r} is not in ALLOWED_SOURCE_HOSTS", retryable=False)
+
+    def prepare(self, method: str, url: str, headers: dict, body: Any, timeout: float) -> "Prepared":
+        """Everything about a send that can be done before its rate-limit slot is taken, so the
+        slot is as close to the real send as it can be."""
+        sent_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            sent_headers.setdefault("Content-Type", "application/json")
+        direct = self._direct(url)
+        if direct is None:
+            return Prepared(sent_headers, data)
+        key, target, host = direct
+        try:
+            request = _request_head(method, target, host, sent_headers, data) + (data or b"")
+        except (ValueError, UnicodeError) as exc:
+            raise _as_fetch_error(exc, timeout, "connection failed") from None
+        return Prepared(sent_headers, data, key, request)
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context(cafile=certifi.where())
+        return self._tls
 
     def _route(self, base: str) -> tuple[tuple, str, str] | None:
         """(pool key, path, Host header) when requests to `base` (a URL without its query)
@@ -426,9 +512,7 @@ class HttpClient:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
-                if self._tls is None:
-                    self._tls = ssl.create_default_context(cafile=certifi.where())
-                sock = self._tls.wrap_socket(sock, server_hostname=host)
+                sock = self.tls_context().wrap_socket(sock, server_hostname=host)
         except BaseException:
             sock.close()
             raise
@@ -446,21 +530,10 @@ class HttpClient:
 
     def _send_once(self, method: str, url: str, headers: dict, body: Any, timeout: float,
                    before_send: Callable[[], Any], answered: Callable[[Any], None]) -> Response:
-        # Everything is prepared before the rate-limit slot is taken, so the slot is as close
-        # to the real send as it can be.
-        sent_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate", **headers}
-        data = None
-        if body is not None:
-            data = orjson.dumps(body)
-            sent_headers.setdefault("Content-Type", "application/json")
-        direct = self._direct(url)
-        if direct is None:
-            return self._send_urllib3(method, url, sent_headers, data, timeout, before_send, answered)
-        key, target, host = direct
-        try:
-            request = _request_head(method, target, host, sent_headers, data) + (data or b"")
-        except (ValueError, UnicodeError) as exc:
-            raise _as_fetch_error(exc, timeout, "connection failed") from None
+        prepared = self.prepare(method, url, headers, body, timeout)
+        if prepared.key is None:
+            return self._send_urllib3(method, url, prepared.headers, prepared.data, timeout, before_send, answered)
+        key = prepared.key
         sock = self._pooled(key, timeout)
         ticket = before_send()
         started = time.monotonic()
@@ -468,7 +541,7 @@ class HttpClient:
         try:
             if sock is None:
                 sock = self._connect(key, timeout)
-            sock.sendall(request)
+            sock.sendall(prepared.request)
             raw = _FastResponse(sock, method=method)
             raw.begin()
         except Exception as exc:  # noqa: BLE001 - every failure becomes a worded FetchError
@@ -481,30 +554,17 @@ class HttpClient:
         complete = False
         try:
             headers_in = _Headers(raw.msg)
-            declared = raw.getheader("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_body:
-                raise FetchError(f"body of {int(declared)} bytes exceeds MAX_FILE_SIZE ({self.max_body} bytes)",
-                                 retryable=False, status=raw.status)
-            decoder = _decoder(headers_in.get("Content-Encoding", "").lower())
-            chunks, size = [], 0
+            collected = BodyCollector(self.max_body, raw.status, headers_in, started, timeout)
             while True:
                 chunk = raw.read(CHUNK)
                 if not chunk:
                     if raw.length:  # read(amt) returns b"" at a premature end instead of raising
                         raise http.client.IncompleteRead(b"", raw.length)
                     break
-                if decoder is not None:
-                    chunk = _decode(decoder, chunk, self.max_body - size + 1)
-                size += len(chunk)
-                self._check_body(size, started, timeout, raw.status)
-                chunks.append(chunk)
-            if decoder is not None:
-                chunk = _decode(decoder, b"", -1, flush=True)
-                size += len(chunk)
-                self._check_body(size, started, timeout, raw.status)
-                chunks.append(chunk)
+                collected.add(chunk)
+            body = collected.finish()
             complete = True
-            return Response(raw.status, headers_in, b"".join(chunks), url)
+            return Response(raw.status, headers_in, body, url)
         except FetchError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -515,14 +575,6 @@ class HttpClient:
                 self._release(key, sock)
             else:
                 sock.close()  # a half-read connection cannot be reused
-
-    def _check_body(self, size: int, started: float, timeout: float, status: int) -> None:
-        """A body is given up on past MAX_FILE_SIZE (while streaming, not after) or past its time."""
-        if size > self.max_body:
-            raise FetchError(f"body exceeds MAX_FILE_SIZE ({self.max_body} bytes); download aborted",
-                             retryable=False, status=status)
-        if time.monotonic() - started > timeout:
-            raise FetchError(f"body not complete within {timeout:g} s (timeout)", retryable=True, status=status)
 
     def _send_urllib3(self, method: str, url: str, sent_headers: dict, data: bytes | None, timeout: float,
                       before_send: Callable[[], Any], answered: Callable[[Any], None]) -> Response:
@@ -540,17 +592,12 @@ class HttpClient:
         answered(ticket)
         complete = False
         try:
-            declared = raw.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > self.max_body:
-                raise FetchError(f"body of {int(declared)} bytes exceeds MAX_FILE_SIZE ({self.max_body} bytes)",
-                                 retryable=False, status=raw.status)
-            chunks, size = [], 0
-            for chunk in raw.stream(CHUNK, decode_content=True):
-                size += len(chunk)
-                self._check_body(size, started, timeout, raw.status)
-                chunks.append(chunk)
+            collected = BodyCollector(self.max_body, raw.status, raw.headers, started, timeout, decode=False)
+            for chunk in raw.stream(CHUNK, decode_content=True):  # urllib3 decodes
+                collected.add(chunk)
+            body = collected.finish()
             complete = True
-            return Response(raw.status, raw.headers, b"".join(chunks), url)
+            return Response(raw.status, raw.headers, body, url)
         except FetchError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -614,6 +661,7 @@ def _reason(exc: BaseException) -> str:
     for marker, reason in (("IncompleteRead", "incomplete read"), ("Connection refused", "connection refused"),
                            ("RemoteDisconnected", "remote end closed the connection"),
                            ("Connection aborted", "connection aborted"),
+                           ("ConnectionRefused", "connection refused"),   # asyncio's wording
                            ("Connection reset", "connection reset"), ("Broken pipe", "broken pipe"),
                            ("Name or service not known", "unknown host"), ("NameResolution", "unknown host"),
                            ("Failed to resolve", "unknown host"),
