@@ -1,5 +1,10 @@
-"""Fetching one page: the retry loop (`PageFetcher.fetch`) around one HTTP attempt
-(`engine.http.HttpClient.send`).
+"""Fetching one page: the retry loop around one HTTP attempt.
+
+The loop itself (`PageFetcher._attempts`) does no I/O: it is a generator that says what to do
+next - send an attempt, or sleep before the next one - and is handed what came of it. Two
+drivers run it: `fetch` on a blocking thread over `engine.http.HttpClient`, and `fetch_async`
+on the fetch process's event loop over `engine.aio_http.AsyncHttpClient` (many requests in
+flight without a thread each). So both behave alike by construction.
 
 Retries live here, above the job's limiter and concurrency gate, not in urllib3: every
 attempt (and every redirect hop) takes a slot of the job's rate limit, and a 429 pauses
@@ -8,8 +13,9 @@ truncated or invalid body is retried like a failed request.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Generator
 
 import orjson
 
@@ -20,6 +26,7 @@ from engine.records import BodyError, ParsedPage, parse_page
 from engine.spec import Retry
 
 MAX_RETRY_AFTER = 600.0
+SLOT_POLL = 0.002   # seconds between tries for a slot of the job's concurrency on the event loop
 
 
 @dataclass
@@ -33,6 +40,11 @@ class PageOutcome:
     cancelled: bool = False
 
 
+async def _never_cancelled_sleep(seconds: float) -> bool:
+    await asyncio.sleep(seconds)
+    return False
+
+
 @dataclass
 class Gate:
     """The job-wide controls every attempt passes through (shared by the job's processes)."""
@@ -43,6 +55,7 @@ class Gate:
     on_request: Callable[[], None] = lambda: None
     on_retry: Callable[[], None] = lambda: None
     on_bytes: Callable[[int], None] = lambda n: None
+    sleep_async: Callable[[float], Awaitable[bool]] = _never_cancelled_sleep   # `sleep` on the event loop
 
 
 @dataclass
@@ -56,48 +69,46 @@ class SourceRequestSpec:
     auth: Auth = field(default_factory=Auth)
 
 
+@dataclass
+class _Send:
+    """A step of the retry loop: send one attempt with these (credentials applied)."""
+    query: dict
+    headers: dict
+
+
+class _Cancelled(Exception):
+    pass
+
+
 class PageFetcher:
-    def __init__(self, client: HttpClient, gate: Gate, retry: Retry, timeout: float):
+    def __init__(self, client: HttpClient, gate: Gate, retry: Retry, timeout: float, aio_client: Any = None):
         self.client, self.gate, self.retry, self.timeout = client, gate, retry, timeout
+        self.aio_client = aio_client   # engine.aio_http.AsyncHttpClient, for `fetch_async`
 
-    def _acquire_slot(self) -> bool:
-        while not self.gate.semaphore.acquire(timeout=0.2):
-            if self.gate.cancelled():
-                return False
-        return True
+    # ------------------------------------------------------------ the loop, free of I/O
 
-    def fetch(self, source: SourceRequestSpec, url: str, params: dict) -> PageOutcome:
-        outcome = PageOutcome(url=url)
-        policy = self.retry
+    def _attempts(self, source: SourceRequestSpec, params: dict, outcome: PageOutcome) -> Generator[Any, Any, None]:
+        """Yields `_Send` (sent back: the Response; a failed attempt is thrown in as FetchError)
+        or a float, seconds to wait (sent back: True when the job was cancelled meanwhile).
+        Fills `outcome`; a cancel found by the driver ends the loop with `close()`."""
         failures = 0
         while True:
             if self.gate.cancelled():
                 outcome.cancelled = True
-                return outcome
-            headers = dict(source.headers)
-            query = dict(params)
-            wait = 0.0
+                return
             try:
+                headers, query = dict(source.headers), dict(params)
+                # An OAuth2 token fetch blocks here, on the event loop too: every request
+                # waits for that token anyway.
                 source.auth.apply(headers, query)
-                if not self._acquire_slot():
-                    outcome.cancelled = True
-                    return outcome
-                outcome.attempts += 1
-                try:
-                    response = self.client.send(source.method, url, query, headers, source.body, self.timeout,
-                                                self._take_token, self.gate.limiter.answered)
-                finally:
-                    self.gate.semaphore.release()
+                response = yield _Send(query, headers)
                 self.gate.on_bytes(len(response.body))
                 outcome.response = response
                 if 200 <= response.status < 300:
                     outcome.parsed = parse_page(response.body, source.fmt, source.records, source.csv)
                     outcome.error = None
-                    return outcome
+                    return
                 raise self._status_error(response, source.auth)
-            except _Cancelled:
-                outcome.cancelled = True
-                return outcome
             except FetchError as exc:
                 error = exc
             except BodyError as exc:
@@ -106,24 +117,17 @@ class PageFetcher:
                 error = FetchError(str(exc), retryable=False)
             outcome.error = error
             failures += 1
-            if not error.retryable or failures >= policy.attempts:
-                return outcome
+            if not error.retryable or failures >= self.retry.attempts:
+                return
             self.gate.on_retry()
-            wait = backoff_delay(policy, failures)
+            wait = backoff_delay(self.retry, failures)
             if error.retry_after is not None:
                 wait = max(wait, min(error.retry_after, MAX_RETRY_AFTER))
             if error.status == 429:
                 self.gate.limiter.pause(wait)
-            if self.gate.sleep(wait):
+            if (yield wait):
                 outcome.cancelled = True
-                return outcome
-
-    def _take_token(self) -> Any:
-        may_send, ticket = self.gate.limiter.acquire(self.gate.sleep)
-        if not may_send:
-            raise _Cancelled()
-        self.gate.on_request()
-        return ticket
+                return
 
     def _status_error(self, response: Response, auth: Auth) -> FetchError:
         status = response.status
@@ -134,9 +138,91 @@ class PageFetcher:
         retryable = status in self.retry.statuses
         return FetchError(f"HTTP {status}{_status_hint(response)}", retryable, status, retry_after)
 
+    # ------------------------------------------------------------ on a blocking thread
 
-class _Cancelled(Exception):
-    pass
+    def fetch(self, source: SourceRequestSpec, url: str, params: dict) -> PageOutcome:
+        outcome = PageOutcome(url=url)
+        steps = self._attempts(source, params, outcome)
+        reply, failure = None, None
+        while True:
+            try:
+                step = steps.send(reply) if failure is None else steps.throw(failure)
+            except StopIteration:
+                return outcome
+            reply, failure = None, None
+            if not isinstance(step, _Send):
+                reply = self.gate.sleep(step)
+                continue
+            try:
+                reply = self._send(source, url, step, outcome)
+            except FetchError as exc:
+                failure = exc
+            except _Cancelled:
+                steps.close()
+                outcome.cancelled = True
+                return outcome
+
+    def _send(self, source: SourceRequestSpec, url: str, step: _Send, outcome: PageOutcome) -> Response:
+        while not self.gate.semaphore.acquire(timeout=0.2):
+            if self.gate.cancelled():
+                raise _Cancelled()
+        try:
+            outcome.attempts += 1
+            return self.client.send(source.method, url, step.query, step.headers, source.body, self.timeout,
+                                    self._take_token, self.gate.limiter.answered)
+        finally:
+            self.gate.semaphore.release()
+
+    def _take_token(self) -> Any:
+        may_send, ticket = self.gate.limiter.acquire(self.gate.sleep)
+        if not may_send:
+            raise _Cancelled()
+        self.gate.on_request()
+        return ticket
+
+    # ------------------------------------------------------------ on the event loop
+
+    async def fetch_async(self, source: SourceRequestSpec, url: str, params: dict) -> PageOutcome:
+        outcome = PageOutcome(url=url)
+        steps = self._attempts(source, params, outcome)
+        reply, failure = None, None
+        while True:
+            try:
+                step = steps.send(reply) if failure is None else steps.throw(failure)
+            except StopIteration:
+                return outcome
+            reply, failure = None, None
+            if not isinstance(step, _Send):
+                reply = await self.gate.sleep_async(step)
+                continue
+            try:
+                reply = await self._send_async(source, url, step, outcome)
+            except FetchError as exc:
+                failure = exc
+            except _Cancelled:
+                steps.close()
+                outcome.cancelled = True
+                return outcome
+
+    async def _send_async(self, source: SourceRequestSpec, url: str, step: _Send, outcome: PageOutcome) -> Response:
+        # The job's semaphore is shared with other processes and cannot be awaited: poll it.
+        while not self.gate.semaphore.acquire(False):
+            if self.gate.cancelled():
+                raise _Cancelled()
+            await asyncio.sleep(SLOT_POLL)
+        try:
+            outcome.attempts += 1
+            return await self.aio_client.send(source.method, url, step.query, step.headers, source.body,
+                                              self.timeout, self._take_token_async, self.gate.limiter.answered)
+        finally:
+            self.gate.semaphore.release()
+
+    async def _take_token_async(self) -> Any:
+        may_send, ticket = await self.gate.limiter.acquire_async(self.gate.sleep_async)
+        if not may_send:
+            raise _Cancelled()
+        self.gate.on_request()
+        return ticket
 
 
 def _status_hint(response: Response) -> str:

@@ -22,7 +22,7 @@ For a fast API this costs the response time once per window; it never lets more 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 # Shared scalars, by index into `state`.
 _HEAD, _TAT, _PAUSE, _FLOOR, _SEQ = 0, 1, 2, 3, 4
@@ -134,4 +134,13 @@ class RateLimiter:
             if delay <= 0:
                 return True, ticket
             if wait(delay):
+                return False, None
+
+    async def acquire_async(self, wait: Callable[[float], Awaitable[bool]]) -> tuple[bool, tuple[int, int] | None]:
+        """`acquire` on an event loop: `wait(seconds)` is awaited."""
+        while True:
+            delay, ticket = self.try_take()
+            if delay <= 0:
+                return True, ticket
+            if await wait(delay):
                 return False, None

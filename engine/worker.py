@@ -1,12 +1,17 @@
 """What runs inside the job's pool processes.
 
 `init_worker` runs once per process (the shared-memory primitives can only travel this way,
-by inheritance at process start); `run_piece` fetches one piece with the process's threads
-and writes its shards; `run_export` reduces the shards into the result file. All three keep
-per-job state in module globals, because a pool process belongs to exactly one job.
+by inheritance at process start); `run_piece` fetches one piece and writes its shards;
+`run_export` reduces the shards into the result file. All three keep per-job state in module
+globals, because a pool process belongs to exactly one job.
+
+A piece of addressable pages (page/offset) is fetched on the process's event loop, `threads`
+requests in flight; a sequential pagination (cursor, next URL) follows each of its units on a
+thread of its own, page after page.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
@@ -20,6 +25,7 @@ from urllib.parse import urlencode
 
 import pyarrow as pa
 
+from engine.aio_http import AsyncHttpClient
 from engine.auth import DictTokenStore, make_auth
 from engine.errors import PageFailure
 from engine.fanout import FanOut
@@ -72,6 +78,7 @@ class _Process:
     counters: Counters
     sources: list[_SourceRuntime]
     threads: ThreadPoolExecutor
+    loop: asyncio.AbstractEventLoop
     redactor: Redactor
     parent_alive: bool = True
     tables: dict = field(default_factory=dict)
@@ -91,20 +98,21 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
     limiter = RateLimiter(shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0,
                           rl.effective_burst if rl else None)
     client = HttpClient(job.max_body, job.allowed_hosts, pool_size=job.threads + 2)
+    aio_client = AsyncHttpClient(client)
     counters = Counters(len(spec.sources))
     store = DictTokenStore(shared.board, shared.token_lock)
     sources = []
     for i, source in enumerate(spec.sources):
         gate = Gate(limiter=limiter, semaphore=shared.semaphore, cancelled=_cancelled, sleep=_sleep,
                     on_request=lambda i=i: counters.add(i, 3), on_retry=lambda i=i: counters.add(i, 4),
-                    on_bytes=lambda n, i=i: counters.add(i, 2, n))
+                    on_bytes=lambda n, i=i: counters.add(i, 2, n), sleep_async=_sleep_async)
         request = SourceRequestSpec(method=source.method, headers=dict(source.headers), body=source.body,
                                     fmt=source.format, records=source.records, csv=source.csv,
                                     auth=make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout))
         sources.append(_SourceRuntime(i, FanOut(source, job.id_values[i]), request,
-                                      PageFetcher(client, gate, spec.retry, spec.timeout)))
+                                      PageFetcher(client, gate, spec.retry, spec.timeout, aio_client)))
     _P = _Process(job, shared, counters, sources, ThreadPoolExecutor(max(job.threads, 1), "fetch"),
-                  Redactor(job.secrets))
+                  asyncio.new_event_loop(), Redactor(job.secrets))
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
 
 
@@ -142,6 +150,18 @@ def _sleep(seconds: float) -> bool:
             return _cancelled()
         if _P.shared.cancel.wait(min(remaining, 0.5)) or not _parent_alive():
             return True
+
+
+async def _sleep_async(seconds: float) -> bool:
+    """`_sleep` on the event loop (checking for a cancel at least every half second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _cancelled()
+        if _cancelled():
+            return True
+        await asyncio.sleep(min(remaining, 0.5))
 
 
 def _report_loop() -> None:
@@ -232,16 +252,38 @@ def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Tab
 
 
 def _fetch_addressable(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
-    result = _Page(unit_index, page)
+    request = _addressable_request(runtime, unit_index, page, size)
+    if request is None:
+        return _Page(unit_index, page)
+    outcome = runtime.fetcher.fetch(runtime.request, request.url, request.params)
+    return _addressable_page(runtime, unit_index, page, size, request, outcome)
+
+
+async def _fetch_addressable_async(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
+    request = _addressable_request(runtime, unit_index, page, size)
+    if request is None:
+        return _Page(unit_index, page)
+    outcome = await runtime.fetcher.fetch_async(runtime.request, request.url, request.params)
+    return _addressable_page(runtime, unit_index, page, size, request, outcome)
+
+
+def _addressable_request(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None):
+    """The request for a page of an addressable unit; None when it is not to be fetched (the
+    job is cancelled, or its unit is known to end before it)."""
     if _cancelled() or page > _end_of(runtime.index, unit_index):
+        return None
+    source = _P.job.spec.sources[runtime.index]
+    url, params = runtime.fanout.request_base(runtime.fanout.unit(unit_index))
+    return addressable_request(source.pagination, url, params, page, size)
+
+
+def _addressable_page(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None, request,
+                      outcome) -> _Page:
+    result = _Page(unit_index, page)
+    if outcome.cancelled:
         return result
     source = _P.job.spec.sources[runtime.index]
     unit = runtime.fanout.unit(unit_index)
-    url, params = runtime.fanout.request_base(unit)
-    request = addressable_request(source.pagination, url, params, page, size)
-    outcome = runtime.fetcher.fetch(runtime.request, request.url, request.params)
-    if outcome.cancelled:
-        return result
     result.fetched = True
     if outcome.error is not None:
         result.failure = _failure(runtime, request.url, request.params, outcome)
@@ -390,6 +432,28 @@ def _map(fn, items: list) -> list:
     return list(_P.threads.map(fn, items))
 
 
+def _map_on_loop(fn, items: list) -> list:
+    """`fn` (a coroutine function) over `items` on the process's event loop, `threads` in
+    flight at a time, results in order. A failure cancels the rest and is raised as it is."""
+    async def run_all() -> list:
+        results = [None] * len(items)
+        work = iter(enumerate(items))
+
+        async def lane() -> None:
+            for index, item in work:
+                results[index] = await fn(item)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(_P.job.threads, len(items))):
+                    group.create_task(lane())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return results
+
+    return _P.loop.run_until_complete(run_all())
+
+
 def run_piece(piece: Piece) -> PieceResult:
     runtime = _P.sources[piece.source]
     source = _P.job.spec.sources[piece.source]
@@ -397,7 +461,10 @@ def run_piece(piece: Piece) -> PieceResult:
     result = PieceResult(piece.id)
     if piece.spans:
         work = [(s.unit, p, s.size) for s in piece.spans for p in range(s.first, s.last + 1)]
-        pages = _map(lambda w: _fetch_addressable(runtime, *w), work)
+        if _P.job.threads > 1:
+            pages = _map_on_loop(lambda w: _fetch_addressable_async(runtime, *w), work)
+        else:
+            pages = [_fetch_addressable(runtime, *w) for w in work]
     else:
         seen = {}
         chunks = _map(lambda r: _run_sequence(runtime, r, r.seen), piece.runs)

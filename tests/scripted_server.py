@@ -73,6 +73,7 @@ class Recorded:
     client_closed: bool = False
     bytes_sent: int = 0
     finished: threading.Event = field(default_factory=threading.Event)
+    client: tuple = ()   # the client's (address, port): one per connection
 
     @property
     def host(self) -> str:
@@ -92,7 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
-        rec = Recorded(self.command, self.path, parts.path, parts.query, self.headers, body, time.monotonic())
+        rec = Recorded(self.command, self.path, parts.path, parts.query, self.headers, body, time.monotonic(),
+                       client=tuple(self.client_address))
         reply = owner._next(rec)
         try:
             self._answer(reply, rec, owner._stopping)

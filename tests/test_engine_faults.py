@@ -24,6 +24,27 @@ def paged(api, n: int, size: int, **params) -> dict:
             "pagination": {"type": "page", "size": size, "total_pages": "meta.total_pages"}}
 
 
+def max_in_flight(log: list[dict]) -> int:
+    """Most requests the server was working on at once (an answer sent at the very moment the
+    next request arrives counts as over first)."""
+    events = sorted([(e["t"], 1) for e in log] + [(e["t_done"], -1) for e in log])
+    most = current = 0
+    for _, change in events:
+        current += change
+        most = max(most, current)
+    return most
+
+
+@pytest.mark.parametrize("workers,concurrency", [(1, 8), (2, 7)])
+def test_concurrency_is_the_number_of_requests_in_flight(api, run_job, workers, concurrency):
+    """Each process's event loop keeps its share of `concurrency` in flight (7 over 2 processes:
+    4 lanes each); the job-wide semaphore caps the sum - the server sees exactly `concurrency`
+    requests at once, never more."""
+    result = run_job({"sources": [paged(api, 800, 10, delay_ms=100)], "concurrency": concurrency}, workers=workers)
+    assert result.rows == 800 and result.pages == 80
+    assert max_in_flight(api.log(path="/items/page")) == concurrency
+
+
 def test_rate_limit_holds_in_every_window_and_is_nearly_reached(api, run_job):
     limit = 100
     result = run_job({"sources": [paged(api, 3200, 10)], "rate_limit": limit, "concurrency": 8})

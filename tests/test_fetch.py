@@ -1,8 +1,13 @@
 """engine/fetch.py + engine/http.py against a real scripted HTTP server on 127.0.0.1 (one process,
 tests/scripted_server.py): one page through the retry loop, the job's gate (limiter, semaphore,
-cancellation, sleep) replaced by recording fakes. Backoff sleeps are recorded, not slept."""
+cancellation, sleep) replaced by recording fakes. Backoff sleeps are recorded, not slept.
+
+Every test runs twice: on a blocking thread (`PageFetcher.fetch` over `HttpClient`) and on an
+event loop (`PageFetcher.fetch_async` over `engine.aio_http.AsyncHttpClient`) - the two
+transports must behave alike, down to the error wording."""
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import gzip
 import json
@@ -11,6 +16,7 @@ import time
 
 import pytest
 
+from engine.aio_http import AsyncHttpClient
 from engine.auth import Auth, HeaderValueAuth
 from engine.fetch import FetchError, Gate, HttpClient, PageFetcher, SourceRequestSpec
 from engine.http import MAX_REDIRECTS, host_allowed
@@ -33,6 +39,9 @@ class FakeLimiter:
             return False, None
         self.acquired += 1
         return True, self.acquired
+
+    async def acquire_async(self, wait):
+        return self.acquire(wait)
 
     def answered(self, ticket):
         self.answered_tickets.append(ticket)
@@ -76,11 +85,18 @@ class Harness:
             self.sleeps.append(seconds)
             return sleep_cancels
 
+        async def sleep_async(seconds: float) -> bool:
+            return sleep(seconds)
+
         self.gate = Gate(limiter=self.limiter, semaphore=self.semaphore, cancelled=lambda: cancelled,
-                         sleep=sleep, on_request=self._on_request, on_retry=self._on_retry, on_bytes=self._on_bytes)
+                         sleep=sleep, on_request=self._on_request, on_retry=self._on_retry, on_bytes=self._on_bytes,
+                         sleep_async=sleep_async)
         self.client = HttpClient(max_body, allowed_hosts)
-        self.fetcher = PageFetcher(self.client, self.gate, retry or Retry(), timeout=timeout)
-        _CLIENTS.append(self.client)
+        self.aio_client = AsyncHttpClient(self.client)
+        self.fetcher = PageFetcher(self.client, self.gate, retry or Retry(), timeout=timeout,
+                                   aio_client=self.aio_client)
+        self.driver = _DRIVER[0]
+        _CLIENTS.append(self)
 
     def _on_request(self):
         self.requests += 1
@@ -95,10 +111,27 @@ class Harness:
               method="GET", body=None):
         source = SourceRequestSpec(method=method, headers=headers or {}, body=body, fmt=fmt, records=records,
                                    csv=CsvSourceOptions(), auth=auth or Auth())
-        return self.fetcher.fetch(source, url, params or {})
+        if self.driver == "thread":
+            return self.fetcher.fetch(source, url, params or {})
+        return _LOOP[0].run_until_complete(self.fetcher.fetch_async(source, url, params or {}))
+
+    def close(self):
+        self.client.close()
+        self.aio_client.close()
 
 
-_CLIENTS: list[HttpClient] = []
+_CLIENTS: list[Harness] = []
+_DRIVER = ["thread"]
+_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(autouse=True, params=["thread", "event loop"])
+def driver(request):
+    """Which driver every Harness of the test uses (one event loop per test, like a fetch process)."""
+    _DRIVER[0] = request.param
+    _LOOP[:] = [asyncio.new_event_loop()]
+    yield request.param
+    _LOOP[0].close()
 
 
 @pytest.fixture(autouse=True)
@@ -154,6 +187,35 @@ def test_success_parses_the_page(server, url):
     assert h.requests == 1 and h.retries == 0 and h.sleeps == []
     assert h.bytes == len(body) == len(out.response.body)
     assert h.limiter.acquired == 1 and h.limiter.answered_tickets == [1]
+
+
+def test_keep_alive_connection_is_reused_across_pages(server, url):
+    server.add("GET", PATH, *[Reply.json([{"id": 1}]) for _ in range(3)])
+    h = Harness()
+    outs = [h.fetch(url, params={"page": p}) for p in (1, 2, 3)]
+    assert [o.parsed.records for o in outs] == [1, 1, 1]
+    assert len({r.client for r in server.requests()}) == 1
+
+
+def test_closed_keep_alive_connection_is_not_reused(server, url):
+    server.add("GET", PATH, Reply.json([{"id": 1}], headers={"Connection": "close"}), Reply.json([{"id": 2}]))
+    h = Harness()
+    outs = [h.fetch(url, params={"page": p}) for p in (1, 2)]
+    assert [o.parsed.table.to_pylist() for o in outs] == [[{"id": 1}], [{"id": 2}]]
+    assert [o.attempts for o in outs] == [1, 1]
+    assert len({r.client for r in server.requests()}) == 2
+
+
+def test_url_urllib3_would_rewrite_is_sent_by_urllib3_and_charged(server):
+    """Not the direct path (a lower-case escape urllib3 upper-cases): the event loop hands
+    this hop to the blocking client on a helper thread; the rate-limit slot is still taken."""
+    server.add("GET", PATH, Reply.json([{"id": 7}]))
+    h = Harness()
+    assert h.client._direct(server.url(PATH + "?q=%2f")) is None
+    out = h.fetch(server.url(PATH + "?q=%2f"))
+    assert out.error is None and out.parsed.table.to_pylist() == [{"id": 7}]
+    assert targets(server) == [PATH + "?q=%2F"]
+    assert h.requests == 1 and h.limiter.acquired == 1 and h.limiter.answered_tickets == [1]
 
 
 def test_query_params_are_encoded_and_appended(server):
