@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import ssl
 import sys
 import threading
 import time
@@ -153,7 +154,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class ScriptedServer:
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", tls: tuple | None = None):
+        """`tls`: (certificate, key) files - the server then speaks HTTPS."""
         self.script: dict[tuple[str, str], list[Reply]] = {}
         self.log: list[Recorded] = []
         self.unscripted: list[Recorded] = []
@@ -161,6 +163,12 @@ class ScriptedServer:
         self._stopping = threading.Event()
         self._httpd = _HTTPServer((host, 0), _Handler)
         self._httpd.owner = self
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self.host = host
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -168,7 +176,7 @@ class ScriptedServer:
         self._thread.start()
 
     def url(self, target: str = "/", host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{target}"
+        return f"{self.scheme}://{host or self.host}:{self.port}{target}"
 
     def add(self, method: str, path: str, *replies: Reply) -> "ScriptedServer":
         with self._lock:

@@ -12,6 +12,7 @@ import email.utils
 import gzip
 import json
 import socket
+import ssl
 import time
 
 import pytest
@@ -216,6 +217,35 @@ def test_url_urllib3_would_rewrite_is_sent_by_urllib3_and_charged(server):
     assert out.error is None and out.parsed.table.to_pylist() == [{"id": 7}]
     assert targets(server) == [PATH + "?q=%2F"]
     assert h.requests == 1 and h.limiter.acquired == 1 and h.limiter.answered_tickets == [1]
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    from tests.delivery_servers import self_signed_certificate
+    cert, key = self_signed_certificate(tmp_path)
+    srv = ScriptedServer(tls=(cert, key))
+    yield srv, cert
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+    srv.close()
+
+
+def test_https_pages_over_a_trusted_certificate_share_one_connection(tls_server):
+    srv, cert = tls_server
+    srv.add("GET", PATH, Reply.json([{"id": 1}]), Reply.json([{"id": 2}]))
+    h = Harness()
+    h.client._tls = ssl.create_default_context(cafile=str(cert))  # trust the test's own CA
+    outs = [h.fetch(srv.url(PATH), params={"page": p}) for p in (1, 2)]
+    assert [o.parsed.table.to_pylist() for o in outs] == [[{"id": 1}], [{"id": 2}]]
+    assert len({r.client for r in srv.requests()}) == 1
+
+
+def test_https_untrusted_certificate_fails_without_retrying(tls_server):
+    srv, _ = tls_server
+    h = Harness(Retry(attempts=3))
+    out = h.fetch(srv.url(PATH))
+    assert out.error.message == "TLS certificate not trusted" and not out.error.retryable
+    assert out.attempts == 1 and h.sleeps == [] and srv.requests() == []
 
 
 def test_query_params_are_encoded_and_appended(server):
