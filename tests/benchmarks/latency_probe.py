@@ -1,19 +1,20 @@
-"""What would close the latency case: an event loop per fetch process, and how many processes.
+"""The floor for the latency case: event-loop fetch processes with nothing but aiohttp and the
+engine's page parser, by number of processes.
 
     python tests/benchmarks/latency_probe.py [--repeat 3]
 
-Not pageferry: a probe for the next step of the fetch layer. The latency case's pages
-(2,000 pages of 10 rows, `delay_ms=20`, 32 in flight) are fetched by 1, 2 or 3 forked
-processes, each one asyncio loop with an aiohttp connector and 32 / processes requests in
-flight, each page decoded and turned into Arrow by the engine's own `parse_page` (what a
-fetch thread does per page). Printed: the fetch phase from the test API's arrival log, as a
-multiple of the ideal 2,000 x 20 ms / 32 = 1.25 s (the case's target is 1.3).
+Not pageferry: the probe that led to its event-loop fetch path (engine/aio_http.py) and now
+the floor it is compared with. The latency case's pages (2,000 pages of 10 rows,
+`delay_ms=20`, 32 in flight) are fetched by 1, 2 or 3 forked processes, each one asyncio
+loop with an aiohttp connector and 32 / processes requests in flight, each page decoded and
+turned into Arrow by the engine's own `parse_page`. Printed: the fetch phase from the test
+API's arrival log, as a multiple of the ideal 2,000 x 20 ms / 32 = 1.25 s (the case's
+target is 1.3).
 
-Measured on the 2-core machine (2026-11-23, medians of 3): 1 process 1.16x, 2 processes
-1.45x, 3 processes 1.58x (two earlier runs: 1.18-1.26x, 1.45-1.51x, 1.52-1.63x) - against
-pageferry's 16 threads in each of 2 processes, 1.5-1.6x. So on 2 cores shared with the API an
-event loop alone is not enough: one loop that wakes once for many answers beats two that
-each wake for few.
+Measured on the 2-core machine (2026-11-23, medians of 3): 1 process 1.13-1.26x, 2 processes
+1.32-1.51x, 3 processes 1.46-1.63x (the same with plain asyncio streams in place of aiohttp:
+1.18x, 1.28x, 1.50x). On 2 cores shared with the API, one loop that wakes once for many
+answers beats two that each wake for few - hence `--workers 1` for a latency-bound job.
 """
 from __future__ import annotations
 
