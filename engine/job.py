@@ -483,12 +483,13 @@ class JobRunner:
         self.phase = "exporting"
         self._changed()
         pool, self._export_pool = self._export_pool, None
+        if pool is None:   # not started early (a rate-limited job)
+            pool = self._start_export_pool(ctx)
         try:
             try:
                 future = pool.submit(run_export, request)
-            except (AttributeError, RuntimeError):  # none yet, or its process died while waiting
-                if pool is not None:
-                    pool.shutdown(wait=False, cancel_futures=True)
+            except RuntimeError:  # a broken pool: its process died while waiting
+                pool.shutdown(wait=False, cancel_futures=True)
                 pool = self._start_export_pool(ctx)
                 future = pool.submit(run_export, request)
             exported = self._wait_for_export(future, pool)

@@ -124,12 +124,18 @@ def start_export_process(nice: int, coordinator_pid: int | None = None) -> None:
 def _exit_with(pid: int, every: float = 0.25) -> None:
     while True:
         time.sleep(every)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_alive(pid):
             os._exit(0)
-        except PermissionError:
-            pass
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, someone else's
+        return True
 
 
 def ready() -> int:

@@ -39,7 +39,7 @@ from engine.secrets import Redactor
 from engine.shards import ShardInfo, unify, write_shard
 from engine.spec import JobSpec  # noqa: F401
 from engine.tasks import (UNKNOWN_END, ExportRequest, SharedState, WorkerJob,  # noqa: F401  (defined there: light)
-                          lower_priority)
+                          lower_priority, process_alive)
 
 REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
 
@@ -123,13 +123,7 @@ def greet(hold: float) -> int:
 
 
 def _parent_alive() -> bool:
-    try:
-        os.kill(_P.job.coordinator_pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    return process_alive(_P.job.coordinator_pid)
 
 
 def _cancelled() -> bool:

@@ -157,7 +157,6 @@ class SQLiteTaskStore:
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA busy_timeout=30000")
             for attempt in range(100):
                 # switching a new file to WAL answers "locked" at once (no busy wait) while
                 # another worker is doing the same: try again shortly
