@@ -69,6 +69,14 @@ class TempFiles:
         self.cleanup()
 
 
+def sink_into(path: Path, sink) -> None:
+    """Run a Polars sink (`sink(file)`) into `path` through a file opened here. Given a path,
+    a sink that fails can still be opening it on Polars' I/O threads after it has raised (up
+    to ~2 ms later, measured) - re-creating a temp file that was already removed."""
+    with open(path, "wb") as out:
+        sink(out)
+
+
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)

@@ -7,7 +7,7 @@ from typing import Callable
 import polars as pl
 
 from . import _encode
-from ._atomic import TempFiles
+from ._atomic import TempFiles, sink_into
 
 JSON_CHUNK = 4 << 20
 
@@ -18,8 +18,7 @@ def write_csv(frame: pl.LazyFrame, path: Path, *, separator: str = ",",
     the written file (quote-aware, so embedded newlines are not rows)."""
     schema = frame.collect_schema()
     frame = _encode.apply(frame, _encode.for_csv(schema, escape_formulas=escape_formulas))
-    frame.sink_csv(path, separator=separator, include_header=True, quote_char='"',
-                   check_extension=False)
+    sink_into(path, lambda out: frame.sink_csv(out, separator=separator, include_header=True, quote_char='"'))
 
     def count_rows() -> int:
         if not schema:
@@ -33,7 +32,7 @@ def write_csv(frame: pl.LazyFrame, path: Path, *, separator: str = ",",
 def write_ndjson(frame: pl.LazyFrame, path: Path) -> None:
     """Sink `frame` as NDJSON (one object per line). Rows = lines, counted while hashing."""
     frame = _encode.apply(frame, _encode.for_json(frame.collect_schema()))
-    frame.sink_ndjson(path, check_extension=False)
+    sink_into(path, frame.sink_ndjson)
 
 
 def write_json(frame: pl.LazyFrame, path: Path, temps: TempFiles) -> int:
