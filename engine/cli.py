@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import orjson
 
 from config import load_settings
 from config.settings import SettingsError
-from engine.api import Engine, new_job_id
-from engine.errors import FieldError, JobCancelled, JobFailed, SpecError
-from engine.job import WorkdirMismatch
-from engine.prepare import prepare
-from engine.spec import parse_spec
+from engine import Engine, new_job_id
+from engine import FieldError, JobCancelled, JobFailed, SpecError
+from engine import WorkdirMismatch
+from engine import prepare
+from engine import parse_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -57,7 +56,7 @@ def _with_webhook(prepared, summary: dict, job_id: str) -> dict:
     webhook = prepared.resolved.webhook
     if webhook is None:
         return summary
-    from engine.webhook import post_webhook
+    from engine import post_webhook
     try:
         outcome = post_webhook(webhook, summary, prepared.redactor, task_id=job_id)
     except KeyboardInterrupt:

@@ -159,7 +159,7 @@ def unify(tables: list):
 def _as_text(column):
     import pyarrow as pa
 
-    from engine.records import _as_text as text_of
+    from engine.fetch.records import _as_text as text_of
     if pa.types.is_string(column.type):
         return column.combine_chunks()
     if pa.types.is_null(column.type):

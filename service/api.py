@@ -7,9 +7,9 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from engine.errors import FieldError, SpecError
-from engine.secrets import env_references
-from engine.spec import parse_spec, spec_to_json
+from engine import FieldError, SpecError
+from engine import env_references
+from engine import parse_spec, spec_to_json
 from service import profiles
 from service.detail import task_detail
 from service.errors import ApiError, invalid
@@ -227,7 +227,7 @@ def _match_uploads(spec, files) -> dict[int, bytes]:
 def _checked_spec():
     """The request's job spec and its uploaded ids files, checked as a task would need them
     (the same checks for /start and /validate); a 4xx naming the fields when not."""
-    from engine.prepare import prepare
+    from engine import prepare
     svc = services()
     document, files = _spec_and_uploads()
     try:
@@ -252,7 +252,7 @@ def validate():
 
 @bp.post("/start")
 def start():
-    from engine.api import new_job_id
+    from engine import new_job_id
     svc = services()
     spec, uploads = _checked_spec()
     task_id = new_job_id("task")

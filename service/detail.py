@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from engine.secrets import MASK, Redactor
+from engine import MASK, Redactor
 from service.status import iso
 
 MANIFEST_NAME = "manifest.json"

@@ -8,7 +8,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from engine.errors import SpecError
+from engine import SpecError
 
 log = logging.getLogger("pageferry.service")
 

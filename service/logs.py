@@ -12,7 +12,7 @@ import re
 import sys
 import time
 
-from engine.secrets import Redactor
+from engine import Redactor
 
 _REDACTOR = Redactor()
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}")

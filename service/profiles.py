@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from engine.errors import FieldError, SpecError
-from engine.shaping_rules import output_order
-from engine.spec import COLUMN_TYPES, JobSpec, Source
+from engine import FieldError, SpecError
+from engine import output_order
+from engine import COLUMN_TYPES, JobSpec, Source
 
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 INPUT_FIELDS = {"name", "column", "source", "change_order", "order", "type", "on_cast_error"}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from config import Settings
-from engine.errors import JobCancelled, JobFailed, SpecError
+from engine import JobCancelled, JobFailed, SpecError
 from service.logs import log_event
 from service.store import HOST, SQLiteTaskStore
 from service.summary import run_summary
@@ -81,7 +81,7 @@ class TaskRunner:
     @property
     def engine(self):
         if self._engine is None:
-            from engine.api import Engine  # created lazily: never in a gunicorn master
+            from engine import Engine
             self._engine = Engine(self.settings)
         return self._engine
 
@@ -136,8 +136,8 @@ class TaskRunner:
             self._launch(task)
 
     def _launch(self, task: dict) -> None:
-        from engine.prepare import prepare
-        from engine.spec import parse_spec
+        from engine import prepare
+        from engine import parse_spec
         task_id = task["id"]
         try:
             spec = parse_spec(task["spec"])

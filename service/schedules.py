@@ -30,9 +30,9 @@ import zoneinfo
 from croniter import croniter
 from flask import Blueprint, jsonify
 
-from engine.errors import FieldError, SpecError
-from engine.secrets import Redactor, env_references
-from engine.spec import parse_spec, spec_to_json
+from engine import FieldError, SpecError
+from engine import Redactor, env_references
+from engine import parse_spec, spec_to_json
 from service.api import FORBIDDEN_ENV, _authorize, base_url, json_body, services
 from service.errors import ApiError, invalid
 from service.logs import log_event
@@ -126,7 +126,7 @@ class ScheduleClock:
             self._stopping.wait(TICK)
 
     def tick(self) -> list[dict]:
-        from engine.api import new_job_id
+        from engine import new_job_id
         now = self.clock()
 
         def make_task(schedule: dict, due: float, missed: int) -> dict:
@@ -157,7 +157,7 @@ def schedule_json(schedule: dict) -> dict:
 
 
 def _check_spec(document) -> dict:
-    from engine.prepare import prepare
+    from engine import prepare
     svc = services()
     if not isinstance(document, dict):
         raise SpecError([FieldError("spec", "must be a JSON object (a job spec)")])

@@ -20,10 +20,10 @@ import threading
 import time
 from typing import Mapping
 
-from engine.errors import SpecError
-from engine.secrets import resolve
-from engine.spec import parse_spec
-from engine.webhook import body_of, delay_before, send_once
+from engine import SpecError
+from engine import resolve
+from engine import parse_spec
+from engine import webhook_body as body_of, webhook_delay as delay_before, webhook_send_once as send_once
 from service.logs import log_event
 from service.status import status_json
 

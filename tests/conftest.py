@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from config import load_settings
-from engine.api import Engine, new_job_id
-from engine.prepare import prepare
-from engine.spec import parse_spec
+from engine.run.engine import Engine, new_job_id
+from engine.spec.prepare import prepare
+from engine.spec.models import parse_spec
 
 pytest_plugins = ["tests.testapi.fixtures"]
 

@@ -26,8 +26,8 @@ from typing import Callable
 
 import polars as pl
 
-from . import _zip
-from ._atomic import BackgroundFlush, TempFiles, remove_stale_temps, seal
+from . import ziparchive
+from .atomic import BackgroundFlush, TempFiles, remove_stale_temps, seal
 from .parquet import write_parquet
 from .text import write_csv, write_json, write_ndjson
 from .xlsx import write_xlsx
@@ -165,13 +165,13 @@ def _write_zip(tables: list[Table], inner: str, path: Path, temps: TempFiles, op
             size, sha, n = seal(part, sync=False, count_newlines=how.count_newlines,
                                 rows_fn=how.fn)
             n = how.value if how.value is not None else n
-            _zip.add_file(zf, part, arcname, date_time=_zip.now_date_time(), **member)
+            ziparchive.add_file(zf, part, arcname, date_time=ziparchive.now_date_time(), **member)
             temps.discard(part)
             files.append({"name": arcname, "bytes": size, "sha256": sha, "rows": n})
             rows[table.name] = n
         doc = dict(manifest or {})
         doc["files"] = files
-        _zip.add_bytes(zf, json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode(),
+        ziparchive.add_bytes(zf, json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode(),
                        MANIFEST_NAME, compress_type=zipfile.ZIP_DEFLATED, level=ZIP_TEXT_LEVEL,
-                       date_time=_zip.now_date_time())
+                       date_time=ziparchive.now_date_time())
     return rows

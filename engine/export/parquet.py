@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from ._atomic import sink_into
+from .atomic import sink_into
 
 
 def write_parquet(frame: pl.LazyFrame, path: Path) -> int:

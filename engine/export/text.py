@@ -6,8 +6,8 @@ from typing import Callable
 
 import polars as pl
 
-from . import _encode
-from ._atomic import TempFiles, sink_into
+from . import encode
+from .atomic import TempFiles, sink_into
 
 JSON_CHUNK = 4 << 20
 
@@ -17,7 +17,7 @@ def write_csv(frame: pl.LazyFrame, path: Path, *, separator: str = ",",
     """Sink `frame` as CSV (header always). Returns a function that counts the data rows of
     the written file (quote-aware, so embedded newlines are not rows)."""
     schema = frame.collect_schema()
-    frame = _encode.apply(frame, _encode.for_csv(schema, escape_formulas=escape_formulas))
+    frame = encode.apply(frame, encode.for_csv(schema, escape_formulas=escape_formulas))
     sink_into(path, lambda out: frame.sink_csv(out, separator=separator, include_header=True, quote_char='"'))
 
     def count_rows() -> int:
@@ -31,7 +31,7 @@ def write_csv(frame: pl.LazyFrame, path: Path, *, separator: str = ",",
 
 def write_ndjson(frame: pl.LazyFrame, path: Path) -> None:
     """Sink `frame` as NDJSON (one object per line). Rows = lines, counted while hashing."""
-    frame = _encode.apply(frame, _encode.for_json(frame.collect_schema()))
+    frame = encode.apply(frame, encode.for_json(frame.collect_schema()))
     sink_into(path, frame.sink_ndjson)
 
 

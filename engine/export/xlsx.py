@@ -29,8 +29,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from . import _encode, _zip
-from ._atomic import TempFiles
+from . import encode, ziparchive
+from .atomic import TempFiles
 
 ROWS_PER_SHEET = 1_048_575          # + the header row = Excel's 1,048,576
 MAX_COLUMNS = 16_384
@@ -177,7 +177,7 @@ def _cell(col: pl.Expr, dtype: pl.DataType, letter: str, row: pl.Expr) -> pl.Exp
         return (pl.when(ok).then(_num(letter, row, serial.cast(pl.String), STYLE_DATE))
                 .when(col.is_not_null()).then(_str(letter, row, col.cast(pl.String))))
     if isinstance(dtype, pl.Datetime):
-        iso = _encode.datetime_iso(col, dtype, fixed_fraction=False)
+        iso = encode.datetime_iso(col, dtype, fixed_fraction=False)
         wall = col.dt.replace_time_zone(None) if dtype.time_zone is not None else col
         us = wall.dt.epoch("us")
         days = us.floordiv(_US_PER_DAY)
@@ -191,8 +191,8 @@ def _cell(col: pl.Expr, dtype: pl.DataType, letter: str, row: pl.Expr) -> pl.Exp
     if isinstance(dtype, pl.Duration):
         days = col.dt.total_microseconds().cast(pl.Float64) / _US_PER_DAY
         return _num(letter, row, days.cast(pl.String), STYLE_DURATION)
-    if _encode.is_nested(dtype):
-        return _str(letter, row, _encode.json_text(col, dtype))
+    if encode.is_nested(dtype):
+        return _str(letter, row, encode.json_text(col, dtype))
     if dtype == pl.Binary:
         return _str(letter, row, col.bin.encode("base64"))
     return _str(letter, row, col.cast(pl.String))
@@ -447,15 +447,15 @@ def write_xlsx(tables: list[tuple[str, pl.LazyFrame]], path: Path, temps: TempFi
             rows.append(sum(s.rows for s in table_sheets))
         deflated = dict(compress_type=zipfile.ZIP_DEFLATED, level=6)
         with zipfile.ZipFile(path, "w", allowZip64=True) as zf:
-            _zip.add_bytes(zf, _content_types(len(sheets)).encode(), "[Content_Types].xml", **deflated)
-            _zip.add_bytes(zf, _ROOT_RELS.encode(), "_rels/.rels", **deflated)
-            _zip.add_bytes(zf, _CORE.encode(), "docProps/core.xml", **deflated)
-            _zip.add_bytes(zf, _APP.encode(), "docProps/app.xml", **deflated)
-            _zip.add_bytes(zf, _workbook([s.name for s in sheets]).encode(), "xl/workbook.xml", **deflated)
-            _zip.add_bytes(zf, _workbook_rels(len(sheets)).encode(), "xl/_rels/workbook.xml.rels", **deflated)
-            _zip.add_bytes(zf, _STYLES.encode(), "xl/styles.xml", **deflated)
+            ziparchive.add_bytes(zf, _content_types(len(sheets)).encode(), "[Content_Types].xml", **deflated)
+            ziparchive.add_bytes(zf, _ROOT_RELS.encode(), "_rels/.rels", **deflated)
+            ziparchive.add_bytes(zf, _CORE.encode(), "docProps/core.xml", **deflated)
+            ziparchive.add_bytes(zf, _APP.encode(), "docProps/app.xml", **deflated)
+            ziparchive.add_bytes(zf, _workbook([s.name for s in sheets]).encode(), "xl/workbook.xml", **deflated)
+            ziparchive.add_bytes(zf, _workbook_rels(len(sheets)).encode(), "xl/_rels/workbook.xml.rels", **deflated)
+            ziparchive.add_bytes(zf, _STYLES.encode(), "xl/styles.xml", **deflated)
             for i, sheet in enumerate(sheets, 1):
-                _zip.add_file(zf, sheet.path, f"xl/worksheets/sheet{i}.xml",
+                ziparchive.add_file(zf, sheet.path, f"xl/worksheets/sheet{i}.xml",
                               compress_type=zipfile.ZIP_DEFLATED, level=COMPRESSLEVEL)
                 temps.discard(sheet.path)
     finally:

@@ -404,7 +404,7 @@ def case_export(ctx: "Ctx") -> dict:
 
 
 def case_service(ctx: "Ctx") -> dict:
-    from tests.service_process import ServiceProcess
+    from tests.support.service_process import ServiceProcess
     n, per_page = (20_000, 100) if ctx.quick else (200_000, 100)
     pages = n // per_page
     api, work = ctx.api, ctx.work

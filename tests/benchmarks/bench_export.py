@@ -4,7 +4,7 @@
 
 Writes `--shards` Arrow IPC shards of 1,000 rows (8 columns) to a temp dir, then times
 (median of `--repeat`, runs interleaved):
-- CSV / Parquet: `export_tables` over `engine.reduce.scan_source(files)` (the reducer's
+- CSV / Parquet: `export_tables` over `engine.export.reduce.scan_source(files)` (the reducer's
   frame; includes fsync, sha256 and the row count) vs a raw
   `pl.scan_ipc(files).sink_csv / sink_parquet`. Target: ratio <= 1.3. Also shown: a relaxed
   concat of one scan per shard sunk directly (what the reducer does when schemas drifted).
@@ -30,7 +30,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.export import Table, export_tables  # noqa: E402
-from engine.reduce import scan_source  # noqa: E402
+from engine.export.reduce import scan_source  # noqa: E402
 
 ROWS_PER_SHARD = 1_000
 

@@ -34,7 +34,7 @@ IDEAL = PAGES * DELAY_MS / 1000 / IN_FLIGHT
 def fetch_pages(url: str, pages: list[int], in_flight: int, done) -> None:
     import aiohttp
 
-    from engine.records import parse_page
+    from engine.fetch.records import parse_page
 
     async def main() -> int:
         remaining = iter(pages)

@@ -28,7 +28,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.service_process import ServiceProcess  # noqa: E402
+from tests.support.service_process import ServiceProcess  # noqa: E402
 from tests.testapi.client import TestAPI  # noqa: E402
 
 

@@ -1,0 +1,386 @@
+"""Delivery: copies of a finished result to S3 or an FTP/FTPS server (contract §1 "Delivery").
+
+`deliver_all(targets, path, redactor, stop)` uploads the result to each target in turn and
+returns one outcome per target - `{"target", "ok", "error", "attempts"}` - never raising for a
+target that fails: a failed copy leaves the downloadable result alone. `target` describes
+where the copy went without any credential (`s3://bucket/prefix/file.zip`,
+`ftps://user@host:21/dir/file.zip`); `error` is worded here and passed through the job's
+redactor plus the credentials actually used (which may come from the AWS environment).
+
+S3: boto3's transfer manager (multipart above 8 MiB, parts uploaded in parallel), the
+result's sha256 kept as object metadata, the object's size checked afterwards.
+FTP: passive mode, explicit TLS (`AUTH TLS` + `PROT P`) when `tls`, the directory created
+level by level, the file stored under a temporary name and renamed into place.
+Transient failures (connection trouble, timeouts, 4xx FTP replies, 5xx S3 answers) are
+retried with backoff; permanent ones (a wrong password, a refused certificate, access
+denied) are not.
+
+`stop()` is polled between attempts and while bytes flow: when it says yes, the upload is
+abandoned and the outcome says so.
+"""
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import logging
+import os
+import posixpath
+import secrets as _secrets
+import ssl
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from engine.spec.redact import Redactor
+
+log = logging.getLogger("pageferry.deliver")
+
+ATTEMPTS = 3                     # tries per target, the first included
+BACKOFF = 1.0                    # seconds before the 2nd try; doubles
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MULTIPART_CHUNK = 8 * 1024 * 1024
+FTP_BLOCK = 64 * 1024
+S3_REQUEST_ATTEMPTS = 3          # botocore's own tries per request (inside each of ours)
+NO_S3_CREDENTIALS = ("no S3 credentials: give access_key and secret_key, or set AWS_ACCESS_KEY_ID and "
+                     "AWS_SECRET_ACCESS_KEY")
+
+Stop = Callable[[], bool]
+
+
+class DeliveryStopped(Exception):
+    """The job was cancelled (or timed out) while a copy was on its way."""
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.message, self.retryable = message, retryable
+
+
+@dataclass
+class Outcome:
+    target: str
+    ok: bool = False
+    error: str | None = None
+    attempts: int = 0
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "ok": self.ok, "error": self.error, "attempts": self.attempts}
+
+
+def _never() -> bool:
+    return False
+
+
+def deliver_all(targets: Iterable, path: Path, redactor: Redactor, stop: Stop = _never,
+                sleep: Callable[[float], None] = time.sleep) -> list[dict]:
+    """Copy `path` to every target (resolved spec models, secrets substituted)."""
+    outcomes = []
+    for target in targets:
+        if stop():
+            raise DeliveryStopped()
+        if target.type == "s3":
+            outcome = _with_retries(S3Upload(target, path), redactor, stop, sleep)
+        else:
+            outcome = _with_retries(FtpUpload(target, path), redactor, stop, sleep)
+        log.info("delivery %s: %s", outcome.target, "ok" if outcome.ok else outcome.error)
+        outcomes.append(outcome.as_dict())
+    return outcomes
+
+
+def _with_retries(upload, redactor: Redactor, stop: Stop, sleep) -> Outcome:
+    outcome = Outcome(target=redactor.text(upload.describe()))
+    scrub = Redactor(set(redactor.secrets) | upload.credentials())
+    for attempt in range(1, ATTEMPTS + 1):
+        outcome.attempts = attempt
+        try:
+            upload.run(stop)
+            outcome.ok, outcome.error = True, None
+            return outcome
+        except DeliveryStopped:
+            raise
+        except _Failure as exc:
+            outcome.error = scrub.text(exc.message)
+            if not exc.retryable:
+                return outcome
+        except Exception as exc:  # a library surprise: reported, never raised into the job
+            outcome.error = scrub.text(f"{type(exc).__name__}: {exc}")[:500]
+            return outcome
+        if attempt < ATTEMPTS:
+            delay = BACKOFF * 2 ** (attempt - 1)
+            end = time.monotonic() + delay
+            while time.monotonic() < end:
+                if stop():
+                    raise DeliveryStopped()
+                sleep(min(0.1, max(0.0, end - time.monotonic())))
+    return outcome
+
+
+# ------------------------------------------------------------------ S3
+
+def s3_location(url: str, filename: str) -> tuple[str, str]:
+    """`s3://bucket/prefix/` + filename → (bucket, key). A url not ending in '/' names the
+    object itself (`s3://bucket/exports/latest.csv`)."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    if not prefix or prefix.endswith("/"):
+        return bucket, prefix + filename
+    return bucket, prefix
+
+
+class S3Upload:
+    def __init__(self, target, path: Path):
+        self.target = target
+        self.path = Path(path)
+        self.bucket, self.key = s3_location(target.url, self.path.name)
+        self._session = None
+
+    def describe(self) -> str:
+        if self._inner():
+            return f"s3://{self.bucket}/{self._prefix()}"
+        return f"s3://{self.bucket}/{self.key}"
+
+    def _inner(self) -> bool:
+        return bool(self.target.inner_files) and self.path.suffix == ".zip"
+
+    def _prefix(self) -> str:
+        _, _, prefix = self.target.url[len("s3://"):].partition("/")
+        return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+    def session(self):
+        if self._session is None:
+            import boto3
+            region = (self.target.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                      or "us-east-1")
+            self._session = boto3.session.Session(aws_access_key_id=self.target.access_key,
+                                                  aws_secret_access_key=self.target.secret_key,
+                                                  region_name=region)
+        return self._session
+
+    def credentials(self) -> set[str]:
+        """Every credential this upload may use, for scrubbing messages."""
+        try:
+            creds = self.session().get_credentials()
+        except Exception:
+            return set()
+        if creds is None:
+            return set()
+        frozen = creds.get_frozen_credentials()
+        return {v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v}
+
+    def _client(self):
+        from botocore.config import Config
+        session = self.session()
+        if session.get_credentials() is None:
+            raise _Failure(NO_S3_CREDENTIALS, retryable=False)
+        config = Config(connect_timeout=10, read_timeout=60,
+                        retries={"max_attempts": S3_REQUEST_ATTEMPTS, "mode": "standard"},
+                        s3={"addressing_style": "path"} if self.target.endpoint_url else {})
+        return session.client("s3", endpoint_url=self.target.endpoint_url, config=config)
+
+    def run(self, stop: Stop) -> None:
+        from boto3.s3.transfer import TransferConfig
+        try:
+            client = self._client()
+            config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
+                                    max_concurrency=4, use_threads=True)
+            if self._inner():
+                with zipfile.ZipFile(self.path) as archive:
+                    for member in archive.infolist():
+                        if member.is_dir():
+                            continue
+                        key = self._prefix() + member.filename
+                        with archive.open(member) as stream:
+                            self._transfer(client, config, stream, key, {}, stop)
+                        self._check_size(client, key, member.file_size)
+                return
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            self._transfer(client, config, str(self.path), self.key, {"Metadata": {"sha256": digest.hexdigest()}},
+                           stop)
+            self._check_size(client, self.key, self.path.stat().st_size)
+        except (_Failure, DeliveryStopped):
+            raise
+        except Exception as exc:
+            raise _s3_failure(exc) from None
+
+    def _transfer(self, client, config, source, key: str, extra: dict, stop: Stop) -> None:
+        from boto3.s3.transfer import create_transfer_manager
+        manager = create_transfer_manager(client, config)
+        cancelled = False
+        try:
+            future = manager.upload(source, self.bucket, key, extra_args=extra or None)
+            while not future.done():
+                if stop():
+                    cancelled = True
+                    future.cancel()
+                    break
+                time.sleep(0.05)
+            if not cancelled:
+                future.result()
+        finally:
+            manager.shutdown(cancel=cancelled)
+        if cancelled:
+            raise DeliveryStopped()
+
+    def _check_size(self, client, key: str, size: int) -> None:
+        head = client.head_object(Bucket=self.bucket, Key=key)
+        if head.get("ContentLength") != size:
+            raise _Failure(f"S3: the stored object has {head.get('ContentLength')} bytes, not {size}", retryable=True)
+
+
+def _s3_failure(exc: Exception) -> _Failure:
+    from botocore import exceptions as bx
+    if isinstance(exc, bx.ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code") or "error"
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = (err.get("Message") or "").strip()
+        retryable = (status or 0) >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError",
+                                                     "ServiceUnavailable", "RequestTimeTooSkewed")
+        text = f"S3 {code}" + (f" (HTTP {status})" if status else "") + (f": {message[:300]}" if message else "")
+        return _Failure(text, retryable)
+    if isinstance(exc, bx.NoCredentialsError):
+        return _Failure(NO_S3_CREDENTIALS, retryable=False)
+    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+        return _Failure(f"S3: cannot connect to the endpoint ({type(exc).__name__})", retryable=True)
+    if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectionClosedError, bx.ConnectionError)):
+        return _Failure(f"S3: the connection failed ({type(exc).__name__})", retryable=True)
+    if isinstance(exc, bx.ParamValidationError):
+        return _Failure(f"S3: {exc}", retryable=False)
+    if isinstance(exc, OSError):
+        return _Failure(f"S3: {type(exc).__name__}: {exc.strerror or exc}", retryable=True)
+    return _Failure(f"S3: {type(exc).__name__}: {exc}"[:500], retryable=False)
+
+
+# ------------------------------------------------------------------ FTP / FTPS
+
+class _FtpsWithSessionReuse(ftplib.FTP_TLS):
+    """Data connections resume the control connection's TLS session (servers such as vsftpd
+    and pyftpdlib's strict mode require it)."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+
+class FtpUpload:
+    def __init__(self, target, path: Path):
+        self.target = target
+        self.path = Path(path)
+        self.directory = target.directory or "/"
+
+    def describe(self) -> str:
+        scheme = "ftps" if self.target.tls else "ftp"
+        folder = self.directory if self.directory.startswith("/") else "/" + self.directory
+        return f"{scheme}://{self.target.username}@{self.target.host}:{self.target.port}" \
+               f"{posixpath.join(folder, self.path.name)}"
+
+    def credentials(self) -> set[str]:
+        return {self.target.password} if self.target.password else set()
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.target.ca_file)
+        if not self.target.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _connect(self) -> ftplib.FTP:
+        t = self.target
+        if t.tls:
+            ftp = _FtpsWithSessionReuse(context=self._context(), timeout=t.timeout)
+        else:
+            ftp = ftplib.FTP(timeout=t.timeout)
+        ftp.connect(t.host, t.port)
+        if t.tls:
+            ftp.auth()
+        ftp.login(t.username, t.password)
+        if t.tls:
+            ftp.prot_p()
+        ftp.set_pasv(True)
+        return ftp
+
+    def _enter_directory(self, ftp: ftplib.FTP) -> None:
+        if self.directory.startswith("/"):
+            ftp.cwd("/")
+        for part in (p for p in self.directory.split("/") if p and p != "."):
+            try:
+                ftp.cwd(part)
+            except ftplib.error_perm:
+                try:
+                    ftp.mkd(part)
+                except ftplib.error_perm:
+                    pass  # made meanwhile by someone else, or refused: cwd tells
+                ftp.cwd(part)
+
+    def run(self, stop: Stop) -> None:
+        name = self.path.name
+        temp = f".{name}.part-{_secrets.token_hex(4)}"
+        ftp = None
+        stored = False
+        try:
+            ftp = self._connect()
+            self._enter_directory(ftp)
+
+            def progress(_block: bytes) -> None:
+                if stop():
+                    raise DeliveryStopped()
+
+            stored = True  # from here on a (partial) temp file may exist
+            with open(self.path, "rb") as f:
+                ftp.storbinary(f"STOR {temp}", f, blocksize=FTP_BLOCK, callback=progress)
+            try:
+                ftp.rename(temp, name)
+            except ftplib.error_perm:
+                ftp.delete(name)  # some servers refuse to rename over an existing file
+                ftp.rename(temp, name)
+            stored = False
+            try:
+                size = ftp.size(name)
+            except ftplib.error_perm:
+                size = None  # SIZE is optional
+            if size is not None and size != self.path.stat().st_size:
+                raise _Failure(f"FTP: the stored file has {size} bytes, not {self.path.stat().st_size}", True)
+            try:
+                ftp.quit()
+            except (ftplib.Error, OSError, EOFError):
+                pass
+            ftp = None
+        except (_Failure, DeliveryStopped):
+            raise
+        except ftplib.error_perm as exc:
+            raise _Failure(f"FTP: {_reply(exc)}", retryable=False) from None
+        except (ftplib.error_temp, ftplib.error_reply, ftplib.error_proto) as exc:
+            raise _Failure(f"FTP: {_reply(exc)}", retryable=True) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise _Failure(f"FTPS: the server's certificate is not trusted ({exc.verify_message}); "
+                           f"give ca_file, or verify: false", retryable=False) from None
+        except ssl.SSLError as exc:
+            raise _Failure(f"FTPS: TLS failed ({exc.reason or type(exc).__name__})", retryable=True) from None
+        except (OSError, EOFError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else (
+                getattr(exc, "strerror", None) or type(exc).__name__)
+            raise _Failure(f"FTP: connection to {self.target.host}:{self.target.port} failed ({what})",
+                           retryable=True) from None
+        finally:
+            if ftp is not None:
+                if stored:
+                    try:
+                        ftp.delete(temp)
+                    except Exception:
+                        pass
+                try:
+                    ftp.close()
+                except Exception:
+                    pass
+
+
+def _reply(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]

@@ -1,0 +1,244 @@
+"""Credentials applied to every request and every retry of a source.
+
+OAuth2 client-credentials tokens are fetched once per job and shared by all its processes
+through a `TokenStore` (the job's Manager dict, guarded by one cross-process lock); a 401 or
+the token's expiry makes the first process that notices fetch a new one for everybody. A
+failed token request is shared the same way: whoever was waiting for it gets its error
+instead of asking the endpoint again.
+"""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from typing import Any, Callable, MutableMapping, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from engine.fetch.retry import parse_retry_after
+from engine.fetch.transport import FetchError
+from engine.spec.models import OAuth2Auth
+
+EXPIRY_MARGIN = 0.1  # refresh when 90 % of a token's lifetime has passed
+MASK = "***"
+RETRYABLE_TOKEN_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+
+
+class AuthError(FetchError):
+    """Credentials could not be obtained (e.g. the token endpoint refused the client). A
+    FetchError, so the page's retry loop treats it like any failed attempt: retried when
+    `retryable` (the endpoint was down or busy), else the page fails with this message."""
+
+    def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
+        super().__init__(message, retryable, None, retry_after)
+
+
+class TokenStore(Protocol):
+    def get(self, key: str) -> dict | None: ...
+    def put(self, key: str, value: dict) -> None: ...
+    def lock(self) -> Any: ...
+
+
+class DictTokenStore:
+    """A TokenStore over any mapping (a Manager dict across processes, a plain dict in tests)."""
+
+    def __init__(self, mapping: MutableMapping, lock: Any):
+        self._mapping = mapping
+        self._lock = lock
+
+    def get(self, key: str) -> dict | None:
+        return self._mapping.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        self._mapping[key] = value
+
+    def lock(self) -> Any:
+        return self._lock
+
+
+class Auth:
+    """No credentials."""
+    refreshable = False
+
+    def apply(self, headers: dict, params: dict) -> None:
+        pass
+
+    def on_unauthorized(self) -> bool:
+        """Called after a 401; True when a retry with fresh credentials is worth it."""
+        return False
+
+    def shown_params(self, params: dict) -> dict:
+        """The query parameters of a request as messages show them (credentials masked)."""
+        return params
+
+    def without_credentials(self, url: str) -> str:
+        """`url` minus the credentials `apply` adds anyway (a next URL that echoes them)."""
+        return url
+
+
+class HeaderValueAuth(Auth):
+    def __init__(self, name: str, value: str):
+        self.name, self.value = name, value
+
+    def apply(self, headers: dict, params: dict) -> None:
+        headers[self.name] = self.value
+
+
+class QueryAuth(Auth):
+    def __init__(self, name: str, value: str):
+        self.name, self.value = name, value
+
+    def apply(self, headers: dict, params: dict) -> None:
+        params[self.name] = self.value
+
+    def shown_params(self, params: dict) -> dict:
+        return {**params, self.name: MASK}
+
+    def without_credentials(self, url: str) -> str:
+        """APIs often build next/Link URLs from the request's own query, key included: the
+        key is dropped (apply adds it again), so it is neither sent twice nor kept in a
+        shard's resume token on disk."""
+        try:
+            parts = urlsplit(url)
+            query = parse_qsl(parts.query, keep_blank_values=True)
+        except ValueError:
+            return url
+        kept = [(k, v) for k, v in query if k != self.name]
+        if len(kept) == len(query):
+            return url
+        return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+class OAuth2ClientCredentials(Auth):
+    refreshable = True
+
+    def __init__(self, spec: OAuth2Auth, store: TokenStore, key: str, timeout: float,
+                 session_factory: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.spec, self.store, self.key, self.timeout = spec, store, key, timeout
+        if session_factory is None:
+            import requests  # loaded by the processes that fetch a token, not by every engine process
+            session_factory = requests.Session
+        self.session_factory, self.clock = session_factory, clock
+        self._current: dict | None = None
+        self._sent = threading.local()   # per fetch thread: the token its last request carried
+
+    def _valid(self, token: dict | None) -> bool:
+        return bool(token) and token["expires_at"] > self.clock()
+
+    def _endpoint(self) -> str:
+        """The token URL as messages name it: without its query (which may carry anything)."""
+        parts = urlsplit(self.spec.token_url)
+        return urlunsplit(parts._replace(query="", fragment=""))
+
+    def _fetch(self) -> dict:
+        endpoint = f"oauth2 token endpoint {self._endpoint()}"
+        data = {"grant_type": "client_credentials"}
+        if self.spec.scope:
+            data["scope"] = self.spec.scope
+        session = self.session_factory()
+        try:
+            response = session.post(self.spec.token_url, data=data, timeout=self.timeout,
+                                    auth=(self.spec.client_id, self.spec.client_secret))
+            if response.status_code in (400, 401):
+                # Some servers want the client credentials in the form body instead.
+                response = session.post(self.spec.token_url, timeout=self.timeout, data={
+                    **data, "client_id": self.spec.client_id, "client_secret": self.spec.client_secret})
+        except _request_exception() as exc:
+            # The exception's text may quote the URL: only its type is told.
+            raise AuthError(f"{endpoint} could not be reached ({type(exc).__name__})", retryable=True) from None
+        finally:
+            session.close()
+        if response.status_code != 200:
+            raise AuthError(f"{endpoint} answered HTTP {response.status_code}{_oauth_error(response)}",
+                            retryable=response.status_code in RETRYABLE_TOKEN_STATUSES,
+                            retry_after=parse_retry_after(response.headers.get("Retry-After")))
+        try:
+            body = response.json()
+            token = body["access_token"]
+            if not isinstance(token, str) or not token:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise AuthError(f"{endpoint} answered without an access_token") from None
+        lifetime = body.get("expires_in")
+        if isinstance(lifetime, str):
+            try:
+                lifetime = float(lifetime)
+            except ValueError:
+                lifetime = None
+        lifetime = float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else 3600.0
+        return {"token": token, "expires_at": self.clock() + lifetime * (1 - EXPIRY_MARGIN),
+                "fetched_at": self.clock()}
+
+    def _token(self, stale: dict | None = None) -> dict:
+        shared = self.store.get(self.key)
+        if self._valid(shared) and shared != stale:
+            return shared
+        asked = self.clock()
+        with self.store.lock():
+            shared = self.store.get(self.key)  # somebody may have refreshed while we waited
+            if self._valid(shared) and shared != stale:
+                return shared
+            failed = self.store.get(self.key + ":error")
+            if failed and failed["at"] >= asked:
+                # The request we waited for failed: share its error rather than asking again.
+                raise AuthError(failed["message"], failed["retryable"], failed["retry_after"])
+            try:
+                fresh = self._fetch()
+            except AuthError as exc:
+                self.store.put(self.key + ":error", {"message": exc.message, "retryable": exc.retryable,
+                                                     "retry_after": exc.retry_after, "at": self.clock()})
+                raise
+            self.store.put(self.key, fresh)
+            return fresh
+
+    def apply(self, headers: dict, params: dict) -> None:
+        current = self._current
+        if not self._valid(current):
+            current = self._current = self._token()
+        self._sent.token = current
+        headers["Authorization"] = f"Bearer {current['token']}"
+
+    def on_unauthorized(self) -> bool:
+        # Only the token this thread's request carried is stale: another thread of the
+        # process may have refreshed it already, and that fresh one must not be thrown away.
+        self._current = self._token(stale=getattr(self._sent, "token", None))
+        return True
+
+
+def _request_exception() -> type[Exception]:
+    import requests
+    return requests.RequestException
+
+
+def _oauth_error(response) -> str:
+    """RFC 6749 §5.2 `error` (and `error_description`, or a `message`) from a token error body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        return ""
+    description = body.get("error_description") or body.get("message")
+    if isinstance(description, str) and description:
+        return f" ({body['error'][:80]}: {description[:160]})"
+    return f" ({body['error'][:80]})"
+
+
+def make_auth(spec, store: TokenStore | None, key: str, timeout: float) -> Auth:
+    """The applier for a source's (resolved) `auth` spec."""
+    if spec is None:
+        return Auth()
+    if spec.type == "bearer":
+        return HeaderValueAuth("Authorization", f"Bearer {spec.token}")
+    if spec.type == "header":
+        return HeaderValueAuth(spec.name, spec.value)
+    if spec.type == "query":
+        return QueryAuth(spec.name, spec.value)
+    if spec.type == "basic":
+        raw = f"{spec.username}:{spec.password}".encode()
+        return HeaderValueAuth("Authorization", "Basic " + base64.b64encode(raw).decode())
+    if spec.type == "oauth2":
+        if store is None:
+            raise ValueError("oauth2 needs a token store")
+        return OAuth2ClientCredentials(spec, store, key, timeout)
+    raise ValueError(f"unknown auth type {spec.type}")

@@ -1,0 +1,226 @@
+"""Page bodies → flat Arrow tables.
+
+JSON is decoded once with orjson; the records go to Arrow with `pa.array`, which infers one
+struct type over *all* records (not just the first) in C++. Nested objects are flattened to
+`parent.child` columns; lists stay lists. When records disagree on a field's type (an int
+here, a string there), a slower path types each column on its own and, where values still
+don't agree, keeps them as text (JSON for lists and objects) - nothing is dropped.
+"""
+from __future__ import annotations
+
+import codecs
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from engine.plan.pagination import get_path  # noqa: F401  (part of this module's interface)
+from engine.spec.models import CsvSourceOptions
+
+
+class BodyError(Exception):
+    """The body cannot be read as the source's format. `retryable`: may a new try help?"""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def find_records(doc: Any, path: str | None) -> list:
+    """The list of records inside a decoded JSON page (contract: `records` auto-detection)."""
+    if path:
+        found = get_path(doc, path)
+        if found is None:
+            raise BodyError(f"records path {path!r} not found in the page", retryable=False)
+        if not isinstance(found, list):
+            raise BodyError(f"records path {path!r} holds a {type(found).__name__}, not a list", retryable=False)
+        return found
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict):
+        lists = [key for key, value in doc.items() if isinstance(value, list)]
+        if len(lists) == 1:
+            return doc[lists[0]]
+        if not lists:
+            raise BodyError("the page holds no list of records; set `records` to its path", retryable=False)
+        raise BodyError(f"the page holds several lists ({', '.join(lists[:5])}); set `records` to the "
+                        f"path of the records", retryable=False)
+    raise BodyError(f"the page is a JSON {type(doc).__name__}, not an object or a list", retryable=False)
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        hint = "empty body" if not body.strip() else f"invalid JSON ({exc})"
+        raise BodyError(f"the page is not valid JSON: {hint}", retryable=True) from None
+
+
+# The last record type seen and the flatten() passes it needs (None: has an empty struct).
+# Pages of a source share their type, and comparing types is ~50x cheaper than hashing one.
+_last_flatten: tuple = (None, None)
+
+
+def _struct_depth(struct_type: pa.DataType) -> int | None:
+    """How deep structs nest inside `struct_type` (0: no struct field); None when an empty
+    struct is among them (those need `_flatten_table`'s care)."""
+    depth = 0
+    for i in range(struct_type.num_fields):
+        field_type = struct_type.field(i).type
+        if pa.types.is_struct(field_type):
+            inner = _struct_depth(field_type) if field_type.num_fields else None
+            if inner is None:
+                return None
+            depth = max(depth, inner + 1)
+    return depth
+
+
+def _flatten_records(array: pa.StructArray) -> pa.Table:
+    """`_flatten_table(Table.from_struct_array(array))`, with the struct walk done when the
+    record type changes instead of on every page."""
+    global _last_flatten
+    table = pa.Table.from_struct_array(array)
+    last_type, depth = _last_flatten
+    if last_type is None or not array.type.equals(last_type):
+        depth = _struct_depth(array.type)
+        _last_flatten = (array.type, depth)
+    if depth is None:
+        return _flatten_table(table)
+    for _ in range(depth):
+        table = table.flatten()
+    return table
+
+
+def _flatten_table(table: pa.Table) -> pa.Table:
+    while any(pa.types.is_struct(field.type) for field in table.schema):
+        # Table.flatten names children `parent.child`; an empty struct would vanish silently,
+        # so it becomes a null column of the parent's name instead.
+        columns, names = [], []
+        for field, column in zip(table.schema, table.columns):
+            if pa.types.is_struct(field.type) and field.type.num_fields == 0:
+                columns.append(pa.nulls(len(table)))
+                names.append(field.name)
+            else:
+                columns.append(column)
+                names.append(field.name)
+        table = pa.table(columns, names=names).flatten()
+    return table
+
+
+def _flatten_record(record: dict, prefix: str, out: dict) -> None:
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            _flatten_record(value, name + ".", out)
+        else:
+            out[name] = None if isinstance(value, dict) else value
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits
+        return json.dumps(value, default=str)
+
+
+def _column_array(values: list) -> pa.Array:
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        return pa.array([_as_text(v) for v in values], type=pa.string())
+
+
+def _records_slow(records: list[dict]) -> pa.Table:
+    flat: list[dict] = []
+    for record in records:
+        row: dict = {}
+        _flatten_record(record, "", row)
+        flat.append(row)
+    names: dict[str, None] = {}
+    for row in flat:
+        for key in row:
+            names.setdefault(key)
+    return pa.table({name: _column_array([row.get(name) for row in flat]) for name in names})
+
+
+def records_to_table(records: list) -> pa.Table:
+    """Records (dicts; other values become a `value` column) → a flat Arrow table."""
+    if not records:
+        return pa.table({})
+    kinds = set(map(type, records))
+    if kinds != {dict} and not all(isinstance(r, dict) for r in records):
+        records = [r if isinstance(r, dict) else {"value": r} for r in records]
+    try:
+        array = pa.array(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        return _records_slow(records)
+    if not pa.types.is_struct(array.type) or array.type.num_fields == 0:
+        return _records_slow(records)
+    return _flatten_records(array)
+
+
+def ndjson_records(body: bytes) -> list:
+    records = []
+    for number, line in enumerate(body.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(f"NDJSON line {number} is not valid JSON ({exc})", retryable=True) from None
+    return records
+
+
+def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
+    if not body.strip():
+        return pa.table({})
+    if codecs.lookup(options.encoding).name == "utf-8":
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BodyError(f"CSV is not valid UTF-8 (byte {exc.start}: {body[exc.start:exc.start + 4]!r}); "
+                            f"set csv.encoding if the source uses another encoding", retryable=False) from None
+    read = pacsv.ReadOptions(encoding=options.encoding, skip_rows=options.skip_rows,
+                             autogenerate_column_names=not options.header,
+                             block_size=max(1 << 20, len(body) + 1))
+    parse = pacsv.ParseOptions(delimiter=options.separator)
+    convert = pacsv.ConvertOptions(null_values=list(options.null_values), strings_can_be_null=True)
+    try:
+        table = pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        message = str(exc)
+        if "UTF8" in message or "utf8" in message or "decode" in message.lower():
+            raise BodyError(f"CSV is not valid {options.encoding}: {message}", retryable=False) from None
+        if "Empty CSV file" in message:
+            return pa.table({})
+        raise BodyError(f"CSV cannot be parsed: {message}", retryable=False) from None
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"CSV is not valid {options.encoding}: {exc}", retryable=False) from None
+    if not options.header:
+        table = table.rename_columns([f"column_{i + 1}" for i in range(table.num_columns)])
+    return table
+
+
+@dataclass
+class ParsedPage:
+    table: pa.Table
+    doc: Any  # the decoded JSON document (for pagination), or None
+    records: int
+
+
+def parse_page(body: bytes, fmt: str, records_path: str | None, csv_options: CsvSourceOptions) -> ParsedPage:
+    if fmt == "json":
+        doc = decode_json(body)
+        records = find_records(doc, records_path)
+        return ParsedPage(records_to_table(records), doc, len(records))
+    if fmt == "ndjson":
+        records = ndjson_records(body)
+        return ParsedPage(records_to_table(records), None, len(records))
+    table = csv_table(body, csv_options)
+    return ParsedPage(table, None, table.num_rows)

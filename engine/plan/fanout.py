@@ -1,0 +1,150 @@
+"""Fan-out: a source becomes units (ids × date windows); each unit is paginated on its own.
+
+Units are addressed by ordinal and computed on demand, so a range of a million ids costs no
+memory until it is fetched.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from engine.errors import FieldError, SpecError
+from engine.spec.models import Source, check_http_url
+
+ID_COLUMN = "_fanout_id"
+WINDOW_COLUMN = "_fanout_window_start"
+MAX_UNITS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Unit:
+    ordinal: int
+    id: Any = None
+    window: tuple[dt.date, dt.date] | None = None
+
+
+def date_windows(start: dt.date, end: dt.date, days: int) -> list[tuple[dt.date, dt.date]]:
+    """Consecutive, non-overlapping windows covering start..end inclusive; the last may be shorter."""
+    windows = []
+    first = start
+    while first <= end:
+        last = min(first + dt.timedelta(days=days - 1), end)
+        windows.append((first, last))
+        first = last + dt.timedelta(days=1)
+    return windows
+
+
+def read_id_file(path: Path, column: str | None, field: str = "ids.file") -> list[str]:
+    """Values of one column of a CSV file (the first column by default), blanks skipped."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([FieldError(field, f"cannot read {path.name}: {exc.strerror}")]) from None
+    return parse_id_csv(raw, column, field)
+
+
+def parse_id_csv(raw: bytes, column: str | None, field: str = "ids.file") -> list[str]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError([FieldError(field, f"is not UTF-8 text (byte {exc.start})")]) from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        raise SpecError([FieldError(field, "is empty")])
+    header = [h.strip() for h in header]
+    if column is None:
+        index = 0
+    elif column in header:
+        index = header.index(column)
+    else:
+        raise SpecError([FieldError("ids.column" if field == "ids.file" else field,
+                                    f"column {column!r} not in the file (columns: {', '.join(header[:20])})")])
+    values = [row[index].strip() for row in reader if len(row) > index and row[index].strip()]
+    if not values:
+        raise SpecError([FieldError(field, f"column {header[index]!r} holds no values")])
+    return values
+
+
+class FanOut:
+    """The units of one source."""
+
+    def __init__(self, source: Source, id_values: list | None = None):
+        self.source = source
+        ids = source.ids
+        if ids is None:
+            self._ids: Any = None
+        elif ids.values is not None:
+            self._ids = list(ids.values)
+        elif ids.range is not None:
+            self._ids = range(ids.range.start, ids.range.end, ids.range.step)
+        else:
+            if id_values is None:
+                raise ValueError("ids.file values must be read before planning")
+            self._ids = id_values
+        self._windows = (date_windows(source.windows.start, source.windows.end, source.windows.days)
+                         if source.windows else None)
+        n_ids = len(self._ids) if self._ids is not None else 1
+        n_windows = len(self._windows) if self._windows is not None else 1
+        self.count = n_ids * n_windows
+        self.used = self._ids is not None or self._windows is not None
+        self.ids_are_ints = self._ids is not None and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (self._ids if isinstance(self._ids, list) else [0]))
+
+    def unit(self, ordinal: int) -> Unit:
+        n_windows = len(self._windows) if self._windows is not None else 1
+        id_index, window_index = divmod(ordinal, n_windows)
+        value = self._ids[id_index] if self._ids is not None else None
+        if self._ids is not None and not self.ids_are_ints:
+            value = str(value)
+        window = self._windows[window_index] if self._windows is not None else None
+        return Unit(ordinal, value, window)
+
+    def request_base(self, unit: Unit) -> tuple[str, dict]:
+        """URL and query parameters of the unit's first request (before pagination)."""
+        source = self.source
+        url = source.url
+        params = dict(source.params)
+        if unit.id is not None:
+            if url.strip() == "{id}":
+                url = str(unit.id)
+            else:
+                url = url.replace("{id}", quote(str(unit.id), safe=""))
+            if source.ids.param:
+                params[source.ids.param] = unit.id
+        if unit.window is not None:
+            windows = source.windows
+            first, last = (d.strftime(windows.date_format) for d in unit.window)
+            url = url.replace("{start}", first).replace("{end}", last)
+            if windows.start_param:
+                params[windows.start_param] = first
+            if windows.end_param:
+                params[windows.end_param] = last
+        return url, params
+
+    def check_urls(self, index: int) -> list[FieldError]:
+        """Whole-URL fan-out (`"url": "{id}"`): every value must be an http(s) URL."""
+        if self.source.url.strip() != "{id}" or self._ids is None:
+            return []
+        problems = []
+        for i in range(len(self._ids)):
+            problem = check_http_url(str(self._ids[i]))
+            if problem:
+                problems.append(FieldError(f"sources.{index}.ids", f"value {i + 1} ({str(self._ids[i])[:80]!r}) {problem}"))
+                if len(problems) >= 5:
+                    break
+        return problems
+
+    def columns(self, unit: Unit) -> dict[str, Any]:
+        """Constant columns that tell the unit's rows apart in the output."""
+        out: dict[str, Any] = {}
+        if self._ids is not None:
+            out[ID_COLUMN] = unit.id
+        if self._windows is not None:
+            out[WINDOW_COLUMN] = unit.window[0]
+        return out

@@ -1,0 +1,558 @@
+"""The coordinator: runs one job from a prepared spec to a result file.
+
+It owns the job's process pool (forkserver), the shared primitives (rate limiter,
+concurrency gate, cancel flag, unit ends), the progress board (a Manager dict) and the
+scheduler. Its loop keeps the pool fed with pieces, settles their results into the
+scheduler, and survives a killed pool process by rebuilding the pool and re-planning from
+the ledger of finished shards. Then one pool process reduces the shards into the export.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
+from engine.plan.scheduler import Piece, PieceResult, Scheduler
+from engine.run.pool import mp_context
+from engine.spec.prepare import PreparedJob
+from engine.shards import ShardInfo, list_shards, remove_temp_files
+from engine.spec.models import spec_to_json
+from engine.run.entrypoints import greet, init_worker, ready, run_export, run_piece, start_export_process
+from engine.run.messages import ExportRequest, SharedState, WorkerJob
+
+log = logging.getLogger("pageferry.engine")
+
+MAX_POOL_REBUILDS = 5
+CANCEL_GRACE = 1.0          # seconds in-flight pieces get to stop by themselves before a kill
+PIECES_PER_PROCESS = 2      # one running, one queued: no process waits for the coordinator
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fetch_fingerprint(prepared: PreparedJob) -> str:
+    """What the shards depend on: sources and on_error (not shaping or export, which a resumed
+    run may change)."""
+    spec = spec_to_json(prepared.spec)
+    relevant = {"sources": spec["sources"], "on_error": spec["on_error"]}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+class WorkdirMismatch(ValueError):
+    """--resume was given a work directory made for a different spec."""
+
+
+@dataclass
+class JobOptions:
+    job_id: str
+    workdir: Path
+    output: Path
+    workers: int
+    max_body: int
+    allowed_hosts: tuple[str, ...] = ()
+    deadline: float | None = None        # time.monotonic() after which the job fails (WORKER_TIMEOUT)
+    timeout_seconds: float | None = None
+    nice: int = 0                        # added niceness of the job's processes (the service: web threads first)
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    output: Path
+    bytes: int
+    sha256: str
+    rows: int
+    rows_by_source: dict[str, int]
+    records: int
+    pages: int
+    requests: int
+    retries: int
+    downloaded: int
+    partial: bool
+    skipped: list[dict]
+    seconds: float
+    started_at: str
+    finished_at: str
+    sources: list[dict] = field(default_factory=list)
+    deliveries: list[dict] = field(default_factory=list)   # one outcome per `deliver` target
+
+
+class _Progress:
+    """Turns the board's per-process counters into the status's progress section."""
+
+    def __init__(self, names: list[str], base: list[list[int]]):
+        self.names = names
+        self.base = base                  # pages/records already on disk when the run started
+        self.totals = [[0] * 5 for _ in names]
+        self.samples: deque = deque(maxlen=64)
+
+    def read(self, board: Any) -> None:
+        totals = [[0] * 5 for _ in self.names]
+        try:
+            items = dict(board)
+        except Exception:
+            return
+        for key, values in items.items():
+            if isinstance(key, str) and key.startswith("proc:"):
+                for s, row in enumerate(values[: len(totals)]):
+                    for k in range(5):
+                        totals[s][k] += row[k]
+        self.totals = totals
+        now = time.monotonic()
+        self.samples.append((now, self.sum(3), self.pages_done_raw()))
+
+    def sum(self, k: int) -> int:
+        return sum(row[k] for row in self.totals)
+
+    def pages_done_raw(self) -> int:
+        return sum(b[0] for b in self.base) + self.sum(0)
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """(requests/s, pages/s) over the last few seconds."""
+        if len(self.samples) < 2:
+            return None, None
+        now = self.samples[-1][0]
+        old = next((s for s in self.samples if now - s[0] <= 5.0), self.samples[0])
+        span = now - old[0]
+        if span <= 0:
+            return None, None
+        return (self.samples[-1][1] - old[1]) / span, (self.samples[-1][2] - old[2]) / span
+
+
+class JobRunner:
+    def __init__(self, prepared: PreparedJob, options: JobOptions, manager: Any,
+                 on_change: Callable[[dict], None] | None = None):
+        self.prepared = prepared
+        self.options = options
+        self.manager = manager
+        self.on_change = on_change
+        self.spec = prepared.resolved
+        self.phase = "fetching"
+        self._cancel = threading.Event()
+        self._cancel_reason = "cancelled"
+        self._lock = threading.Lock()
+        self._scheduler: Scheduler | None = None
+        self._progress = _Progress([s.name for s in self.spec.sources], [[0, 0] for _ in self.spec.sources])
+        self._board = None
+        self._last_read = 0.0
+        self.started_at = utcnow()
+        self.result: JobResult | None = None
+        self._export_pool: cf.ProcessPoolExecutor | None = None   # started early: it loads Polars meanwhile
+        self._known: dict[str, ShardInfo] = {}                     # finished shards by file name
+        self._started = time.monotonic()
+        self._source_seconds: dict[int, float] = {}   # source index -> seconds until all its pages were in
+
+    # ------------------------------------------------------------ control
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._cancel_reason = reason
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    # ------------------------------------------------------------ progress
+    def progress(self) -> dict:
+        """The status's `phase`, `progress` and `sources` sections (safe to call from any thread)."""
+        if self._board is not None and time.monotonic() - self._last_read > 0.2:
+            self._last_read = time.monotonic()
+            self._progress.read(self._board)
+        p = self._progress
+        scheduler = self._scheduler
+        sources = []
+        pages_total: int | None = 0
+        pages_done = 0
+        for i, name in enumerate(p.names):
+            total = scheduler.sources[i].pages_total() if scheduler else None
+            done = p.base[i][0] + p.totals[i][0]
+            if total is not None:
+                done = min(done, total)
+            rows = p.base[i][1] + p.totals[i][1]
+            sources.append({"name": name, "pages_done": done, "pages_total": total, "rows": rows})
+            pages_done += done
+            pages_total = None if total is None or pages_total is None else pages_total + total
+        request_rate, page_rate = p.rates()
+        if self.phase in ("merging", "exporting", "delivering", "completed"):
+            percent = 100.0 if pages_total is not None else None
+        else:
+            percent = round(100.0 * pages_done / pages_total, 1) if pages_total else (0.0 if pages_total == 0 else None)
+        eta = None
+        if pages_total is not None and page_rate and page_rate > 0:
+            eta = max(0, math.ceil((pages_total - pages_done) / page_rate))
+        return {
+            "phase": self.phase,
+            "progress": {"pages_done": pages_done, "pages_total": pages_total,
+                         "rows": sum(s["rows"] for s in sources), "bytes": p.sum(2),
+                         "requests": p.sum(3), "retries": p.sum(4),
+                         "rate": round(request_rate, 1) if request_rate is not None else 0.0,
+                         "percent": percent, "eta_seconds": eta},
+            "sources": sources,
+        }
+
+    def source_stats(self) -> list[dict]:
+        """Per source: pages, records, bytes downloaded, requests, retries and the seconds its
+        fetching took (None while unfinished) - for run summaries (safe from any thread)."""
+        p = self._progress
+        return [{"name": name, "pages": p.base[i][0] + p.totals[i][0], "records": p.base[i][1] + p.totals[i][1],
+                 "bytes": p.totals[i][2], "requests": p.totals[i][3], "retries": p.totals[i][4],
+                 "seconds": self._source_seconds.get(i)} for i, name in enumerate(p.names)]
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self.progress())
+            except Exception:  # a slow or broken observer must not break the job
+                log.exception("progress observer failed")
+
+    # ------------------------------------------------------------ the run
+    def run(self) -> JobResult:
+        started = self._started = time.monotonic()
+        options = self.options
+        shards_dir = options.workdir / "shards"
+        self._claim_workdir()
+        remove_temp_files(shards_dir)
+        ledger = list_shards(shards_dir)
+        self._progress.base = [[0, 0] for _ in self.spec.sources]
+        for info in ledger:
+            self._progress.base[info.source][0] += info.pages
+            self._progress.base[info.source][1] += info.records
+        concurrency = self.spec.concurrency or options.workers
+        processes = max(1, min(options.workers, concurrency))
+        threads = math.ceil(concurrency / processes)
+        scheduler = Scheduler(self.spec, self.prepared.fanouts, threads, ledger, processes)
+        self._scheduler = scheduler
+        offsets, total_units = [], 0
+        for fanout in self.prepared.fanouts:
+            offsets.append(total_units)
+            total_units += fanout.count
+        ctx = mp_context()
+        self._board = self.manager.dict()
+        rl = self.spec.rate_limit
+        shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, self._board)
+        worker_job = WorkerJob(job_id=options.job_id, spec=self.spec, secrets=self.prepared.redactor.secrets,
+                               shards_dir=str(shards_dir), threads=threads, max_body=options.max_body,
+                               allowed_hosts=options.allowed_hosts, coordinator_pid=os.getpid(),
+                               id_values=self.prepared.id_values, unit_offsets=offsets, nice=options.nice)
+        known = {info.path.name: info for info in ledger}   # finished shards: name -> what it holds
+        self._known = known
+        pool = None
+        try:
+            pool = self._new_pool(ctx, processes, worker_job, shared)
+            if self.spec.rate_limit is None:
+                # Under a rate limit, nothing may burst beside the sends (see _new_pool): the
+                # export process starts when it is needed instead.
+                self._export_pool = self._start_export_pool(ctx)
+            self.phase = "fetching"
+            self._changed()
+            pool, shared = self._fetch(scheduler, pool, ctx, processes, worker_job, shared, known, shards_dir)
+            # The fetch processes go before the export starts: their memory is not needed
+            # any more, and the export is the job's memory peak.
+            self._stop_pool(pool, shared)
+            pool = None
+            self.phase = "merging"
+            self._changed()
+            result = self._export(scheduler, ctx, shards_dir, started)
+            if self.spec.deliver:
+                self.phase = "delivering"
+                self._changed()
+                result.deliveries = self._deliver(result)
+            self.result = result
+            return result
+        finally:
+            if pool is not None:
+                self._stop_pool(pool, shared)
+            export_pool, self._export_pool = self._export_pool, None
+            if export_pool is not None:
+                self._kill(export_pool)
+                export_pool.shutdown(wait=True, cancel_futures=True)
+            board, self._board = self._board, None
+            self._progress.read(board)  # the last figures stay readable after the board is gone
+            try:
+                board.clear()
+            except Exception:
+                pass
+
+    def _claim_workdir(self) -> None:
+        workdir = self.options.workdir
+        (workdir / "shards").mkdir(parents=True, exist_ok=True)
+        marker = workdir / "job.json"
+        fingerprint = fetch_fingerprint(self.prepared)
+        if marker.exists():
+            try:
+                existing = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                existing = {}
+            if existing.get("fingerprint") not in (None, fingerprint):
+                raise WorkdirMismatch(f"{workdir} holds the work of a different spec (its sources differ); "
+                                      f"start without --resume or use the matching spec")
+            return
+        temp = marker.with_suffix(".tmp")
+        temp.write_text(json.dumps({"job_id": self.options.job_id, "fingerprint": fingerprint,
+                                    "created_at": utcnow()}))
+        os.replace(temp, marker)
+
+    def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.ProcessPoolExecutor:
+        """The job's pool, every process started now (a pool starts one process per submit,
+        so the second would otherwise start only once page 1 has revealed the pages to split,
+        ~0.1 s late). Under a rate limit they are also waited for before the first piece:
+        process start-up is a CPU burst, and overlapping it with rate-limited sends skews them."""
+        pool = cf.ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=init_worker,
+                                      initargs=(worker_job, shared))
+        if self.spec.rate_limit is None:
+            for _ in range(processes):
+                pool.submit(greet, 0.0)
+            return pool
+        started: set[int] = set()
+        for _ in range(3):  # each greeting holds its process briefly, so they spread over all
+            started |= {f.result() for f in [pool.submit(greet, 0.05) for _ in range(processes)]}
+            if len(started) >= processes:
+                break
+        return pool
+
+    def _check_deadline(self) -> None:
+        deadline = self.options.deadline
+        if deadline is not None and time.monotonic() > deadline and not self._cancel.is_set():
+            self.cancel(f"timed out after {self.options.timeout_seconds:g} s (WORKER_TIMEOUT)")
+
+    def _fetch(self, scheduler: Scheduler, pool, ctx, processes: int, worker_job: WorkerJob,
+               shared: SharedState, known: dict[str, ShardInfo], shards_dir: Path):
+        in_flight: dict[cf.Future, Piece] = {}
+        failures: list[PageFailure] = []
+        rebuilds = 0
+        last_change = 0.0
+        while True:
+            self._check_deadline()
+            if self._cancel.is_set() or failures:
+                break
+            while len(in_flight) < processes * PIECES_PER_PROCESS:
+                piece = scheduler.next_piece()
+                if piece is None:
+                    break
+                in_flight[pool.submit(run_piece, piece)] = piece
+            if not in_flight:
+                if scheduler.done():
+                    break
+                raise JobFailed("internal error: the planner has pages left but nothing to fetch")
+            finished, _ = cf.wait(in_flight, timeout=0.25, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for future in finished:
+                piece = in_flight.pop(future)
+                try:
+                    result: PieceResult = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    scheduler.release(piece)
+                    continue
+                except OSError as exc:
+                    raise JobFailed(f"cannot write shards to the work directory: {exc.strerror or exc}") from None
+                except Exception as exc:
+                    raise JobFailed(self.prepared.redactor.text(
+                        f"internal error in an engine process: {type(exc).__name__}: {exc}")) from None
+                for info in result.shards:
+                    known[info.path.name] = info
+                scheduler.settle(piece, result)
+                failures.extend(result.fatal)
+            if broken:
+                rebuilds += 1
+                if rebuilds > MAX_POOL_REBUILDS:
+                    raise JobFailed(f"engine processes died {rebuilds} times; giving up")
+                log.warning("an engine process died; rebuilding the pool (%d)", rebuilds)
+                for future, piece in list(in_flight.items()):
+                    scheduler.release(piece)
+                in_flight.clear()
+                self._kill(pool)
+                pool.shutdown(wait=False, cancel_futures=True)
+                # Pieces of the dead pool may have finished shards before dying: take them in.
+                for info in list_shards(shards_dir, known=known):
+                    if info.path.name not in known:
+                        known[info.path.name] = info
+                        scheduler.record(info)
+                remove_temp_files(shards_dir)
+                shared = shared.renew(ctx, self.spec.rate_limit.requests if self.spec.rate_limit else None,
+                                      self.spec.concurrency or self.options.workers)
+                pool = self._new_pool(ctx, processes, worker_job, shared)
+            now = time.monotonic()
+            for i, plan in enumerate(scheduler.sources):
+                if i not in self._source_seconds and plan.done():
+                    self._source_seconds[i] = round(now - self._started, 3)
+            if now - last_change >= 0.2:
+                last_change = now
+                self._changed()
+        if self._cancel.is_set() or failures:
+            shared.cancel.set()
+            self._drain(in_flight, scheduler, failures)
+            self._kill(pool)
+            if failures:
+                raise JobFailed(self._failure_message(failures), failures)
+            if self._cancel_reason.startswith("timed out"):
+                raise JobFailed(self._cancel_reason)
+            raise JobCancelled(self._cancel_reason)
+        return pool, shared
+
+    def _drain(self, in_flight: dict, scheduler: Scheduler, failures: list[PageFailure]) -> None:
+        """Give in-flight pieces a moment to stop by themselves (their finished pages become
+        shards, useful to --resume); whatever is still running then gets killed."""
+        if not in_flight:
+            return
+        finished, _ = cf.wait(in_flight, timeout=CANCEL_GRACE)
+        for future in finished:
+            try:
+                result = future.result()
+            except Exception:
+                continue
+            scheduler.settle(in_flight[future], result)
+            failures.extend(f for f in result.fatal if f not in failures)
+
+    @staticmethod
+    def _failure_message(failures: list[PageFailure]) -> str:
+        first = failures[0]
+        more = f" (and {len(failures) - 1} more page{'s' if len(failures) > 2 else ''})" if len(failures) > 1 else ""
+        return f"page {first.url} failed: {first.error}{more}"
+
+    @staticmethod
+    def _kill(pool) -> None:
+        for process in list(getattr(pool, "_processes", {}).values() or []):
+            try:
+                process.kill()
+            except Exception:
+                pass
+
+    def _stop_pool(self, pool, shared: SharedState) -> None:
+        shared.cancel.set()
+        self._kill(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ reduce + export
+    def _select_shards(self, scheduler: Scheduler, shards_dir: Path) -> list[list[ShardInfo]]:
+        """Each source's shards in row order, minus those past a unit's end; checks that the
+        shards hold every page exactly once."""
+        selected: list[list[ShardInfo]] = [[] for _ in self.spec.sources]
+        # The directory is the ledger; shards the pieces reported are not read again (reading
+        # them would load pyarrow into this process just for their metadata).
+        for info in list_shards(shards_dir, known=self._known):
+            plan = scheduler.sources[info.source]
+            (u1, p1), (u2, _) = info.first, info.last
+            if u1 == u2 and u1 in plan.units:
+                end = plan.units[u1].end
+                if end is not None and p1 > end:
+                    continue
+            selected[info.source].append(info)
+        for i, infos in enumerate(selected):
+            for before, after in zip(infos, infos[1:]):
+                if after.first <= before.last:
+                    raise JobFailed(f"internal error: shards of source {self.spec.sources[i].name!r} overlap "
+                                    f"({before.path.name}, {after.path.name})")
+        return selected
+
+    def _export(self, scheduler: Scheduler, ctx, shards_dir: Path, started: float) -> JobResult:
+        if not scheduler.done():
+            raise JobFailed("internal error: fetching ended with pages missing")
+        selected = self._select_shards(scheduler, shards_dir)
+        self._progress.read(self._board)
+        skipped = [dict(s, source=self.spec.sources[i].name) for i, infos in enumerate(selected)
+                   for info in infos for s in info.skipped]
+        per_source = []
+        for i, infos in enumerate(selected):
+            per_source.append({"name": self.spec.sources[i].name,
+                               "pages": sum(x.pages for x in infos), "records": sum(x.records for x in infos),
+                               "requests": self._progress.totals[i][3], "retries": self._progress.totals[i][4],
+                               "skipped_pages": sum(len(x.skipped) for x in infos)})
+        partial = bool(skipped)
+        redactor = self.prepared.redactor
+        manifest = redactor.data({
+            "job_id": self.options.job_id, "name": self.spec.name,
+            "spec": redactor.spec(spec_to_json(self.prepared.spec)),
+            "sources": per_source, "partial": partial, "skipped_pages": skipped,
+            "started_at": self.started_at, "finished_at": utcnow(),
+        })
+        self.options.output.parent.mkdir(parents=True, exist_ok=True)
+        request = ExportRequest(spec=self.spec, output=str(self.options.output), manifest=manifest,
+                                tables=[(self.spec.sources[i].name, [str(x.path) for x in infos])
+                                        for i, infos in enumerate(selected)])
+        self.phase = "exporting"
+        self._changed()
+        pool, self._export_pool = self._export_pool, None
+        if pool is None:   # not started early (a rate-limited job)
+            pool = self._start_export_pool(ctx)
+        try:
+            try:
+                future = pool.submit(run_export, request)
+            except RuntimeError:  # a broken pool: its process died while waiting
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = self._start_export_pool(ctx)
+                future = pool.submit(run_export, request)
+            exported = self._wait_for_export(future, pool)
+        finally:
+            self._kill(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+        finished_at = utcnow()
+        return JobResult(
+            job_id=self.options.job_id, output=exported.path, bytes=exported.bytes, sha256=exported.sha256,
+            rows=sum(exported.rows.values()), rows_by_source=dict(exported.rows),
+            records=sum(s["records"] for s in per_source), pages=sum(s["pages"] for s in per_source),
+            requests=self._progress.sum(3), retries=self._progress.sum(4), downloaded=self._progress.sum(2),
+            partial=partial, skipped=skipped, seconds=round(time.monotonic() - started, 3),
+            started_at=self.started_at, finished_at=finished_at,
+            sources=[{**s, "bytes": self._progress.totals[i][2],
+                      "seconds": self._source_seconds.setdefault(i, round(time.monotonic() - started, 3))}
+                     for i, s in enumerate(per_source)])
+
+    def _deliver(self, result: JobResult) -> list[dict]:
+        """Copies to the `deliver` targets; a failed copy is an outcome, not a failed job."""
+        from engine.deliver.targets import DeliveryStopped, deliver_all
+
+        def stop() -> bool:
+            self._check_deadline()
+            return self._cancel.is_set()
+        try:
+            return deliver_all(self.spec.deliver, result.output, self.prepared.redactor, stop)
+        except DeliveryStopped:
+            if self._cancel_reason.startswith("timed out"):
+                raise JobFailed(self._cancel_reason) from None
+            raise JobCancelled(self._cancel_reason) from None
+
+    def _start_export_pool(self, ctx) -> cf.ProcessPoolExecutor:
+        """The job's export process (one), started now: it loads Polars while it waits."""
+        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=start_export_process,
+                                      initargs=(self.options.nice, os.getpid()))
+        pool.submit(ready)
+        return pool
+
+    def _wait_for_export(self, future: cf.Future, pool):
+        redactor = self.prepared.redactor
+        while True:
+            self._check_deadline()
+            if self._cancel.is_set():
+                self._kill(pool)
+                if self._cancel_reason.startswith("timed out"):
+                    raise JobFailed(self._cancel_reason)
+                raise JobCancelled(self._cancel_reason)
+            try:
+                return future.result(timeout=0.25)
+            except cf.TimeoutError:
+                continue
+            except BrokenProcessPool:
+                raise JobFailed("the engine process writing the export died") from None
+            except OSError as exc:
+                raise JobFailed(f"cannot write the result: {exc.strerror or exc}") from None
+            except Exception as exc:
+                raise JobFailed(redactor.text(_export_error(exc))) from None
+
+
+def _export_error(exc: Exception) -> str:
+    """A shaping/export failure in words a user can act on (Polars' messages are long)."""
+    if isinstance(exc, ShapingError):  # already names the source, the field and the column
+        return exc.message
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"export failed: {text[:500]}"

@@ -1,0 +1,109 @@
+"""The engine as a library: `Engine` runs jobs (blocking, or in the background) for the CLI
+and the service. One `Engine` per process; it owns the progress Manager, started lazily -
+never at import time, so a gunicorn master never holds one."""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from multiprocessing.managers import SyncManager
+from pathlib import Path
+from typing import Callable
+
+from config import Settings
+from engine.errors import JobCancelled, JobFailed
+from engine.run.coordinator import JobOptions, JobResult, JobRunner
+from engine.spec.prepare import PreparedJob
+from engine.run.pool import mp_context
+
+
+def new_job_id(prefix: str = "task") -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+def _watch_parent(parent: int) -> None:
+    """Runs in the Manager process: exit when the process that started it is gone (SIGKILL
+    leaves no chance to shut the Manager down)."""
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class JobHandle:
+    """A job running in a background thread of this process."""
+
+    def __init__(self, runner: JobRunner):
+        self.runner = runner
+        self.result: JobResult | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"job-{runner.options.job_id}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.result = self.runner.run()
+        except BaseException as exc:  # reported through `error`; the thread must not die loudly
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def progress(self) -> dict:
+        return self.runner.progress()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.runner.cancel(reason)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._manager: SyncManager | None = None
+        self._lock = threading.Lock()
+
+    def manager(self) -> SyncManager:
+        with self._lock:
+            if self._manager is None:
+                manager = SyncManager(ctx=mp_context())
+                manager.start(initializer=_watch_parent, initargs=(os.getpid(),))
+                self._manager = manager
+            return self._manager
+
+    def options(self, job_id: str, workdir: Path, output: Path, workers: int | None = None,
+                deadline: float | None = None, nice: int = 0) -> JobOptions:
+        return JobOptions(job_id=job_id, workdir=workdir, output=output,
+                          workers=workers or self.settings.workers, max_body=self.settings.max_file_size,
+                          allowed_hosts=self.settings.allowed_source_hosts, deadline=deadline,
+                          timeout_seconds=self.settings.worker_timeout, nice=nice)
+
+    def runner(self, prepared: PreparedJob, options: JobOptions,
+               on_change: Callable[[dict], None] | None = None) -> JobRunner:
+        return JobRunner(prepared, options, self.manager(), on_change)
+
+    def start(self, prepared: PreparedJob, options: JobOptions,
+              on_change: Callable[[dict], None] | None = None) -> JobHandle:
+        handle = JobHandle(self.runner(prepared, options, on_change))
+        handle.thread.start()
+        return handle
+
+    def close(self) -> None:
+        with self._lock:
+            if self._manager is not None:
+                try:
+                    self._manager.shutdown()
+                except Exception:
+                    pass
+                self._manager = None
+
+
+__all__ = ["Engine", "JobHandle", "JobCancelled", "JobFailed", "new_job_id"]

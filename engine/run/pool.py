@@ -1,0 +1,58 @@
+"""How the engine starts processes: forkserver, with the fetching modules preloaded.
+
+Forking a multi-threaded process (a gunicorn gthread worker) can deadlock, so processes come
+from a forkserver; it imports the fetch side of the engine (pyarrow, the HTTP stack, the
+spec) once, and every pool process forks from it ready to work (~50 ms instead of ~1 s).
+Polars is not preloaded: only the export process needs it, and it imports it itself while
+the pages are being fetched (engine.run.entrypoints.start_export_process) - the preload is what the
+first request waits for. This module imports nothing heavy, so `warm_up()` can start the
+forkserver before the caller has finished its own imports - both then import in parallel.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from multiprocessing import forkserver
+
+PRELOAD = ["engine.run.worker", "engine.run.preloaded"]
+_lock = threading.Lock()
+_context = None
+
+
+def mp_context():
+    global _context
+    with _lock:
+        if _context is None:
+            # pyarrow loads numpy, whose OpenBLAS starts a spinning thread per core in every
+            # process that imports it; nothing here does linear algebra.
+            os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+            _context = multiprocessing.get_context("forkserver")
+            _context.set_forkserver_preload(PRELOAD)
+        return _context
+
+
+def warm_up() -> None:
+    """Start the forkserver now (it preloads in the background)."""
+    mp_context()
+    forkserver.ensure_running()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, someone else's
+        return True
+
+
+def lower_priority(nice: int) -> None:
+    """Yield the CPU to the web threads that share this machine: a status request should not
+    queue behind page parsing. Throughput is unchanged when nothing else wants the CPU."""
+    if nice > 0:
+        try:
+            os.nice(nice)
+        except OSError:
+            pass

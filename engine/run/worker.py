@@ -1,0 +1,485 @@
+"""What runs inside the job's pool processes.
+
+`init_worker` runs once per process (the shared-memory primitives can only travel this way,
+by inheritance at process start); `run_piece` fetches one piece and writes its shards;
+`run_export` reduces the shards into the result file. All three keep per-job state in module
+globals, because a pool process belongs to exactly one job.
+
+A piece of addressable pages (page/offset) is fetched on the process's event loop, `threads`
+requests in flight; a sequential pagination (cursor, next URL) follows each of its units on a
+thread of its own, page after page.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pyarrow as pa
+
+from engine.fetch.aio_transport import AsyncHttpClient
+from engine.fetch.auth import DictTokenStore, make_auth
+from engine.errors import PageFailure
+from engine.plan.fanout import FanOut
+from engine.fetch.page import Gate, PageFetcher, SourceRequestSpec
+from engine.fetch.transport import HttpClient
+from engine.plan.pagination import (addressable_request, is_last_addressable, next_token, sequential_request,
+                               total_pages)
+from engine.plan.scheduler import Piece, PieceResult, RunSpan, _digest
+from engine.fetch.ratelimit import RateLimiter
+from engine.spec.redact import Redactor
+from engine.shards import ShardInfo, unify, write_shard
+from engine.spec.models import JobSpec  # noqa: F401
+from engine.run.messages import UNKNOWN_END, ExportRequest, SharedState, WorkerJob
+from engine.run.pool import lower_priority, process_alive
+
+REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
+
+
+class Counters:
+    """This process's progress for the job, pushed to the Manager board a few times a second
+    (never per row, never per request: the board is an IPC round trip)."""
+
+    def __init__(self, sources: int):
+        self.values = [[0, 0, 0, 0, 0] for _ in range(sources)]  # pages, records, bytes, requests, retries
+        self.lock = threading.Lock()
+        self.version = 0
+
+    def add(self, source: int, index: int, amount: int = 1) -> None:
+        with self.lock:
+            self.values[source][index] += amount
+            self.version += 1
+
+    def snapshot(self) -> list[list[int]]:
+        with self.lock:
+            return [list(v) for v in self.values]
+
+
+@dataclass
+class _SourceRuntime:
+    index: int
+    fanout: FanOut
+    request: SourceRequestSpec
+    fetcher: PageFetcher
+
+
+@dataclass
+class _Process:
+    job: WorkerJob
+    shared: SharedState
+    counters: Counters
+    sources: list[_SourceRuntime]
+    threads: ThreadPoolExecutor
+    loop: asyncio.AbstractEventLoop
+    redactor: Redactor
+    parent_alive: bool = True
+    tables: dict = field(default_factory=dict)
+
+
+_P: _Process | None = None
+
+
+# ---------------------------------------------------------------- process life
+
+def init_worker(job: WorkerJob, shared: SharedState) -> None:
+    global _P
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    lower_priority(job.nice)
+    spec = job.spec
+    rl = spec.rate_limit
+    limiter = RateLimiter(shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0,
+                          rl.effective_burst if rl else None)
+    client = HttpClient(job.max_body, job.allowed_hosts, pool_size=job.threads + 2)
+    aio_client = AsyncHttpClient(client)
+    counters = Counters(len(spec.sources))
+    store = DictTokenStore(shared.board, shared.token_lock)
+    sources = []
+    for i, source in enumerate(spec.sources):
+        gate = Gate(limiter=limiter, semaphore=shared.semaphore, cancelled=_cancelled, sleep=_sleep,
+                    on_request=lambda i=i: counters.add(i, 3), on_retry=lambda i=i: counters.add(i, 4),
+                    on_bytes=lambda n, i=i: counters.add(i, 2, n), sleep_async=_sleep_async)
+        request = SourceRequestSpec(method=source.method, headers=dict(source.headers), body=source.body,
+                                    fmt=source.format, records=source.records, csv=source.csv,
+                                    auth=make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout))
+        sources.append(_SourceRuntime(i, FanOut(source, job.id_values[i]), request,
+                                      PageFetcher(client, gate, spec.retry, spec.timeout, aio_client)))
+    _P = _Process(job, shared, counters, sources, ThreadPoolExecutor(max(job.threads, 1), "fetch"),
+                  asyncio.new_event_loop(), Redactor(job.secrets))
+    threading.Thread(target=_report_loop, name="progress", daemon=True).start()
+
+
+def greet(hold: float) -> int:
+    """A no-op the coordinator uses to start every pool process up front."""
+    time.sleep(hold)
+    return os.getpid()
+
+
+def _parent_alive() -> bool:
+    return process_alive(_P.job.coordinator_pid)
+
+
+def _cancelled() -> bool:
+    if _P.shared.cancel.is_set():
+        return True
+    if not _parent_alive():
+        _P.parent_alive = False
+        return True
+    return False
+
+
+def _sleep(seconds: float) -> bool:
+    """Sleep, waking early when the job is cancelled or its coordinator is gone."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _cancelled()
+        if _P.shared.cancel.wait(min(remaining, 0.5)) or not _parent_alive():
+            return True
+
+
+async def _sleep_async(seconds: float) -> bool:
+    """`_sleep` on the event loop (checking for a cancel at least every half second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _cancelled()
+        if _cancelled():
+            return True
+        await asyncio.sleep(min(remaining, 0.5))
+
+
+def _report_loop() -> None:
+    """Pushes this process's counters to the board, and ends the process when the coordinator
+    is gone: an idle pool process would otherwise wait forever for work (it holds both ends
+    of the call queue's pipe, so it never sees EOF), and keep the forkserver alive with it."""
+    key = f"proc:{os.getpid()}"
+    seen = -1
+    while True:
+        time.sleep(REPORT_EVERY)
+        if not _parent_alive():
+            os._exit(0)
+        if _P.counters.version != seen:
+            seen = _P.counters.version
+            try:
+                _P.shared.board[key] = _P.counters.snapshot()
+            except Exception:  # the Manager is gone: the job is over
+                continue
+
+
+def flush_progress() -> None:
+    try:
+        _P.shared.board[f"proc:{os.getpid()}"] = _P.counters.snapshot()
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------- ends of units
+
+def _end_of(source: int, unit: int) -> int:
+    return _P.shared.ends[_P.job.unit_offsets[source] + unit]
+
+
+def _set_end(source: int, unit: int, page: int) -> None:
+    index = _P.job.unit_offsets[source] + unit
+    with _P.shared.ends_lock:
+        if page < _P.shared.ends[index]:
+            _P.shared.ends[index] = page
+
+
+# ---------------------------------------------------------------- pages
+
+@dataclass
+class _Page:
+    unit: int
+    page: int
+    table: pa.Table | None = None
+    records: int = 0
+    last: bool = False            # this page ends its unit
+    total: int | None = None      # pages total (from page 1)
+    size: int | None = None       # page size learned from page 1
+    token: str | None = None      # next token (sequential)
+    failure: PageFailure | None = None
+    fetched: bool = False
+
+
+def _full_url(url: str, params: dict) -> str:
+    if not params:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(params, doseq=True)}"
+
+
+def _failure(runtime: _SourceRuntime, url: str, params: dict, outcome) -> PageFailure:
+    error = outcome.error
+    # The URL as requested, a query-param credential shown as `***`; no attempt count when
+    # none went out (the credentials could not be obtained).
+    shown = _full_url(url, runtime.request.auth.shown_params(params))
+    tries = (f" (after {outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''})"
+             if outcome.attempts else "")
+    return PageFailure(url=_P.redactor.url(shown), status=error.status,
+                       error=_P.redactor.text(f"{error.message}{tries}"),
+                       source=_P.job.spec.sources[runtime.index].name)
+
+
+def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Table:
+    columns = runtime.fanout.columns(unit)
+    for position, (name, value) in enumerate(columns.items()):
+        if isinstance(value, dt.date):
+            array = pa.array([value] * table.num_rows, pa.date32())
+        elif isinstance(value, int):
+            array = pa.array([value] * table.num_rows, pa.int64())
+        else:
+            array = pa.array([value] * table.num_rows, pa.string())
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.add_column(position, name, array)
+    return table
+
+
+def _fetch_addressable(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
+    request = _addressable_request(runtime, unit_index, page, size)
+    if request is None:
+        return _Page(unit_index, page)
+    outcome = runtime.fetcher.fetch(runtime.request, request.url, request.params)
+    return _addressable_page(runtime, unit_index, page, size, request, outcome)
+
+
+async def _fetch_addressable_async(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
+    request = _addressable_request(runtime, unit_index, page, size)
+    if request is None:
+        return _Page(unit_index, page)
+    outcome = await runtime.fetcher.fetch_async(runtime.request, request.url, request.params)
+    return _addressable_page(runtime, unit_index, page, size, request, outcome)
+
+
+def _addressable_request(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None):
+    """The request for a page of an addressable unit; None when it is not to be fetched (the
+    job is cancelled, or its unit is known to end before it)."""
+    if _cancelled() or page > _end_of(runtime.index, unit_index):
+        return None
+    source = _P.job.spec.sources[runtime.index]
+    url, params = runtime.fanout.request_base(runtime.fanout.unit(unit_index))
+    return addressable_request(source.pagination, url, params, page, size)
+
+
+def _addressable_page(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None, request,
+                      outcome) -> _Page:
+    result = _Page(unit_index, page)
+    if outcome.cancelled:
+        return result
+    source = _P.job.spec.sources[runtime.index]
+    unit = runtime.fanout.unit(unit_index)
+    result.fetched = True
+    if outcome.error is not None:
+        result.failure = _failure(runtime, request.url, request.params, outcome)
+        return result
+    parsed = outcome.parsed
+    result.records = parsed.records
+    result.table = _with_unit_columns(runtime, unit, parsed.table)
+    if page == 1:
+        result.size = size or (parsed.records or None)
+        result.total = total_pages(source.pagination, parsed.doc, result.size)
+    effective_size = size or result.size
+    result.last = is_last_addressable(source.pagination, page, parsed.records,
+                                      effective_size if page > 1 or size else None,
+                                      result.total, source.max_pages)
+    if result.last:
+        _set_end(runtime.index, unit_index, page)
+    _P.counters.add(runtime.index, 0)
+    _P.counters.add(runtime.index, 1, parsed.records)
+    return result
+
+
+def _run_sequence(runtime: _SourceRuntime, run: RunSpan, seen: frozenset) -> list[_Page]:
+    """Fetch one chunk of a sequential pagination, page after page."""
+    source = _P.job.spec.sources[runtime.index]
+    unit = runtime.fanout.unit(run.unit)
+    base_url, base_params = runtime.fanout.request_base(unit)
+    pages: list[_Page] = []
+    token = run.token
+    tokens = set(seen)
+    for page in range(run.page, run.page + run.max_pages):
+        if _cancelled():
+            break
+        request = sequential_request(source.pagination, base_url, base_params, token)
+        outcome = runtime.fetcher.fetch(runtime.request, request.url, request.params)
+        if outcome.cancelled:
+            break
+        result = _Page(run.unit, page, fetched=True)
+        pages.append(result)
+        if outcome.error is not None:
+            result.failure = _failure(runtime, request.url, request.params, outcome)
+            result.last = True
+            break
+        parsed = outcome.parsed
+        result.records = parsed.records
+        result.table = _with_unit_columns(runtime, unit, parsed.table)
+        _P.counters.add(runtime.index, 0)
+        _P.counters.add(runtime.index, 1, parsed.records)
+        following = next_token(source.pagination, parsed.doc, outcome.response.links, outcome.response.url)
+        if following is not None and source.pagination.type in ("next_url", "link"):
+            following = runtime.request.auth.without_credentials(following)
+        if following is not None and _digest(following) in tokens:
+            result.failure = PageFailure(url=_P.redactor.url(_full_url(request.url, runtime.request.auth.shown_params(
+                request.params))), status=None,
+                                         error=f"pagination repeats a {source.pagination.type} token: the next "
+                                               f"page would be one already fetched (the API loops)",
+                                         source=source.name)
+            result.table, result.records = None, 0
+            result.last = True
+            break
+        if following is None or (source.max_pages is not None and page >= source.max_pages):
+            result.last = True
+            break
+        tokens.add(_digest(following))
+        result.token = following
+        token = following
+    return pages
+
+
+# ---------------------------------------------------------------- segments → shards
+
+class _Segment:
+    def __init__(self, source: int, page: _Page):
+        self.source = source
+        self.first = (page.unit, page.page)
+        self.last = self.first
+        self.pages: list[_Page] = []
+
+    def add(self, page: _Page) -> None:
+        self.pages.append(page)
+        self.last = (page.unit, page.page)
+
+    def info(self) -> ShardInfo:
+        info = ShardInfo(self.source, self.first, self.last)
+        for page in self.pages:
+            if page.failure is not None:
+                info.skipped.append({"unit": page.unit, "page": page.page, **page.failure.as_dict()})
+            else:
+                info.pages += 1
+                info.records += page.records
+            if page.last:
+                info.ends[page.unit] = page.page
+            if page.total is not None:
+                info.totals[page.unit] = page.total
+            if page.size is not None:
+                info.sizes[page.unit] = page.size
+            if page.token is not None:
+                info.next_tokens[page.unit] = page.token
+        return info
+
+    def table(self) -> pa.Table:
+        return unify([p.table for p in self.pages if p.table is not None])
+
+
+def _segments(source: int, pages: list[_Page], one_page_units: bool) -> list[_Segment]:
+    segments: list[_Segment] = []
+    current: _Segment | None = None
+    for page in pages:
+        if current is not None:
+            unit, number = current.last
+            follows = (page.unit == unit and page.page == number + 1) or \
+                      (one_page_units and page.page == 1 and number == 1 and page.unit == unit + 1)
+            if not follows:
+                segments.append(current)
+                current = None
+        if current is None:
+            current = _Segment(source, page)
+        current.add(page)
+    if current is not None:
+        segments.append(current)
+    return segments
+
+
+def _keep(pages: list[_Page], source: int, skip_failures: bool) -> list[_Page]:
+    """Pages that belong in shards: fetched, not past their unit's end, and not failed -
+    unless failures are skipped (then the failed page is covered, as a skipped page)."""
+    ends: dict[int, int] = {}
+    for page in pages:
+        if page.last:
+            ends[page.unit] = min(ends.get(page.unit, UNKNOWN_END), page.page)
+    kept = []
+    for page in pages:
+        end = min(ends.get(page.unit, UNKNOWN_END), _end_of(source, page.unit))
+        if not page.fetched or page.page > end:
+            continue
+        if page.failure is not None and not skip_failures:
+            continue
+        kept.append(page)
+    return kept
+
+
+def _map(fn, items: list) -> list:
+    """`fn` over `items` on the process's fetch threads, results in order. With one thread the
+    piece's own thread runs them: no hand-off between threads for every page."""
+    if _P.job.threads <= 1:
+        return [fn(item) for item in items]
+    return list(_P.threads.map(fn, items))
+
+
+def _map_on_loop(fn, items: list) -> list:
+    """`fn` (a coroutine function) over `items` on the process's event loop, `threads` in
+    flight at a time, results in order. A failure cancels the rest and is raised as it is."""
+    async def run_all() -> list:
+        results = [None] * len(items)
+        work = iter(enumerate(items))
+
+        async def lane() -> None:
+            for index, item in work:
+                results[index] = await fn(item)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(_P.job.threads, len(items))):
+                    group.create_task(lane())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return results
+
+    return _P.loop.run_until_complete(run_all())
+
+
+def run_piece(piece: Piece) -> PieceResult:
+    runtime = _P.sources[piece.source]
+    source = _P.job.spec.sources[piece.source]
+    skip = _P.job.spec.on_error == "skip"
+    result = PieceResult(piece.id)
+    if piece.spans:
+        work = [(s.unit, p, s.size) for s in piece.spans for p in range(s.first, s.last + 1)]
+        if _P.job.threads > 1:
+            pages = _map_on_loop(lambda w: _fetch_addressable_async(runtime, *w), work)
+        else:
+            pages = [_fetch_addressable(runtime, *w) for w in work]
+    else:
+        seen = {}
+        chunks = _map(lambda r: _run_sequence(runtime, r, r.seen), piece.runs)
+        pages = [page for chunk in chunks for page in chunk]
+        for run, chunk in zip(piece.runs, chunks):
+            seen[run.unit] = [p.token for p in chunk if p.token is not None]
+        result.seen_tokens = seen
+    result.fatal = [p.failure for p in pages if p.failure is not None and not skip]
+    result.cancelled = _cancelled()
+    kept = _keep(pages, piece.source, skip)
+    shards_dir = Path(_P.job.shards_dir)
+    for segment in _segments(piece.source, kept, source.pagination.type == "none"):
+        info = segment.info()
+        write_shard(shards_dir, segment.table(), info)
+        result.shards.append(info)
+    flush_progress()
+    return result
+
+
+def run_export(request: ExportRequest) -> Any:
+    """Reduce the shards and write the result file, inside a pool process so the caller's
+    process (a gunicorn worker, say) never holds the data - nor even imports Polars."""
+    from engine.export.reduce import export_job
+    return export_job(request)

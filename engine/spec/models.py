@@ -1,0 +1,621 @@
+"""The job spec (contract §1) as typed, immutable models.
+
+`parse_spec(data)` validates a JSON document once; every later stage trusts the result.
+Errors are raised as `SpecError` whose details name each field by its dotted path
+(`sources.0.pagination.size`). Strings may hold `${NAME}` references: they are kept as
+written here and resolved only in the process that runs the job (see `engine.spec.redact`).
+"""
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import re
+from fractions import Fraction
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+
+from engine.errors import FieldError, SpecError
+
+EXPORT_FORMATS = ("csv", "json", "ndjson", "xlsx", "parquet", "zip")
+SINGLE_FILE_FORMATS = ("csv", "json", "ndjson", "xlsx", "parquet")
+PAGINATION_TYPES = ("none", "page", "offset", "cursor", "next_url", "link")
+COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
+FILTER_OPS = ("==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with",
+              "is_null", "not_null")
+AGGREGATIONS = ("sum", "mean", "min", "max", "count", "n_unique", "first", "last")
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    raise ValueError("must be a string, number or boolean")
+
+
+Scalar = Annotated[Any, BeforeValidator(_scalar)]
+
+
+def _has_placeholder(url: str) -> bool:
+    return bool(ENV_REF.search(url)) or any(p in url for p in ("{id}", "{start}", "{end}"))
+
+
+def check_http_url(url: str) -> str | None:
+    """Return why `url` is not an absolute http(s) URL, or None when it is."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    return None
+
+
+# ---------------------------------------------------------------- sources
+
+class CsvSourceOptions(Model):
+    separator: str = Field(",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    header: bool = True
+    null_values: tuple[str, ...] = ("",)
+    skip_rows: int = Field(0, ge=0)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+
+_PAGINATION_FIELDS = {
+    "none": set(),
+    "page": {"param", "start", "size_param", "size", "total_pages", "total_records"},
+    "offset": {"param", "start", "size_param", "size", "total_records"},
+    "cursor": {"param", "next"},
+    "next_url": {"next"},
+    "link": set(),
+}
+_PAGINATION_DEFAULTS = {
+    "page": {"param": "page", "start": 1, "size_param": "per_page"},
+    "offset": {"param": "offset", "start": 0, "size_param": "limit"},
+    "cursor": {"param": "cursor", "next": "next_cursor"},
+    "next_url": {"next": "next"},
+}
+
+
+class Pagination(Model):
+    """One model for every pagination style; which fields apply depends on `type`."""
+    type: Literal["none", "page", "offset", "cursor", "next_url", "link"] = "none"
+    param: str | None = Field(None, min_length=1)
+    start: int | None = Field(None, ge=0)
+    size_param: str | None = Field(None, min_length=1)
+    size: int | None = Field(None, ge=1, le=1_000_000)
+    total_pages: str | None = Field(None, min_length=1)
+    total_records: str | None = Field(None, min_length=1)
+    next: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("type", "none") not in _PAGINATION_FIELDS:
+            return data  # the Literal reports an unknown type
+        given = {k: v for k, v in data.items() if v is not None}
+        defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(data.get("type", "none"), {}).items() if k not in given}
+        return {**defaults, **given}
+
+    @field_validator("param", "start", "size_param", "size", "total_pages", "total_records", "next")
+    @classmethod
+    def _applies_to_type(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("type")
+        if value is not None and kind in _PAGINATION_FIELDS and info.field_name not in _PAGINATION_FIELDS[kind]:
+            raise ValueError(f"field {info.field_name!r} does not apply to pagination type {kind!r}")
+        return value
+
+
+class IdRange(Model):
+    start: int
+    end: int
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _finite(self) -> "IdRange":
+        if self.step == 0:
+            raise ValueError("step must not be 0")
+        if len(range(self.start, self.end, self.step)) == 0:
+            raise ValueError("range is empty (end is exclusive)")
+        if len(range(self.start, self.end, self.step)) > 10_000_000:
+            raise ValueError("range has more than 10,000,000 values")
+        return self
+
+
+class IdsFanout(Model):
+    values: tuple[Scalar, ...] | None = None
+    range: IdRange | None = None
+    file: str | None = Field(None, min_length=1)
+    column: str | None = Field(None, min_length=1)
+    param: str | None = Field(None, min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _some_values(cls, value: tuple | None) -> tuple | None:
+        if value is not None and not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("column")
+    @classmethod
+    def _column_with_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("file") is None:
+            raise ValueError("applies only with file")
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "IdsFanout":
+        given = [k for k in ("values", "range", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of values, range or file")
+        return self
+
+
+class DateWindows(Model):
+    start: dt.date
+    end: dt.date
+    days: int = Field(..., ge=1)
+    start_param: str | None = Field("start", min_length=1)
+    end_param: str | None = Field("end", min_length=1)
+    date_format: str = "%Y-%m-%d"
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: dt.date, info: ValidationInfo) -> dt.date:
+        start = info.data.get("start")
+        if start is not None and value < start:
+            raise ValueError("must not be before start")
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "DateWindows":
+        if (self.end - self.start).days // self.days > 1_000_000:
+            raise ValueError("too many windows")
+        return self
+
+
+class BearerAuth(Model):
+    type: Literal["bearer"]
+    token: str = Field(..., min_length=1)
+
+
+class HeaderAuth(Model):
+    type: Literal["header"]
+    name: str = Field(..., min_length=1)
+    value: str = Field(..., min_length=1)
+
+
+class QueryAuth(Model):
+    type: Literal["query"]
+    name: str = Field(..., min_length=1)
+    value: str = Field(..., min_length=1)
+
+
+class BasicAuth(Model):
+    type: Literal["basic"]
+    username: str
+    password: str
+
+
+class OAuth2Auth(Model):
+    type: Literal["oauth2"]
+    token_url: str
+    client_id: str = Field(..., min_length=1)
+    client_secret: str = Field(..., min_length=1)
+    scope: str | None = None
+
+    @field_validator("token_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        problem = None if ENV_REF.search(value) else check_http_url(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+Auth = Annotated[Union[BearerAuth, HeaderAuth, QueryAuth, BasicAuth, OAuth2Auth],
+                 Field(discriminator="type")]
+
+
+class Source(Model):
+    name: str
+    url: str = Field(..., min_length=1)
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, Scalar] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+    format: Literal["json", "ndjson", "csv"] = "json"
+    csv: CsvSourceOptions = CsvSourceOptions()
+    records: str | None = Field(None, min_length=1)
+    pagination: Pagination = Pagination()
+    max_pages: int | None = Field(None, ge=1)
+    auth: Auth | None = None
+    ids: IdsFanout | None = None
+    windows: DateWindows | None = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not _has_placeholder(value):
+            problem = check_http_url(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+# ---------------------------------------------------------------- job level
+
+class RateLimit(Model):
+    requests: int = Field(..., ge=1, le=1_000_000)
+    per: float = Field(1.0, gt=0, le=86_400)
+    burst: int | None = Field(None, ge=1)
+
+    @field_validator("burst")
+    @classmethod
+    def _burst(cls, value: int | None, info: ValidationInfo) -> int | None:
+        requests = info.data.get("requests")
+        if value is not None and requests is not None and value > requests:
+            raise ValueError("must not exceed requests")
+        return value
+
+    @property
+    def effective_burst(self) -> int:
+        return self.burst or self.requests
+
+
+def _rate_limit(value: Any) -> Any:
+    """A bare number means requests per second (fractions allowed: 0.5 = 1 request per 2 s)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number or an object {requests, per, burst}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError("must be positive")
+        fraction = Fraction(value).limit_denominator(1000)
+        return {"requests": fraction.numerator, "per": float(fraction.denominator)}
+    return value
+
+
+class Retry(Model):
+    attempts: int = Field(5, ge=1, le=100)
+    backoff: float = Field(0.5, ge=0, le=3600)
+    max_backoff: float = Field(30.0, ge=0, le=3600)
+    statuses: tuple[Annotated[int, Field(ge=100, le=599)], ...] = (429, 500, 502, 503, 504)
+
+
+class Column(Model):
+    name: str = Field(..., min_length=1)
+    source: str | None = Field(None, min_length=1)
+    column: int | None = Field(None, ge=0)
+    type: Literal["string", "int", "float", "bool", "date", "datetime"] | None = None
+    order: int | None = None
+    on_cast_error: Literal["fail", "null"] = "fail"
+
+    @field_validator("column")
+    @classmethod
+    def _one_origin(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("source") is not None:
+            raise ValueError("give source or column, not both")
+        return value
+
+
+class Filter(Model):
+    column: str = Field(..., min_length=1)
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with",
+                "is_null", "not_null"]
+    value: Any = None
+
+
+class Aggregation(Model):
+    column: str | None = Field(None, min_length=1)
+    agg: Literal["sum", "mean", "min", "max", "count", "n_unique", "first", "last"]
+    as_: str | None = Field(None, alias="as", min_length=1)
+
+    @property
+    def output_name(self) -> str:
+        if self.as_:
+            return self.as_
+        return f"{self.column}_{self.agg}" if self.column else "count"
+
+
+class GroupBy(Model):
+    keys: tuple[str, ...]
+    aggregations: tuple[Aggregation, ...]
+
+    @field_validator("keys", "aggregations")
+    @classmethod
+    def _not_empty(cls, value: tuple) -> tuple:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+
+class SortKey(Model):
+    column: str = Field(..., min_length=1)
+    descending: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"column": data} if isinstance(data, str) else data
+
+
+def _distinct(value: Any) -> Any:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ValueError("must be true, false or a non-empty list of column names")
+
+
+class CsvExportOptions(Model):
+    separator: str = Field(",", min_length=1, max_length=1)
+    escape_formulas: bool = False
+
+
+class Export(Model):
+    format: Literal["csv", "json", "ndjson", "xlsx", "parquet", "zip"] = "csv"
+    inner: Literal["csv", "json", "ndjson", "xlsx", "parquet"] = "csv"
+    filename: str | None = None
+    csv: CsvExportOptions = CsvExportOptions()
+
+    @field_validator("filename")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError("must be 1-100 letters, digits, spaces, '_', '-' or '.', "
+                             "starting with a letter or digit (no paths)")
+        if value is not None and ".." in value:
+            raise ValueError("must not contain '..'")
+        return value
+
+    @property
+    def extension(self) -> str:
+        return self.format
+
+
+class Webhook(Model):
+    url: str
+    secret: str | None = None
+    timeout: float = Field(10.0, gt=0, le=300)
+    attempts: int = Field(5, ge=1, le=20)
+    backoff: float = Field(1.0, ge=0, le=300)   # seconds before the 2nd attempt, doubling (max 60 s)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        problem = None if ENV_REF.search(value) else check_http_url(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class S3Target(Model):
+    type: Literal["s3"]
+    url: str = Field(..., pattern=r"^s3://[^/]+(/.*)?$")
+    endpoint_url: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    region: str | None = None
+    inner_files: bool = False
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        problem = None if value is None or ENV_REF.search(value) else check_http_url(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> "S3Target":
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("give both access_key and secret_key, or neither (then the AWS environment is used)")
+        return self
+
+
+class FtpTarget(Model):
+    type: Literal["ftp"]
+    host: str = Field(..., min_length=1)
+    port: int = Field(21, ge=1, le=65535)
+    username: str = "anonymous"
+    password: str = ""
+    directory: str = "/"
+    tls: bool = False
+    verify: bool = True                 # FTPS: check the server's certificate (false: accept any)
+    ca_file: str | None = Field(None, min_length=1)   # FTPS: trust this CA bundle (PEM) instead
+    timeout: float = Field(30.0, gt=0, le=600)
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, value: str) -> str:
+        if any(part == ".." for part in value.split("/")) or "\\" in value or any(c in value for c in "\r\n\0"):
+            raise ValueError("must be a plain path without '..'")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_options(self) -> "FtpTarget":
+        if not self.tls and (not self.verify or self.ca_file is not None):
+            raise ValueError("verify and ca_file apply only with tls: true")
+        return self
+
+
+DeliveryTarget = Annotated[Union[S3Target, FtpTarget], Field(discriminator="type")]
+
+
+class JobSpec(Model):
+    name: str = "export"
+    sources: tuple[Source, ...]
+    rate_limit: Annotated[RateLimit | None, BeforeValidator(_rate_limit)] = None
+    concurrency: int | None = Field(None, ge=1, le=256)
+    retry: Retry = Retry()
+    timeout: float = Field(30.0, gt=0, le=3600)
+    on_error: Literal["fail", "skip"] = "fail"
+    columns: tuple[Column, ...] | None = None
+    filters: tuple[Filter, ...] = ()
+    group_by: GroupBy | None = None
+    sort: tuple[SortKey, ...] = ()
+    distinct: Annotated[bool | tuple[str, ...], BeforeValidator(_distinct)] = False
+    limit: int | None = Field(None, ge=0)
+    export: Export = Export()
+    webhook: Webhook | None = None
+    deliver: tuple[DeliveryTarget, ...] = ()
+
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, value: tuple) -> tuple:
+        if not 1 <= len(value) <= 100:
+            raise ValueError("must hold 1 to 100 sources")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value) or ".." in value:
+            raise ValueError("must be 1-100 letters, digits, spaces, '_', '-' or '.', "
+                             "starting with a letter or digit")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_sources(cls, data: Any) -> Any:
+        """Unnamed sources take the job's name (one source) or `source_N` (several)."""
+        if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
+            return data
+        sources = data["sources"]
+        job_name = data.get("name") if isinstance(data.get("name"), str) else "export"
+        named = []
+        for i, source in enumerate(sources):
+            if isinstance(source, dict) and source.get("name") is None:
+                source = {**source, "name": job_name if len(sources) == 1 else f"source_{i + 1}"}
+            named.append(source)
+        return {**data, "sources": named}
+
+    @property
+    def filename(self) -> str:
+        return self.export.filename or self.name
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.filename}.{self.export.format}"
+
+
+def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
+    at = f"sources.{i}"
+    body_paths = [n for n in ("total_pages", "total_records") if getattr(source.pagination, n)]
+    if source.format != "json":
+        if source.pagination.type in ("cursor", "next_url"):
+            out.append(FieldError(f"{at}.pagination.type", f"{source.pagination.type!r} reads the next page "
+                                  f"from a JSON body; it needs format 'json', not {source.format!r}"))
+        if body_paths:
+            out.append(FieldError(f"{at}.pagination.{body_paths[0]}", f"reads a JSON body; it needs format "
+                                  f"'json', not {source.format!r}"))
+        if source.records:
+            out.append(FieldError(f"{at}.records", "applies only to format 'json'"))
+    if "{id}" in source.url and source.ids is None:
+        out.append(FieldError(f"{at}.url", "has an {id} placeholder but the source has no ids fan-out"))
+    if source.ids is not None and source.ids.param is None and "{id}" not in source.url:
+        out.append(FieldError(f"{at}.ids.param", "needed when url has no {id} placeholder"))
+    if source.method == "GET" and source.body is not None:
+        out.append(FieldError(f"{at}.body", "a body needs method POST"))
+
+
+def _source_names_ok(spec: JobSpec, out: list[FieldError]) -> None:
+    seen: set[str] = set()
+    for i, source in enumerate(spec.sources):
+        if not NAME_PATTERN.match(source.name) or ".." in source.name:
+            out.append(FieldError(f"sources.{i}.name", "must be 1-100 letters, digits, spaces, '_', "
+                                  "'-' or '.', starting with a letter or digit"))
+        elif source.name.lower() in seen:
+            out.append(FieldError(f"sources.{i}.name", f"duplicate source name {source.name!r}"))
+        seen.add(source.name.lower())
+
+
+def _export_fits_sources(spec: JobSpec, out: list[FieldError]) -> None:
+    if len(spec.sources) > 1 and spec.export.format not in ("zip", "xlsx"):
+        out.append(FieldError("export.format", f"{len(spec.sources)} sources need format 'zip' or "
+                              f"'xlsx' (one file or sheet per source), not {spec.export.format!r}"))
+
+
+def _loc_to_path(loc: tuple) -> str:
+    """pydantic's error location → dotted field path, without union tags."""
+    parts: list[str] = []
+    for i, item in enumerate(loc):
+        previous = loc[i - 1] if i else None
+        if isinstance(item, str) and previous in ("auth",) and item in ("bearer", "header", "query", "basic", "oauth2"):
+            continue
+        if isinstance(item, str) and isinstance(previous, int) and len(parts) >= 2 and parts[-2] == "deliver" \
+                and item in ("s3", "ftp"):
+            continue
+        if isinstance(item, str) and item.startswith("function-"):
+            continue
+        parts.append("as" if item == "as_" else str(item))
+    return ".".join(parts) or "spec"
+
+
+def _clean_message(err: dict) -> str:
+    msg = err.get("msg", "invalid")
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if err.get("type") == "extra_forbidden":
+        return "unknown field"
+    if err.get("type") == "missing":
+        return "field required"
+    return msg
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a decoded JSON document into a `JobSpec`, or raise `SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError([FieldError("spec", "must be a JSON object")])
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        details = []
+        seen = set()
+        for err in exc.errors(include_url=False):
+            item = FieldError(_loc_to_path(tuple(err.get("loc", ()))), _clean_message(err))
+            if (item.field, item.message) not in seen:
+                seen.add((item.field, item.message))
+                details.append(item)
+        raise SpecError(details) from None
+    problems: list[FieldError] = []
+    _source_names_ok(spec, problems)
+    for i, source in enumerate(spec.sources):
+        _source_coherent(i, source, problems)
+    _export_fits_sources(spec, problems)
+    from engine.spec.shaping_rules import check as shaping_problems
+    problems.extend(shaping_problems(spec))
+    if problems:
+        raise SpecError(problems)
+    return spec
+
+
+def spec_to_json(spec: JobSpec) -> dict:
+    """The normalised spec as JSON-able data (unresolved `${NAME}` references kept)."""
+    return spec.model_dump(mode="json", by_alias=True)

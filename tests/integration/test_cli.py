@@ -1,0 +1,218 @@
+"""`python -m engine` as users run it: one JSON line on stdout, exit codes, -o, stdin, validate,
+Ctrl-C and SIGKILL followed by --resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import cli_env, write_spec
+from tests.support.readback import read_export
+
+SUMMARY_KEYS = {"status", "rows", "pages", "requests", "retries", "seconds", "output", "bytes", "sha256", "partial"}
+
+
+def page_spec(api, n=500, size=50, fmt="csv", **params) -> dict:
+    return {"name": "items", "sources": [{"url": api.url("/items/page"), "params": {"n": n, **params},
+                                          "pagination": {"type": "page", "size": size,
+                                                         "total_pages": "meta.total_pages"}}],
+            "concurrency": 4, "export": {"format": fmt}}
+
+
+def test_run_prints_one_summary_line_and_writes_the_file(api, cli, tmp_path):
+    spec = write_spec(tmp_path / "spec.json", page_spec(api))
+    run = cli("run", str(spec), "-o", str(tmp_path / "items.csv"))
+    assert run.code == 0, run.stderr
+    summary = run.summary
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed" and summary["rows"] == 500 and summary["pages"] == 10
+    assert summary["requests"] == 10 and summary["retries"] == 0 and summary["partial"] is False
+    out = Path(summary["output"])
+    assert out == tmp_path / "items.csv" and summary["bytes"] == out.stat().st_size
+    import hashlib
+    assert summary["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert [int(r["id"]) for r in read_export(out, "csv")] == list(range(1, 501))
+    assert not (tmp_path / ".pageferry" / "work").exists() or not any((tmp_path / ".pageferry" / "work").iterdir())
+
+
+def test_output_defaults_and_directories(api, cli, tmp_path):
+    spec = write_spec(tmp_path / "spec.json", {**page_spec(api, n=60, fmt="parquet"), "export": {
+        "format": "parquet", "filename": "orders"}})
+    assert cli("run", str(spec)).summary["output"] == str(tmp_path / "orders.parquet")
+    (tmp_path / "outdir").mkdir()
+    assert cli("run", str(spec), "-o", "outdir").summary["output"] == str(tmp_path / "outdir" / "orders.parquet")
+
+
+def test_spec_from_stdin(api, cli, tmp_path):
+    run = cli("run", "-", "-o", str(tmp_path / "x.ndjson"), stdin=json.dumps(page_spec(api, n=30, fmt="ndjson")))
+    assert run.code == 0 and run.summary["rows"] == 30
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(api, cli, tmp_path):
+    run = cli("run", str(write_spec(tmp_path / "s.json", page_spec(api, n=30))))
+    assert run.code == 0 and "page/s" not in run.stderr and "\r" not in run.stderr
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"sources": [{"url": "ftp://x"}]}, "sources.0.url"),
+    ({"sources": [{"url": "http://x", "pagination": {"type": "page", "size": 0}}]}, "sources.0.pagination.size"),
+    ({"sources": [{"url": "http://x"}], "concurrency": "many"}, "concurrency"),
+    ({"sources": [{"url": "http://x", "auth": {"type": "bearer", "token": "${PF_UNSET_TOKEN}"}}]},
+     "sources.0.auth.token"),
+    ({"sources": []}, "sources"),
+])
+def test_invalid_specs_exit_2_naming_the_field(cli, tmp_path, spec, field):
+    path = write_spec(tmp_path / "bad.json", spec)
+    for command in ("validate", "run"):
+        run = cli(command, str(path))
+        assert run.code == 2, run.stderr
+        assert field in run.stderr
+        assert run.summary["status"] == "invalid"
+        assert any(d["field"] == field for d in run.summary["details"])
+
+
+def test_invalid_json_and_missing_file_exit_2(cli, tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    assert cli("validate", "broken.json").code == 2
+    assert cli("run", "missing.json").code == 2
+    assert cli("frobnicate").code == 2
+
+
+def test_validate_accepts_a_good_spec(api, cli, tmp_path):
+    run = cli("validate", str(write_spec(tmp_path / "s.json", page_spec(api))))
+    assert run.code == 0 and run.summary == {"status": "valid", "name": "items", "sources": 1, "units": 1,
+                                             "output": "items.csv"}
+    assert api.log() == []  # validating fetches nothing
+
+
+def test_failed_job_exits_1_with_the_pages_and_no_output(api, cli, tmp_path):
+    spec = page_spec(api, n=100, fail_all=1, fault=500)
+    spec["retry"] = {"attempts": 2, "backoff": 0.01}
+    run = cli("run", str(write_spec(tmp_path / "s.json", spec)), "-o", str(tmp_path / "out.csv"))
+    assert run.code == 1
+    summary = run.summary
+    assert summary["status"] == "failed" and "HTTP 500" in summary["error"]
+    assert summary["failed_pages"][0]["status"] == 500 and "page=1" in summary["failed_pages"][0]["url"]
+    assert not (tmp_path / "out.csv").exists()
+    assert len(api.log()) == 2  # page 1 tried twice (attempts counts the first try), nothing after
+
+
+def slow_spec(api, pages=60):
+    return page_spec(api, n=pages * 20, size=20, delay_ms=150)
+
+
+def start_cli(tmp_path: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_requests(api, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(api.log()) < count:
+        assert time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_ctrl_c_stops_within_2_seconds_and_resume_completes_exactly(api, cli, tmp_path):
+    spec = write_spec(tmp_path / "s.json", slow_spec(api))
+    reference = cli("run", str(spec), "-o", str(tmp_path / "reference.csv")).summary
+    api.reset()
+    proc = start_cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "out.csv"))
+    wait_for_requests(api, 15)
+    children = descendants(proc.pid)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 2.0
+    assert proc.returncode == 130, err
+    summary = json.loads(out.strip())
+    assert summary["status"] == "interrupted"
+    workdir = tmp_path / summary["workdir"]
+    assert (workdir / "job.json").exists()
+    time.sleep(1.5)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    first_requests = len(api.log())
+    api.reset()
+    resumed = cli("run", str(spec), "-o", str(tmp_path / "out.csv"), "--resume", str(workdir))
+    assert resumed.code == 0, resumed.stderr
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "reference.csv").read_bytes()
+    assert resumed.summary["sha256"] == reference["sha256"]
+    assert resumed.summary["requests"] < reference["requests"]
+    assert len(api.log()) + first_requests >= reference["requests"]
+
+
+def test_sigkill_then_resume_completes_exactly_and_leaves_no_orphans(api, cli, tmp_path):
+    spec = write_spec(tmp_path / "s.json", slow_spec(api))
+    reference = cli("run", str(spec), "-o", str(tmp_path / "reference.csv")).summary
+    api.reset()
+    proc = start_cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "out.csv"))
+    wait_for_requests(api, 25)
+    children = descendants(proc.pid)
+    assert children, "the engine runs its pool in child processes"
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+        assert time.monotonic() < deadline, "engine processes outlived the killed CLI"
+        time.sleep(0.2)
+    workdirs = list((tmp_path / ".pageferry" / "work").iterdir())
+    assert len(workdirs) == 1
+    api.reset()
+    resumed = cli("run", str(spec), "-o", str(tmp_path / "out.csv"), "--resume", str(workdirs[0]))
+    assert resumed.code == 0, resumed.stderr
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "reference.csv").read_bytes()
+    assert resumed.summary["requests"] < reference["requests"]
+
+
+def test_resume_with_a_different_spec_is_refused(api, cli, tmp_path):
+    spec = write_spec(tmp_path / "s.json", slow_spec(api))
+    proc = start_cli(tmp_path, "run", str(spec))
+    wait_for_requests(api, 5)
+    proc.send_signal(signal.SIGINT)
+    summary = json.loads(proc.communicate(timeout=20)[0])
+    other = write_spec(tmp_path / "other.json", page_spec(api, n=77))
+    run = cli("run", str(other), "--resume", str(tmp_path / summary["workdir"]))
+    assert run.code == 2 and "--resume" in run.stderr
+    assert cli("run", str(other), "--resume", "nowhere").code == 2
+
+
+def test_progress_bar_on_a_terminal(api, tmp_path):
+    import pty
+    spec = write_spec(tmp_path / "s.json", page_spec(api, n=400, size=20, delay_ms=60))
+    master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec), "-o", str(tmp_path / "o.csv")],
+                            cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0 and json.loads(out)["rows"] == 400
+    assert "20/20" in text and "rows=" in text and "page" in text   # pages done/total, rows, rate
+    assert "\r" in text                                            # redrawn in place
