@@ -4,6 +4,7 @@ Threaded workers (gthread): every open websocket holds a thread. Each worker bui
 own app (no --preload: the engine's Manager and process pools are created lazily inside a
 worker, never inherited through a fork). On a clean exit a worker hands its running tasks
 back (their leases are released) and another worker - or the next start - resumes them."""
+
 import os
 
 from config import load_settings
@@ -26,6 +27,7 @@ loglevel = _settings.log_level.lower()
 
 def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
-    services = getattr(app, "extensions", {}).get("pageferry") if app is not None else None
-    if services is not None:
-        services.runner.stop()
+    if app is not None:
+        from service import shutdown
+
+        shutdown(app)

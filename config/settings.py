@@ -3,13 +3,14 @@
 `load_settings()` is called by whoever starts a process (the CLI, the app factory, gunicorn's
 config); modules receive the resulting `Settings` instead of reading `os.environ` themselves.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 
 class SettingsError(ValueError):

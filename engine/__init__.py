@@ -12,6 +12,7 @@ The pipeline, one subpackage per stage:
 This module is the public surface the CLI and the service use. Names are loaded on first
 use, so importing `engine` stays light (the coordinator never imports pyarrow or Polars).
 """
+
 from __future__ import annotations
 
 import importlib

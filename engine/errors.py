@@ -1,4 +1,5 @@
 """Errors the engine raises to its callers (CLI, service). Messages never carry secrets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class SpecError(ValueError):
 @dataclass
 class PageFailure:
     """One page that exhausted its retries (or failed for a reason retrying cannot help)."""
+
     url: str
     status: int | None
     error: str
@@ -64,6 +66,7 @@ class JobCancelled(RuntimeError):
 @dataclass
 class Problems:
     """Collects field errors while validating, so one pass reports all of them."""
+
     items: list[FieldError] = field(default_factory=list)
 
     def add(self, path: str, message: str) -> None:

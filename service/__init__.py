@@ -1,30 +1,42 @@
 """The pageferry service: `create_app()` builds the Flask app (gunicorn calls it once per
-worker, after the fork - nothing heavy happens at import time)."""
+worker, after the fork - nothing heavy happens at import time); `shutdown(app)` stops it."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 
 from config import Settings, load_settings
 from service import errors
+from service.background.runner import TaskRunner
 from service.logs import configure_logging
-from service.runner import TaskRunner
-from service.store import SQLiteTaskStore
+from service.store import SQLiteTaskStore, TaskStore
 
 
 @dataclass
 class Services:
     settings: Settings
-    store: SQLiteTaskStore
+    store: TaskStore
     runner: TaskRunner
     env: Mapping[str, str]
 
 
-def create_app(settings: Settings | None = None, *, run_tasks: bool = True,
-               env: Mapping[str, str] | None = None) -> Flask:
+def services() -> Services:
+    """The current app's services (inside a request)."""
+    return current_app.extensions["pageferry"]
+
+
+def create_app(
+    settings: Settings | None = None, *, run_tasks: bool = True, env: Mapping[str, str] | None = None
+) -> Flask:
+    from service.background.schedule_clock import ScheduleClock
+    from service.background.webhooks import WebhookDispatcher
+    from service.metrics import registry_for, render
+    from service.routes import register
+
     settings = settings or load_settings()
     env = os.environ if env is None else env
     configure_logging(settings.log_level)
@@ -35,24 +47,13 @@ def create_app(settings: Settings | None = None, *, run_tasks: bool = True,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_file_size
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25}
     app.json.sort_keys = False
-    store = SQLiteTaskStore(settings.db_path)
+    store: TaskStore = SQLiteTaskStore(settings.db_path)
     runner = TaskRunner(settings, store, env)
-    from service.schedules import ScheduleClock
-    from service.webhooks import WebhookDispatcher
     runner.companions = [WebhookDispatcher(store, env, runner.owner), ScheduleClock(store, on_fired=runner.wake)]
     app.extensions["pageferry"] = Services(settings, store, runner, env)
 
-    from service.api import bp
-    from service.metrics import registry_for, render
-    from service.page import page_bp
-    from service.sockets import sock
-
     errors.install(app)
-    app.register_blueprint(bp)
-    from service.schedules import sched_bp
-    app.register_blueprint(sched_bp)
-    app.register_blueprint(page_bp)
-    sock.init_app(app)
+    register(app)
     registry = registry_for(store)
     worker = str(os.getpid())
 
@@ -64,8 +65,7 @@ def create_app(settings: Settings | None = None, *, run_tasks: bool = True,
     @app.get("/healthz")
     def healthz():
         store.ping()
-        return jsonify({"status": "ok", "environment": settings.environment,
-                        "running_here": len(runner.active)})
+        return jsonify({"status": "ok", "environment": settings.environment, "running_here": len(runner.active)})
 
     @app.get("/metrics")
     def metrics():
@@ -74,3 +74,11 @@ def create_app(settings: Settings | None = None, *, run_tasks: bool = True,
     if run_tasks:
         runner.start()
     return app
+
+
+def shutdown(app: Flask) -> None:
+    """Stop the app's background threads and hand its running tasks back (their leases are
+    released, so another worker or the next start resumes them). For gunicorn's worker_exit."""
+    found = getattr(app, "extensions", {}).get("pageferry")
+    if found is not None:
+        found.runner.stop()

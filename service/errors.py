@@ -1,6 +1,7 @@
 """Every error the service returns is JSON: {"error": code, "message": ..., "details": [...]}.
 Client mistakes are 4xx naming the field; anything unexpected is a bare 500 JSON - never a
 traceback or an HTML page."""
+
 from __future__ import annotations
 
 import logging
@@ -12,9 +13,21 @@ from engine import SpecError
 
 log = logging.getLogger("pageferry.service")
 
-CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 410: "gone", 413: "payload_too_large", 415: "unsupported_media_type",
-         422: "unprocessable", 429: "too_many_requests", 500: "internal_error", 503: "unavailable"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    410: "gone",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "unavailable",
+}
 
 
 class ApiError(Exception):
@@ -45,9 +58,11 @@ def install(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
-        message = {413: "the request body exceeds MAX_FILE_SIZE",
-                   405: "method not allowed on this path",
-                   404: "no such resource"}.get(status, exc.description or exc.name)
+        message = {
+            413: "the request body exceeds MAX_FILE_SIZE",
+            405: "method not allowed on this path",
+            404: "no such resource",
+        }.get(status, exc.description or exc.name)
         response = error_response(status, CODES.get(status, exc.name.lower().replace(" ", "_")), message)
         if status == 405 and getattr(exc, "valid_methods", None):
             response.headers["Allow"] = ", ".join(exc.valid_methods)

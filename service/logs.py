@@ -4,6 +4,7 @@ Every record passes through `JsonFormatter`, which masks the values of sensitive
 parameters and headers in URLs and any string that looks like a bearer/basic credential;
 task-specific secrets never reach a log call in the first place (the runner logs only
 redacted messages)."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ def scrub(text: str) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name}
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
         fields = getattr(record, "fields", None)
         if fields:
             entry["event"] = record.getMessage()

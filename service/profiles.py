@@ -1,32 +1,28 @@
-"""Stored inputs and configuration (the seed's API) and how they become a job spec.
+"""Stored inputs and configuration (the seed's API) and how they become a job spec, so a
+client can build a job step by step and start it without sending the spec."""
 
-Seed names map onto the spec (contract §3): an input `{name, column | source, change_order,
-type}` is a `columns` entry (`order` = `change_order`); `configure` takes `source_url`
-(→ `sources[0].url`), `file_type` (→ `export.format`), `rate_limit` (requests per second),
-`page_limit` (→ `sources[0].max_pages`), and any other spec field by its own name: job-level
-fields as they are, source-level fields (`pagination`, `records`, `params`, ...) for the one
-source. `configure` merges into what is stored (a null value removes a field).
-"""
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from engine import FieldError, SpecError
-from engine import output_order
-from engine import COLUMN_TYPES, JobSpec, Source
+from engine import COLUMN_TYPES, FieldError, JobSpec, Source, SpecError, output_order
 
-PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 INPUT_FIELDS = {"name", "column", "source", "change_order", "order", "type", "on_cast_error"}
-SEED_FIELDS = {"source_url": "sources.0.url", "file_type": "export.format", "page_limit": "sources.0.max_pages",
-               "rate_limit": "rate_limit"}
+SEED_FIELDS = {
+    "source_url": "sources.0.url",
+    "file_type": "export.format",
+    "page_limit": "sources.0.max_pages",
+    "rate_limit": "rate_limit",
+}
 JOB_FIELDS = set(JobSpec.model_fields) - {"sources"}
 SOURCE_FIELDS = set(Source.model_fields) - {"name"}
 
 
 def check_profile_name(name: str | None) -> str:
     name = name or "default"
-    if not PROFILE_NAME.match(name):
+    if not PROFILE_NAME.fullmatch(name):
         raise SpecError([FieldError("X-Profile", "must be 1-64 letters, digits, '_', '-' or '.'")])
     return name
 
@@ -102,8 +98,9 @@ def as_columns(inputs: list[dict]) -> list[dict]:
 def merge_configuration(current: dict, change: Any) -> dict:
     if not isinstance(change, dict):
         raise SpecError([FieldError("configuration", "must be a JSON object")])
-    unknown = [k for k in change if k not in SEED_FIELDS and k not in JOB_FIELDS and k not in SOURCE_FIELDS
-               and k != "sources"]
+    unknown = [
+        k for k in change if k not in SEED_FIELDS and k not in JOB_FIELDS and k not in SOURCE_FIELDS and k != "sources"
+    ]
     if unknown:
         raise SpecError([FieldError(k, "unknown field") for k in unknown])
     merged = dict(current)
@@ -116,7 +113,14 @@ def merge_configuration(current: dict, change: Any) -> dict:
 
 
 def spec_from_profile(profile: dict, require_source: bool = True) -> dict:
-    """The job spec (as a document) that stored inputs + configuration describe."""
+    """The job spec (as a document) that stored inputs + configuration describe.
+
+    An input `{name, column | source, change_order, type}` is a `columns` entry (`order` =
+    `change_order`); configuration maps `source_url` (→ `sources[0].url`), `file_type`
+    (→ `export.format`), `rate_limit` (requests per second), `page_limit` (→
+    `sources[0].max_pages`), and any other spec field by its own name: job-level fields as they
+    are, source-level fields (`pagination`, `records`, `params`, ...) for the one source.
+    `configure` merges into what is stored (a null value removes a field)."""
     config = dict(profile.get("configuration") or {})
     spec: dict[str, Any] = {}
     source: dict[str, Any] = {}
@@ -135,12 +139,18 @@ def spec_from_profile(profile: dict, require_source: bool = True) -> dict:
             spec[key] = value
     if source:
         if "sources" in spec:
-            raise SpecError([FieldError("sources", "give `sources` or source fields (source_url, pagination, ...), "
-                                                   "not both")])
+            raise SpecError(
+                [FieldError("sources", "give `sources` or source fields (source_url, pagination, ...), not both")]
+            )
         spec["sources"] = [source]
     if require_source and not spec.get("sources"):
-        raise SpecError([FieldError("source_url", "no source configured: POST /api/export/configure with "
-                                                  "source_url (or sources) first")])
+        raise SpecError(
+            [
+                FieldError(
+                    "source_url", "no source configured: POST /api/export/configure with source_url (or sources) first"
+                )
+            ]
+        )
     inputs = profile.get("inputs") or []
     if inputs and "columns" not in spec:
         spec["columns"] = as_columns(inputs)
@@ -151,7 +161,7 @@ def seed_path(field: str) -> str:
     """A spec field path as the seed API names it, for errors about configured fields."""
     for seed, path in SEED_FIELDS.items():
         if field == path or field.startswith(path + "."):
-            return seed + field[len(path):]
+            return seed + field[len(path) :]
     if field.startswith("sources.0.") and field.split(".")[2] in SOURCE_FIELDS:
-        return field[len("sources.0."):]
+        return field[len("sources.0.") :]
     return field

@@ -1,23 +1,8 @@
-"""Delivery: copies of a finished result to S3 or an FTP/FTPS server (contract §1 "Delivery").
-
-`deliver_all(targets, path, redactor, stop)` uploads the result to each target in turn and
-returns one outcome per target - `{"target", "ok", "error", "attempts"}` - never raising for a
-target that fails: a failed copy leaves the downloadable result alone. `target` describes
-where the copy went without any credential (`s3://bucket/prefix/file.zip`,
-`ftps://user@host:21/dir/file.zip`); `error` is worded here and passed through the job's
-redactor plus the credentials actually used (which may come from the AWS environment).
-
-S3: boto3's transfer manager (multipart above 8 MiB, parts uploaded in parallel), the
-result's sha256 kept as object metadata, the object's size checked afterwards.
-FTP: passive mode, explicit TLS (`AUTH TLS` + `PROT P`) when `tls`, the directory created
-level by level, the file stored under a temporary name and renamed into place.
-Transient failures (connection trouble, timeouts, 4xx FTP replies, 5xx S3 answers) are
-retried with backoff; permanent ones (a wrong password, a refused certificate, access
-denied) are not.
-
-`stop()` is polled between attempts and while bytes flow: when it says yes, the upload is
-abandoned and the outcome says so.
+"""Delivery: copies of a finished result to S3 or an FTP/FTPS server (docs/spec.md, "Deliver").
+`deliver_all` copies to each target in turn and reports one outcome per target, never raising:
+a failed copy leaves the downloadable result alone.
 """
+
 from __future__ import annotations
 
 import ftplib
@@ -29,22 +14,25 @@ import secrets as _secrets
 import ssl
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
+from engine.fetch.retry import wait_before_retry
+from engine.spec.models import Retry
 from engine.spec.redact import Redactor
 
 log = logging.getLogger("pageferry.deliver")
 
-ATTEMPTS = 3                     # tries per target, the first included
-BACKOFF = 1.0                    # seconds before the 2nd try; doubles
+ATTEMPTS = 3  # tries per target, the first included
+BACKOFF = 1.0  # seconds before the 2nd try; doubles
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNK = 8 * 1024 * 1024
 FTP_BLOCK = 64 * 1024
-S3_REQUEST_ATTEMPTS = 3          # botocore's own tries per request (inside each of ours)
-NO_S3_CREDENTIALS = ("no S3 credentials: give access_key and secret_key, or set AWS_ACCESS_KEY_ID and "
-                     "AWS_SECRET_ACCESS_KEY")
+S3_REQUEST_ATTEMPTS = 3  # botocore's own tries per request (inside each of ours)
+NO_S3_CREDENTIALS = (
+    "no S3 credentials: give access_key and secret_key, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+)
 
 Stop = Callable[[], bool]
 
@@ -74,9 +62,29 @@ def _never() -> bool:
     return False
 
 
-def deliver_all(targets: Iterable, path: Path, redactor: Redactor, stop: Stop = _never,
-                sleep: Callable[[float], None] = time.sleep) -> list[dict]:
-    """Copy `path` to every target (resolved spec models, secrets substituted)."""
+def deliver_all(
+    targets: Iterable, path: Path, redactor: Redactor, stop: Stop = _never, sleep: Callable[[float], None] = time.sleep
+) -> list[dict]:
+    """Copy `path` to every target (resolved spec models, secrets substituted).
+
+    Uploads the result to each target in turn and returns one outcome per target -
+    `{"target", "ok", "error", "attempts"}` - never raising for a target that fails: a failed
+    copy leaves the downloadable result alone. `target` describes
+    where the copy went without any credential (`s3://bucket/prefix/file.zip`,
+    `ftps://user@host:21/dir/file.zip`); `error` is worded here and passed through the job's
+    redactor plus the credentials actually used (which may come from the AWS environment).
+
+    S3: boto3's transfer manager (multipart above 8 MiB, parts uploaded in parallel), the
+    result's sha256 kept as object metadata, the object's size checked afterwards.
+    FTP: passive mode, explicit TLS (`AUTH TLS` + `PROT P`) when `tls`, the directory created
+    level by level, the file stored under a temporary name and renamed into place.
+    Transient failures (connection trouble, timeouts, 4xx FTP replies, 5xx S3 answers) are
+    retried with backoff; permanent ones (a wrong password, a refused certificate, access
+    denied) are not.
+
+    `stop()` is polled between attempts and while bytes flow: when it says yes, the upload is
+    abandoned and the outcome says so.
+    """
     outcomes = []
     for target in targets:
         if stop():
@@ -109,7 +117,7 @@ def _with_retries(upload, redactor: Redactor, stop: Stop, sleep) -> Outcome:
             outcome.error = scrub.text(f"{type(exc).__name__}: {exc}")[:500]
             return outcome
         if attempt < ATTEMPTS:
-            delay = BACKOFF * 2 ** (attempt - 1)
+            delay = wait_before_retry(Retry(attempts=ATTEMPTS, backoff=BACKOFF, max_backoff=60.0), attempt)
             end = time.monotonic() + delay
             while time.monotonic() < end:
                 if stop():
@@ -120,10 +128,11 @@ def _with_retries(upload, redactor: Redactor, stop: Stop, sleep) -> Outcome:
 
 # ------------------------------------------------------------------ S3
 
+
 def s3_location(url: str, filename: str) -> tuple[str, str]:
     """`s3://bucket/prefix/` + filename → (bucket, key). A url not ending in '/' names the
     object itself (`s3://bucket/exports/latest.csv`)."""
-    bucket, _, prefix = url[len("s3://"):].partition("/")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
     if not prefix or prefix.endswith("/"):
         return bucket, prefix + filename
     return bucket, prefix
@@ -145,17 +154,24 @@ class S3Upload:
         return bool(self.target.inner_files) and self.path.suffix == ".zip"
 
     def _prefix(self) -> str:
-        _, _, prefix = self.target.url[len("s3://"):].partition("/")
+        _, _, prefix = self.target.url[len("s3://") :].partition("/")
         return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
     def session(self):
         if self._session is None:
             import boto3
-            region = (self.target.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                      or "us-east-1")
-            self._session = boto3.session.Session(aws_access_key_id=self.target.access_key,
-                                                  aws_secret_access_key=self.target.secret_key,
-                                                  region_name=region)
+
+            region = (
+                self.target.region
+                or os.environ.get("AWS_REGION")
+                or os.environ.get("AWS_DEFAULT_REGION")
+                or "us-east-1"
+            )
+            self._session = boto3.session.Session(
+                aws_access_key_id=self.target.access_key,
+                aws_secret_access_key=self.target.secret_key,
+                region_name=region,
+            )
         return self._session
 
     def credentials(self) -> set[str]:
@@ -171,20 +187,29 @@ class S3Upload:
 
     def _client(self):
         from botocore.config import Config
+
         session = self.session()
         if session.get_credentials() is None:
             raise _Failure(NO_S3_CREDENTIALS, retryable=False)
-        config = Config(connect_timeout=10, read_timeout=60,
-                        retries={"max_attempts": S3_REQUEST_ATTEMPTS, "mode": "standard"},
-                        s3={"addressing_style": "path"} if self.target.endpoint_url else {})
+        config = Config(
+            connect_timeout=10,
+            read_timeout=60,
+            retries={"max_attempts": S3_REQUEST_ATTEMPTS, "mode": "standard"},
+            s3={"addressing_style": "path"} if self.target.endpoint_url else {},
+        )
         return session.client("s3", endpoint_url=self.target.endpoint_url, config=config)
 
     def run(self, stop: Stop) -> None:
         from boto3.s3.transfer import TransferConfig
+
         try:
             client = self._client()
-            config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK,
-                                    max_concurrency=4, use_threads=True)
+            config = TransferConfig(
+                multipart_threshold=MULTIPART_THRESHOLD,
+                multipart_chunksize=MULTIPART_CHUNK,
+                max_concurrency=4,
+                use_threads=True,
+            )
             if self._inner():
                 with zipfile.ZipFile(self.path) as archive:
                     for member in archive.infolist():
@@ -199,8 +224,7 @@ class S3Upload:
             with open(self.path, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
-            self._transfer(client, config, str(self.path), self.key, {"Metadata": {"sha256": digest.hexdigest()}},
-                           stop)
+            self._transfer(client, config, str(self.path), self.key, {"Metadata": {"sha256": digest.hexdigest()}}, stop)
             self._check_size(client, self.key, self.path.stat().st_size)
         except (_Failure, DeliveryStopped):
             raise
@@ -209,6 +233,7 @@ class S3Upload:
 
     def _transfer(self, client, config, source, key: str, extra: dict, stop: Stop) -> None:
         from boto3.s3.transfer import create_transfer_manager
+
         manager = create_transfer_manager(client, config)
         cancelled = False
         try:
@@ -234,13 +259,19 @@ class S3Upload:
 
 def _s3_failure(exc: Exception) -> _Failure:
     from botocore import exceptions as bx
+
     if isinstance(exc, bx.ClientError):
         err = exc.response.get("Error", {})
         code = err.get("Code") or "error"
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         message = (err.get("Message") or "").strip()
-        retryable = (status or 0) >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError",
-                                                     "ServiceUnavailable", "RequestTimeTooSkewed")
+        retryable = (status or 0) >= 500 or code in (
+            "SlowDown",
+            "RequestTimeout",
+            "InternalError",
+            "ServiceUnavailable",
+            "RequestTimeTooSkewed",
+        )
         text = f"S3 {code}" + (f" (HTTP {status})" if status else "") + (f": {message[:300]}" if message else "")
         return _Failure(text, retryable)
     if isinstance(exc, bx.NoCredentialsError):
@@ -257,6 +288,7 @@ def _s3_failure(exc: Exception) -> _Failure:
 
 
 # ------------------------------------------------------------------ FTP / FTPS
+
 
 class _FtpsWithSessionReuse(ftplib.FTP_TLS):
     """Data connections resume the control connection's TLS session (servers such as vsftpd
@@ -278,8 +310,10 @@ class FtpUpload:
     def describe(self) -> str:
         scheme = "ftps" if self.target.tls else "ftp"
         folder = self.directory if self.directory.startswith("/") else "/" + self.directory
-        return f"{scheme}://{self.target.username}@{self.target.host}:{self.target.port}" \
-               f"{posixpath.join(folder, self.path.name)}"
+        return (
+            f"{scheme}://{self.target.username}@{self.target.host}:{self.target.port}"
+            f"{posixpath.join(folder, self.path.name)}"
+        )
 
     def credentials(self) -> set[str]:
         return {self.target.password} if self.target.password else set()
@@ -359,15 +393,19 @@ class FtpUpload:
         except (ftplib.error_temp, ftplib.error_reply, ftplib.error_proto) as exc:
             raise _Failure(f"FTP: {_reply(exc)}", retryable=True) from None
         except ssl.SSLCertVerificationError as exc:
-            raise _Failure(f"FTPS: the server's certificate is not trusted ({exc.verify_message}); "
-                           f"give ca_file, or verify: false", retryable=False) from None
+            raise _Failure(
+                f"FTPS: the server's certificate is not trusted ({exc.verify_message}); give ca_file, or verify: false",
+                retryable=False,
+            ) from None
         except ssl.SSLError as exc:
             raise _Failure(f"FTPS: TLS failed ({exc.reason or type(exc).__name__})", retryable=True) from None
         except (OSError, EOFError) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else (
-                getattr(exc, "strerror", None) or type(exc).__name__)
-            raise _Failure(f"FTP: connection to {self.target.host}:{self.target.port} failed ({what})",
-                           retryable=True) from None
+            what = (
+                "timed out" if isinstance(exc, TimeoutError) else (getattr(exc, "strerror", None) or type(exc).__name__)
+            )
+            raise _Failure(
+                f"FTP: connection to {self.target.host}:{self.target.port} failed ({what})", retryable=True
+            ) from None
         finally:
             if ftp is not None:
                 if stored:

@@ -1,27 +1,21 @@
-"""The webhook: one signed POST of a JSON document when a job ends (contract §1 "Delivery").
-
-`body_of(payload)` fixes the exact bytes; `signature(secret, body)` is the header value
-`sha256=<hex HMAC-SHA256 of those bytes>`; `send_once` makes one attempt and says whether
-another could help; `post_webhook` is the whole bounded retry loop (the CLI uses it; the
-service schedules its attempts through the task store instead, see service/webhooks.py).
-
-Retried: connection errors, timeouts, 408, 425, 429 and 5xx answers. Not retried: other 4xx
-(the receiver refused the document: a wrong signature, say) and 3xx (redirects are not
-followed: a POST must not turn into a GET somewhere else). Error texts are worded here from
-the exception type and the status code, never from library messages that may quote the URL.
+"""The webhook: one signed POST of a JSON document when a job ends (docs/spec.md, "Webhook").
+The CLI sends it with `post_webhook`; the service schedules the same attempts through its task
+store, so no ending is lost to a crash.
 """
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import requests
 
+from engine.fetch.retry import parse_retry_after, wait_before_retry
+from engine.spec.models import Retry
 from engine.spec.redact import Redactor
 
 USER_AGENT = "pageferry-webhook/1.0"
@@ -47,11 +41,9 @@ class Attempt:
 
 
 def delay_before(attempt: int, backoff: float, retry_after: float | None = None) -> float:
-    """Seconds to wait before try number `attempt + 1` (exponential, ±10 % jitter)."""
-    delay = min(MAX_DELAY, backoff * 2 ** (attempt - 1)) * random.uniform(0.9, 1.1)
-    if retry_after is not None:
-        delay = max(delay, min(MAX_DELAY, retry_after))
-    return delay
+    """Seconds to wait before try number `attempt + 1`: the engine's one retry wait."""
+    policy = Retry(attempts=max(attempt, 1), backoff=backoff, max_backoff=MAX_DELAY)
+    return wait_before_retry(policy, attempt, retry_after, max_retry_after=MAX_DELAY)
 
 
 def send_once(webhook, body: bytes, task_id: str | None = None) -> Attempt:
@@ -62,8 +54,13 @@ def send_once(webhook, body: bytes, task_id: str | None = None) -> Attempt:
     if task_id:
         headers["X-Pageferry-Task"] = task_id
     try:
-        response = requests.post(webhook.url, data=body, headers=headers, allow_redirects=False,
-                                 timeout=(min(webhook.timeout, 10.0), webhook.timeout))
+        response = requests.post(
+            webhook.url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=(min(webhook.timeout, 10.0), webhook.timeout),
+        )
         response.close()
     except requests.Timeout:
         return Attempt(False, True, f"timed out after {webhook.timeout:g} s")
@@ -78,19 +75,28 @@ def send_once(webhook, body: bytes, task_id: str | None = None) -> Attempt:
         return Attempt(True)
     retry_after = None
     if status == 429 or status == 503:
-        try:
-            retry_after = float(response.headers.get("Retry-After", ""))
-        except ValueError:
-            retry_after = None
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
     if 300 <= status < 400:
         return Attempt(False, False, f"HTTP {status} (redirects are not followed)")
     return Attempt(False, status >= 500 or status in RETRY_STATUSES, f"HTTP {status}", retry_after)
 
 
-def post_webhook(webhook, payload: dict, redactor: Redactor, task_id: str | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> dict:
+def post_webhook(
+    webhook, payload: dict, redactor: Redactor, task_id: str | None = None, sleep: Callable[[float], None] = time.sleep
+) -> dict:
     """POST `payload` until it is accepted or `webhook.attempts` are used up.
-    Returns the status's `webhook` section: {"delivered", "attempts", "error"}."""
+    Returns the status's `webhook` section: {"delivered", "attempts", "error"}.
+
+    `body_of(payload)` fixes the exact bytes; `signature(secret, body)` is the header value
+    `sha256=<hex HMAC-SHA256 of those bytes>`; `send_once` makes one attempt and says whether
+    another could help; `post_webhook` is the whole bounded retry loop (the CLI uses it; the
+    service schedules its attempts through the task store instead, see service/background/webhooks.py).
+
+    Retried: connection errors, timeouts, 408, 425, 429 and 5xx answers. Not retried: other 4xx
+    (the receiver refused the document: a wrong signature, say) and 3xx (redirects are not
+    followed: a POST must not turn into a GET somewhere else). Error texts are worded here from
+    the exception type and the status code, never from library messages that may quote the URL.
+    """
     body = body_of(payload)
     attempt, outcome = 0, Attempt(False, True, None)
     while attempt < webhook.attempts:

@@ -1,28 +1,16 @@
-"""Export: write shaped tables (Polars LazyFrames) to csv / json / ndjson / xlsx / parquet / zip.
-
-Streaming (Polars sinks, or batches for XLSX; nothing is collected whole) and atomic: every
-byte goes to a temp file beside `final_path` (`.{name}.tmp-{12 hex}[.suffix]`), which is
-fsynced and renamed onto `final_path` only when complete. On any error all temp files are
-removed and the error propagates; nothing appears under the final name.
-
-Encodings (see the writer modules for details):
-- csv: header always; lists/structs as compact JSON text, nulls as empty cells; dates ISO
-  `2024-01-31`, datetimes ISO 8601 `2024-01-31T12:30:00.000000[+01:00]`, durations ISO 8601,
-  binary base64; `escape_formulas` prefixes `'` to strings starting with `= + - @`.
-- ndjson / json: lists/structs stay JSON arrays/objects; datetimes ISO 8601 with `T` and only
-  the fractional digits needed; NaN/inf as null (Polars' JSON writer); binary base64.
-- parquet: zstd, types kept.
-- xlsx: see `engine.export.xlsx`.
-- zip: `{table.name}.{inner}` per table plus `manifest.json`.
+"""Export: write shaped tables (Polars LazyFrames) as csv / json / ndjson / xlsx / parquet / zip,
+streamed (nothing is collected whole) and atomically (nothing appears under the final name until
+the file is complete), so a reader never sees half a result.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import polars as pl
 
@@ -32,28 +20,27 @@ from .parquet import write_parquet
 from .text import write_csv, write_json, write_ndjson
 from .xlsx import write_xlsx
 
-__all__ = ["Table", "ExportedFile", "export_tables", "remove_stale_temps", "FORMATS",
-           "INNER_FORMATS"]
+__all__ = ["Table", "ExportedFile", "export_tables", "remove_stale_temps", "FORMATS", "INNER_FORMATS"]
 
 FORMATS = ("csv", "json", "ndjson", "xlsx", "parquet", "zip")
 INNER_FORMATS = ("csv", "json", "ndjson", "xlsx", "parquet")
 MULTI_TABLE_FORMATS = ("xlsx", "zip")
-ZIP_TEXT_LEVEL = 6          # deflate level of csv/json/ndjson inside a zip
+ZIP_TEXT_LEVEL = 6  # deflate level of csv/json/ndjson inside a zip
 MANIFEST_NAME = "manifest.json"
 
 
 @dataclass(frozen=True)
 class Table:
-    name: str            # source name: inner file name (zip) / sheet name (xlsx)
+    name: str  # source name: inner file name (zip) / sheet name (xlsx)
     frame: pl.LazyFrame
 
 
 @dataclass(frozen=True)
 class ExportedFile:
-    path: Path           # the final path
+    path: Path  # the final path
     bytes: int
-    sha256: str          # hex of the final file
-    rows: dict[str, int] # rows written per table name
+    sha256: str  # hex of the final file
+    rows: dict[str, int]  # rows written per table name
 
 
 @dataclass(frozen=True)
@@ -66,15 +53,39 @@ class _Options:
 class _Rows:
     """How to learn the row count of a written file: known, a function to call, or the
     newlines counted while it is hashed."""
+
     value: int | None = None
     fn: Callable[[], int] | None = None
     count_newlines: bool = False
 
 
-def export_tables(tables: list[Table], fmt: str, final_path: Path, *, inner: str = "csv",
-                  csv_separator: str = ",", escape_formulas: bool = False,
-                  manifest: dict | None = None) -> ExportedFile:
-    """Write `tables` as `fmt` to `final_path`, atomically. See the module docstring."""
+def export_tables(
+    tables: list[Table],
+    fmt: str,
+    final_path: Path,
+    *,
+    inner: str = "csv",
+    csv_separator: str = ",",
+    escape_formulas: bool = False,
+    manifest: dict | None = None,
+) -> ExportedFile:
+    """Write `tables` as `fmt` to `final_path`, atomically.
+
+    Streaming (Polars sinks, or batches for XLSX; nothing is collected whole) and atomic: every
+    byte goes to a temp file beside `final_path` (`.{name}.tmp-{12 hex}[.suffix]`), which is
+    fsynced and renamed onto `final_path` only when complete. On any error all temp files are
+    removed and the error propagates; nothing appears under the final name.
+
+    Encodings (see the writer modules for details):
+    - csv: header always; lists/structs as compact JSON text, nulls as empty cells; dates ISO
+      `2024-01-31`, datetimes ISO 8601 `2024-01-31T12:30:00.000000[+01:00]`, durations ISO 8601,
+      binary base64; `escape_formulas` prefixes `'` to strings starting with `= + - @`.
+    - ndjson / json: lists/structs stay JSON arrays/objects; datetimes ISO 8601 with `T` and only
+      the fractional digits needed; NaN/inf as null (Polars' JSON writer); binary base64.
+    - parquet: zstd, types kept.
+    - xlsx: see `engine.export.xlsx`.
+    - zip: `{table.name}.{inner}` per table plus `manifest.json`.
+    """
     _validate(tables, fmt, inner, csv_separator)
     final_path = Path(final_path)
     opts = _Options(csv_separator, escape_formulas)
@@ -85,8 +96,7 @@ def export_tables(tables: list[Table], fmt: str, final_path: Path, *, inner: str
                 rows = _write_zip(tables, inner, out, temps, opts, manifest)
                 how = _Rows()
             elif fmt == "xlsx":
-                rows = dict(zip((t.name for t in tables),
-                                write_xlsx([(t.name, t.frame) for t in tables], out, temps)))
+                rows = dict(zip((t.name for t in tables), write_xlsx([(t.name, t.frame) for t in tables], out, temps)))
                 how = _Rows()
             else:
                 how = _produce(fmt, tables[0], out, temps, opts)
@@ -111,16 +121,14 @@ def _validate(tables: list[Table], fmt: str, inner: str, separator: str) -> None
     if len(set(names)) != len(names):
         raise ValueError(f"table names must be unique: {names}")
     if len(separator) != 1 or len(separator.encode()) != 1 or separator in '"\r\n':
-        raise ValueError(f"csv separator must be one ASCII character other than a quote or "
-                         f"newline, not {separator!r}")
+        raise ValueError(f"csv separator must be one ASCII character other than a quote or newline, not {separator!r}")
 
 
 def _produce(fmt: str, table: Table, path: Path, temps: TempFiles, opts: _Options) -> _Rows:
     """Write one table as `fmt` into the (existing, empty) file `path`."""
     frame = table.frame
     if fmt == "csv":
-        return _Rows(fn=write_csv(frame, path, separator=opts.csv_separator,
-                                  escape_formulas=opts.escape_formulas))
+        return _Rows(fn=write_csv(frame, path, separator=opts.csv_separator, escape_formulas=opts.escape_formulas))
     if fmt == "ndjson":
         write_ndjson(frame, path)
         return _Rows(count_newlines=True)
@@ -133,7 +141,7 @@ def _produce(fmt: str, table: Table, path: Path, temps: TempFiles, opts: _Option
     raise ValueError(f"unknown format {fmt!r}")
 
 
-_UNSAFE_FILE_CHARS = re.compile(r'[\x00-\x1f/\\]')
+_UNSAFE_FILE_CHARS = re.compile(r"[\x00-\x1f/\\]")
 
 
 def inner_file_name(name: str, ext: str, used: set[str]) -> str:
@@ -149,11 +157,13 @@ def inner_file_name(name: str, ext: str, used: set[str]) -> str:
     return candidate
 
 
-def _write_zip(tables: list[Table], inner: str, path: Path, temps: TempFiles, opts: _Options,
-               manifest: dict | None) -> dict[str, int]:
+def _write_zip(
+    tables: list[Table], inner: str, path: Path, temps: TempFiles, opts: _Options, manifest: dict | None
+) -> dict[str, int]:
     text = inner in ("csv", "json", "ndjson")
-    member = dict(compress_type=zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED,
-                  level=ZIP_TEXT_LEVEL if text else None)
+    member = dict(
+        compress_type=zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED, level=ZIP_TEXT_LEVEL if text else None
+    )
     used = {MANIFEST_NAME}
     files: list[dict] = []
     rows: dict[str, int] = {}
@@ -162,8 +172,7 @@ def _write_zip(tables: list[Table], inner: str, path: Path, temps: TempFiles, op
             arcname = inner_file_name(table.name, inner, used)
             part = temps.new(f"{i}.{inner}")
             how = _produce(inner, table, part, temps, opts)
-            size, sha, n = seal(part, sync=False, count_newlines=how.count_newlines,
-                                rows_fn=how.fn)
+            size, sha, n = seal(part, sync=False, count_newlines=how.count_newlines, rows_fn=how.fn)
             n = how.value if how.value is not None else n
             ziparchive.add_file(zf, part, arcname, date_time=ziparchive.now_date_time(), **member)
             temps.discard(part)
@@ -171,7 +180,12 @@ def _write_zip(tables: list[Table], inner: str, path: Path, temps: TempFiles, op
             rows[table.name] = n
         doc = dict(manifest or {})
         doc["files"] = files
-        ziparchive.add_bytes(zf, json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode(),
-                       MANIFEST_NAME, compress_type=zipfile.ZIP_DEFLATED, level=ZIP_TEXT_LEVEL,
-                       date_time=ziparchive.now_date_time())
+        ziparchive.add_bytes(
+            zf,
+            json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode(),
+            MANIFEST_NAME,
+            compress_type=zipfile.ZIP_DEFLATED,
+            level=ZIP_TEXT_LEVEL,
+            date_time=ziparchive.now_date_time(),
+        )
     return rows

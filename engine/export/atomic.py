@@ -1,9 +1,8 @@
 """Temp files beside the final path, and sealing a finished file: fsync, size, sha256.
-
-Every file the exporter creates lives in the directory of the final path and is named
-`.{final name}.tmp-{token}[.{suffix}]`, so that `os.replace` is a same-filesystem rename and
-a crash leaves only dot-files that `remove_stale_temps` recognises.
+Temp files are dot-files `.{final name}.tmp-{token}[.{suffix}]` in the final directory, so
+`os.replace` is a same-filesystem rename and `remove_stale_temps` recognises a crash's leftovers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +61,7 @@ class TempFiles:
         except ValueError:
             pass
 
-    def __enter__(self) -> "TempFiles":
+    def __enter__(self) -> TempFiles:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -71,8 +70,8 @@ class TempFiles:
 
 def sink_into(path: Path, sink) -> None:
     """Run a Polars sink (`sink(file)`) into `path` through a file opened here. Given a path,
-    a sink that fails can still be opening it on Polars' I/O threads after it has raised (up
-    to ~2 ms later, measured) - re-creating a temp file that was already removed."""
+    a sink that fails can still be opening it on Polars' I/O threads after it has raised (a
+    moment later) - re-creating a temp file that was already removed."""
     with open(path, "wb") as out:
         sink(out)
 
@@ -124,7 +123,7 @@ def fsync_path(path: Path) -> None:
 class BackgroundFlush:
     """While a file is being written (by a Polars sink, zipfile, ...), `fdatasync` it every
     `interval` seconds from a thread, so the kernel writes the data out alongside the work
-    and the final fsync has little left to do (it was ~20% of a CSV export otherwise)."""
+    and the final fsync has little left to do (see docs/performance.md)."""
 
     def __init__(self, path: Path, interval: float = 0.05):
         self.path = path
@@ -138,9 +137,9 @@ class BackgroundFlush:
             try:
                 os.fdatasync(self._fd)
             except OSError:
-                return          # best effort: the final fsync in seal() is what counts
+                return  # best effort: the final fsync in seal() is what counts
 
-    def __enter__(self) -> "BackgroundFlush":
+    def __enter__(self) -> BackgroundFlush:
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
         except OSError:
@@ -177,8 +176,7 @@ def digest(path: Path, *, count_newlines: bool = False) -> tuple[int, str, int]:
     return size, sha.hexdigest(), newlines
 
 
-def seal(path: Path, *, sync: bool, count_newlines: bool = False, rows_fn=None
-         ) -> tuple[int, str, int | None]:
+def seal(path: Path, *, sync: bool, count_newlines: bool = False, rows_fn=None) -> tuple[int, str, int | None]:
     """Make `path` durable (optional) and describe it: (bytes, sha256, rows).
 
     rows: `rows_fn()` when given, else the newline count when `count_newlines`, else None.

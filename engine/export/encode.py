@@ -2,6 +2,7 @@
 
 All of them are vectorised (no Python per row) and keep nulls as nulls.
 """
+
 from __future__ import annotations
 
 import polars as pl
@@ -19,8 +20,7 @@ def json_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     if isinstance(dtype, pl.Struct):
         encoded = expr.struct.json_encode()
     else:
-        encoded = (pl.struct(expr.alias("v")).struct.json_encode()
-                   .str.strip_prefix('{"v":').str.strip_suffix("}"))
+        encoded = pl.struct(expr.alias("v")).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
     return pl.when(expr.is_null()).then(pl.lit(None, pl.String)).otherwise(encoded)
 
 
@@ -41,9 +41,7 @@ def datetime_iso(expr: pl.Expr, dtype: pl.Datetime, *, fixed_fraction: bool) -> 
 
 def escape_formula(expr: pl.Expr) -> pl.Expr:
     """Prefix `'` to strings that start with = + - @ (spreadsheet formula injection guard)."""
-    return (pl.when(expr.str.contains(FORMULA_PREFIX))
-            .then(pl.concat_str([pl.lit("'"), expr]))
-            .otherwise(expr))
+    return pl.when(expr.str.contains(FORMULA_PREFIX)).then(pl.concat_str([pl.lit("'"), expr])).otherwise(expr)
 
 
 def for_csv(schema: pl.Schema, *, escape_formulas: bool) -> list[pl.Expr]:

@@ -1,4 +1,5 @@
 """Parquet writer: zstd, lists and structs kept as they are."""
+
 from __future__ import annotations
 
 from pathlib import Path

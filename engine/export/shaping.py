@@ -1,18 +1,8 @@
-"""Shaping (contract §1 "Shaping") as lazy Polars expressions, applied in the reducer in the
-contract's order: columns, filters, group_by, distinct, sort, limit.
-
-`shape(frame, spec)` builds the plan against the frame's schema (no data is read for that) and
-raises `ShapingError` for what the fetched data cannot do: a column that is not there (the
-message lists the columns that are), an index past the last field, an op or aggregation the
-column's type cannot take, a filter value that cannot be read as the column's type. When a
-`columns` entry casts with `on_cast_error: "fail"` (the default) and the cast can fail for the
-column's type, one streaming pass over just those columns looks for values that don't cast;
-the first such column fails the job with its count and an example value.
-
-Nothing here evaluates user text: names select columns, values become typed literals.
-The rules shared with validation (output order, how text reads as a type) live in
-`engine.spec.shaping_rules`; docs/shaping.md describes the behaviour for users.
+"""Shaping (docs/spec.md, docs/shaping.md) as lazy Polars expressions, applied in the reducer
+in a fixed order: columns, filters, group_by, distinct, sort, limit. Nothing here evaluates
+user text: names select columns, values become typed literals.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,18 +14,35 @@ import polars as pl
 
 from engine.errors import ShapingError
 from engine.export.encode import datetime_iso, json_text
-from engine.spec.shaping_rules import (DATETIME_TEXT, FALSE_TEXT, FLOAT_TEXT, INT_TEXT, TEXT_OPS, TRUE_TEXT,
-                                  UNIX_SECONDS_MAX, UNIX_SECONDS_MIN, convert_literal, default_source,
-                                  output_order)
 from engine.spec.models import JobSpec
+from engine.spec.shaping_rules import (
+    DATETIME_TEXT,
+    FALSE_TEXT,
+    FLOAT_TEXT,
+    INT_TEXT,
+    TEXT_OPS,
+    TRUE_TEXT,
+    UNIX_SECONDS_MAX,
+    UNIX_SECONDS_MIN,
+    convert_literal,
+    default_source,
+    output_order,
+)
 
-DTYPES: dict[str, pl.DataType] = {"string": pl.String(), "int": pl.Int64(), "float": pl.Float64(),
-                                  "bool": pl.Boolean(), "date": pl.Date(), "datetime": pl.Datetime("us", "UTC")}
-_INT64_LIMIT = 2.0 ** 63
+DTYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us", "UTC"),
+}
+_INT64_LIMIT = 2.0**63
 _LOSSLESS_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32)
 
 
 # ---------------------------------------------------------------- types
+
 
 def kind_of(dtype: pl.DataType) -> str:
     """null | numeric | string | bool | date | datetime | list | other."""
@@ -70,6 +77,7 @@ def type_name(dtype: pl.DataType) -> str:
 
 # ---------------------------------------------------------------- casts
 
+
 def _never(expr: pl.Expr, target: pl.DataType) -> pl.Expr:
     """All null, one per row of `expr` (a conversion that does not exist)."""
     return pl.when(expr.is_null()).then(pl.lit(None, target)).otherwise(pl.lit(None, target))
@@ -78,12 +86,15 @@ def _never(expr: pl.Expr, target: pl.DataType) -> pl.Expr:
 def datetime_from_text(text: pl.Expr) -> pl.Expr:
     """ISO 8601 text → Datetime(us, UTC); the forms `shaping_rules.parse_datetime_text` reads."""
     t = text.str.strip_chars()
-    norm = (t.str.replace(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}) ", "${1}T")
-             .str.replace(r"[Zz]$", "+00:00"))
-    aware = [norm.str.to_datetime(fmt, strict=False, time_unit="us").dt.convert_time_zone("UTC")
-             for fmt in ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")]
-    naive = [norm.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
-             for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")]
+    norm = t.str.replace(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}) ", "${1}T").str.replace(r"[Zz]$", "+00:00")
+    aware = [
+        norm.str.to_datetime(fmt, strict=False, time_unit="us").dt.convert_time_zone("UTC")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")
+    ]
+    naive = [
+        norm.str.to_datetime(fmt, strict=False, time_unit="us").dt.replace_time_zone("UTC")
+        for fmt in ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
+    ]
     day = norm.str.to_date("%Y-%m-%d", strict=False).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     return pl.when(t.str.contains(DATETIME_TEXT)).then(pl.coalesce(*aware, *naive, day))
 
@@ -144,8 +155,12 @@ def cast_expr(expr: pl.Expr, dtype: pl.DataType, target: str) -> pl.Expr:
             return pl.when(expr == 1).then(pl.lit(True)).when(expr == 0).then(pl.lit(False))
         if kind == "string":
             t = expr.str.strip_chars().str.to_lowercase()
-            return (pl.when(t.is_in(pl.Series(TRUE_TEXT).implode())).then(pl.lit(True))
-                    .when(t.is_in(pl.Series(FALSE_TEXT).implode())).then(pl.lit(False)))
+            return (
+                pl.when(t.is_in(pl.Series(TRUE_TEXT).implode()))
+                .then(pl.lit(True))
+                .when(t.is_in(pl.Series(FALSE_TEXT).implode()))
+                .then(pl.lit(False))
+            )
         return _never(expr, out)
     if target == "date":
         if kind == "date":
@@ -187,6 +202,7 @@ def cast_can_fail(dtype: pl.DataType, target: str) -> bool:
 
 # ---------------------------------------------------------------- messages
 
+
 def _show(value: Any) -> str:
     """A data value as a user would write it, cut short."""
     if isinstance(value, (dt.date, dt.datetime)):
@@ -223,11 +239,12 @@ class _Context:
 
 # ---------------------------------------------------------------- columns
 
+
 @dataclass
 class _CastCheck:
-    index: int            # the `columns` entry
+    index: int  # the `columns` entry
     name: str
-    label: str            # how the source is named in messages
+    label: str  # how the source is named in messages
     target: str
     source: pl.Expr
     result: pl.Expr
@@ -263,9 +280,12 @@ def _columns(frame: pl.LazyFrame, spec: JobSpec, schema: pl.Schema, ctx: _Contex
         column = spec.columns[i]
         if column.column is not None:
             if column.column >= len(names):
-                raise ctx.fail(f"columns.{i}.column", f"index {column.column} is past the last field: the fetched "
-                                                      f"data has {len(names)} columns (0-based): "
-                                                      f"{_listing(names) or 'none'}")
+                raise ctx.fail(
+                    f"columns.{i}.column",
+                    f"index {column.column} is past the last field: the fetched "
+                    f"data has {len(names)} columns (0-based): "
+                    f"{_listing(names) or 'none'}",
+                )
             label = names[column.column]
             expr, dtype = pl.col(label), schema[label]
         else:
@@ -298,28 +318,32 @@ def _check_casts(frame: pl.LazyFrame, checks: list[_CastCheck], ctx: _Context) -
         count, example = row[2 * k], row[2 * k + 1]
         if count:
             origin = f" (from {check.label!r})" if check.label != check.name else ""
-            raise ctx.fail(f"columns.{check.index}.type",
-                           f"column {check.name!r}{origin}: {count} value{'s' if count != 1 else ''} cannot be "
-                           f"read as {check.target}, e.g. {_show(example)}; set \"on_cast_error\": \"null\" on "
-                           f"the column to write nulls for them instead")
+            raise ctx.fail(
+                f"columns.{check.index}.type",
+                f"column {check.name!r}{origin}: {count} value{'s' if count != 1 else ''} cannot be "
+                f'read as {check.target}, e.g. {_show(example)}; set "on_cast_error": "null" on '
+                f"the column to write nulls for them instead",
+            )
 
 
 # ---------------------------------------------------------------- filters
+
 
 def _literal_value(value: Any, dtype: pl.DataType, at: str, column: str, ctx: _Context) -> Any:
     kind = kind_of(dtype)
     try:
         return convert_literal(value, kind)
     except ValueError:
-        raise ctx.fail(at, f"{_show(value)} cannot be compared with column {column!r} of type "
-                           f"{type_name(dtype)}") from None
+        raise ctx.fail(
+            at, f"{_show(value)} cannot be compared with column {column!r} of type {type_name(dtype)}"
+        ) from None
 
 
 def _lit(value: Any, dtype: pl.DataType) -> pl.Expr:
     """A converted value as a literal of exactly `dtype` (temporal) or its natural type."""
     kind = kind_of(dtype)
     if kind == "datetime":
-        naive = pl.lit(value.astimezone(dt.timezone.utc).replace(tzinfo=None), pl.Datetime(dtype.time_unit or "us"))
+        naive = pl.lit(value.astimezone(dt.UTC).replace(tzinfo=None), pl.Datetime(dtype.time_unit or "us"))
         return naive.dt.replace_time_zone("UTC").dt.convert_time_zone(dtype.time_zone) if dtype.time_zone else naive
     if kind == "date":
         return pl.lit(value, pl.Date)
@@ -337,8 +361,9 @@ def _in_list(col: pl.Expr, values: list, dtype: pl.DataType) -> pl.Expr:
             return col.cast(pl.Int64, strict=False).is_in(pl.Series(values, dtype=pl.Int64).implode())
         return col.cast(pl.Float64).is_in(pl.Series([float(v) for v in values], dtype=pl.Float64).implode())
     if kind == "datetime":
-        series = pl.Series([v.astimezone(dt.timezone.utc).replace(tzinfo=None) for v in values],
-                           dtype=pl.Datetime(dtype.time_unit or "us"))
+        series = pl.Series(
+            [v.astimezone(dt.UTC).replace(tzinfo=None) for v in values], dtype=pl.Datetime(dtype.time_unit or "us")
+        )
         if dtype.time_zone:
             series = series.dt.replace_time_zone("UTC").dt.convert_time_zone(dtype.time_zone)
         return col.is_in(series.implode())
@@ -362,8 +387,11 @@ def _filter(item, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -> pl
         return pl.lit(op in ("!=", "not_in"))
     if kind == "list":
         if op != "contains":
-            raise ctx.fail(f"{at}.op", f"op {op!r} does not apply to list column {name!r}; lists take "
-                                       f"'contains' (an element), 'is_null' and 'not_null'")
+            raise ctx.fail(
+                f"{at}.op",
+                f"op {op!r} does not apply to list column {name!r}; lists take "
+                f"'contains' (an element), 'is_null' and 'not_null'",
+            )
         inner = dtype.inner
         if kind_of(inner) == "null":
             return pl.lit(False)
@@ -372,12 +400,15 @@ def _filter(item, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -> pl
         value = _literal_value(item.value, inner, f"{at}.value", name, ctx)
         return col.list.contains(_lit(value, inner))
     if kind == "other":
-        raise ctx.fail(f"{at}.column", f"column {name!r} of type {type_name(dtype)} can only be filtered with "
-                                       f"'is_null' or 'not_null'")
+        raise ctx.fail(
+            f"{at}.column",
+            f"column {name!r} of type {type_name(dtype)} can only be filtered with 'is_null' or 'not_null'",
+        )
     if op in TEXT_OPS:
         if kind != "string":
-            raise ctx.fail(f"{at}.op", f"op {op!r} applies to text (or list) columns; column {name!r} is "
-                                       f"{type_name(dtype)}")
+            raise ctx.fail(
+                f"{at}.op", f"op {op!r} applies to text (or list) columns; column {name!r} is {type_name(dtype)}"
+            )
         text = col.cast(pl.String)
         return text.str.contains(item.value, literal=True) if op == "contains" else text.str.starts_with(item.value)
     if op in ("in", "not_in"):
@@ -390,7 +421,7 @@ def _filter(item, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -> pl
     if op == "==":
         return col == value
     if op == "!=":
-        return col.ne_missing(value)   # a null is not equal to the value: kept
+        return col.ne_missing(value)  # a null is not equal to the value: kept
     if op == ">":
         return col > value
     if op == ">=":
@@ -402,6 +433,7 @@ def _filter(item, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -> pl
 
 # ---------------------------------------------------------------- group_by
 
+
 def _aggregation(agg, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -> pl.Expr:
     at = f"group_by.aggregations.{i}"
     if agg.column is None:
@@ -412,15 +444,15 @@ def _aggregation(agg, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -
     kind = kind_of(dtype)
     col = pl.col(agg.column)
     if agg.agg in ("sum", "mean") and kind not in ("numeric", "bool", "null"):
-        raise ctx.fail(f"{at}.agg", f"agg {agg.agg!r} needs a numeric column; column {agg.column!r} is "
-                                    f"{type_name(dtype)}")
+        raise ctx.fail(
+            f"{at}.agg", f"agg {agg.agg!r} needs a numeric column; column {agg.column!r} is {type_name(dtype)}"
+        )
     if agg.agg in ("min", "max") and kind in ("list", "other"):
-        raise ctx.fail(f"{at}.agg", f"agg {agg.agg!r} cannot order column {agg.column!r} of type "
-                                    f"{type_name(dtype)}")
+        raise ctx.fail(f"{at}.agg", f"agg {agg.agg!r} cannot order column {agg.column!r} of type {type_name(dtype)}")
     if kind == "bool" and agg.agg in ("sum", "mean"):
         col = col.cast(pl.Int64 if agg.agg == "sum" else pl.Float64)
     if agg.agg == "sum":
-        expr = pl.when(col.count() > 0).then(col.sum())   # nothing to add up: null, not 0
+        expr = pl.when(col.count() > 0).then(col.sum())  # nothing to add up: null, not 0
     elif agg.agg == "mean":
         expr = col.mean()
     elif agg.agg == "min":
@@ -450,6 +482,7 @@ def _group_by(frame: pl.LazyFrame, spec: JobSpec, ctx: _Context, fetched: bool) 
 
 # ---------------------------------------------------------------- shape
 
+
 def _empty_input(spec: JobSpec) -> pl.LazyFrame:
     """No records were fetched at all (so no schema): the columns the spec names, without rows."""
     if spec.columns is not None:
@@ -466,12 +499,22 @@ def _empty_input(spec: JobSpec) -> pl.LazyFrame:
 
 def shape(frame: pl.LazyFrame, spec: JobSpec, table: str | None = None) -> pl.LazyFrame:
     """`frame` shaped by the spec: columns, filters, group_by, distinct, sort, limit. `table`
-    (the source's name) is named in errors. Raises ShapingError (see the module docstring)."""
+    (the source's name) is named in errors.
+
+    The plan is built against the frame's schema (no data is read for that). Raises
+    `ShapingError` for what the fetched data cannot do: a column that is not there (the
+    message lists the columns that are), an index past the last field, an op or aggregation the
+    column's type cannot take, a filter value that cannot be read as the column's type. When a
+    `columns` entry casts with `on_cast_error: "fail"` (the default) and the cast can fail for the
+    column's type, one streaming pass over just those columns looks for values that don't cast;
+    the first such column fails the job with its count and an example value. The rules shared
+    with validation (output order, how text reads as a type) live in `engine.spec.shaping_rules`.
+    """
     ctx = _Context(table)
     schema = frame.collect_schema()
     checks: list[_CastCheck] = []
     source = frame
-    fetched = spec.columns is None   # do the names still refer to the fetched fields?
+    fetched = spec.columns is None  # do the names still refer to the fetched fields?
     if not len(schema):
         frame = _empty_input(spec)
     elif spec.columns is not None:
@@ -496,9 +539,13 @@ def shape(frame: pl.LazyFrame, spec: JobSpec, table: str | None = None) -> pl.La
         for i, key in enumerate(spec.sort):
             if key.column not in schema:
                 raise ctx.missing(f"sort.{i}.column", key.column, schema, fetched)
-        frame = frame.sort([k.column for k in spec.sort], descending=[k.descending for k in spec.sort],
-                           nulls_last=True, maintain_order=True)
+        frame = frame.sort(
+            [k.column for k in spec.sort],
+            descending=[k.descending for k in spec.sort],
+            nulls_last=True,
+            maintain_order=True,
+        )
     if spec.limit is not None:
         frame = frame.head(spec.limit)
-    _check_casts(source, checks, ctx)   # last: every check that needs no data has passed
+    _check_casts(source, checks, ctx)  # last: every check that needs no data has passed
     return frame

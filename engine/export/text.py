@@ -1,8 +1,9 @@
 """CSV, NDJSON and JSON-array writers: Polars sinks, streamed, never collected."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import polars as pl
 
@@ -12,8 +13,9 @@ from .atomic import TempFiles, sink_into
 JSON_CHUNK = 4 << 20
 
 
-def write_csv(frame: pl.LazyFrame, path: Path, *, separator: str = ",",
-              escape_formulas: bool = False) -> Callable[[], int]:
+def write_csv(
+    frame: pl.LazyFrame, path: Path, *, separator: str = ",", escape_formulas: bool = False
+) -> Callable[[], int]:
     """Sink `frame` as CSV (header always). Returns a function that counts the data rows of
     the written file (quote-aware, so embedded newlines are not rows)."""
     schema = frame.collect_schema()
@@ -23,9 +25,13 @@ def write_csv(frame: pl.LazyFrame, path: Path, *, separator: str = ",",
     def count_rows() -> int:
         if not schema:
             return 0
-        return (pl.scan_csv(path, separator=separator, quote_char='"', has_header=True,
-                            infer_schema=False)
-                .select(pl.len()).collect().item())
+        return (
+            pl.scan_csv(path, separator=separator, quote_char='"', has_header=True, infer_schema=False)
+            .select(pl.len())
+            .collect()
+            .item()
+        )
+
     return count_rows
 
 

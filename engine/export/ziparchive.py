@@ -1,4 +1,5 @@
 """Adding whole files and small texts to a ZipFile with chosen timestamps and levels."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def _info(arcname: str, compress_type: int, level: int | None, date_time) -> zip
     return info
 
 
-def add_file(zf: zipfile.ZipFile, src: Path, arcname: str, *, compress_type: int,
-             level: int | None = None, date_time=FIXED_DATE) -> None:
+def add_file(
+    zf: zipfile.ZipFile, src: Path, arcname: str, *, compress_type: int, level: int | None = None, date_time=FIXED_DATE
+) -> None:
     """Copy a file into the archive. Its size is known up front, so ZIP64 records are
     written only when the entry needs them (as Excel expects)."""
     info = _info(arcname, compress_type, level, date_time)
@@ -35,6 +37,13 @@ def add_file(zf: zipfile.ZipFile, src: Path, arcname: str, *, compress_type: int
         shutil.copyfileobj(fin, fout, COPY_CHUNK)
 
 
-def add_bytes(zf: zipfile.ZipFile, data: bytes, arcname: str, *, compress_type: int,
-              level: int | None = None, date_time=FIXED_DATE) -> None:
+def add_bytes(
+    zf: zipfile.ZipFile,
+    data: bytes,
+    arcname: str,
+    *,
+    compress_type: int,
+    level: int | None = None,
+    date_time=FIXED_DATE,
+) -> None:
     zf.writestr(_info(arcname, compress_type, level, date_time), data)

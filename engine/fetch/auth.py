@@ -6,21 +6,27 @@ the token's expiry makes the first process that notices fetch a new one for ever
 failed token request is shared the same way: whoever was waiting for it gets its error
 instead of asking the endpoint again.
 """
+
 from __future__ import annotations
 
+import asyncio
 import base64
-import threading
 import time
-from typing import Any, Callable, MutableMapping, Protocol
+from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
+from typing import Any, Protocol, TypeGuard
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from engine.fetch.retry import parse_retry_after
-from engine.fetch.transport import FetchError
+import orjson
+
+from engine.fetch.client import REDIRECT_STATUSES, HttpClient, Response
+from engine.fetch.retry import FetchError, parse_retry_after
 from engine.spec.models import OAuth2Auth
 
 EXPIRY_MARGIN = 0.1  # refresh when 90 % of a token's lifetime has passed
 MASK = "***"
 RETRYABLE_TOKEN_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+TOKEN_LOCK_POLL = 0.005  # seconds between tries for the job's token lock
 
 
 class AuthError(FetchError):
@@ -57,7 +63,11 @@ class DictTokenStore:
 
 class Auth:
     """No credentials."""
+
     refreshable = False
+
+    async def ready(self) -> None:
+        """Obtain what `apply` needs (an OAuth2 token); awaited before every attempt."""
 
     def apply(self, headers: dict, params: dict) -> None:
         pass
@@ -111,49 +121,72 @@ class QueryAuth(Auth):
 class OAuth2ClientCredentials(Auth):
     refreshable = True
 
-    def __init__(self, spec: OAuth2Auth, store: TokenStore, key: str, timeout: float,
-                 session_factory: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time):
-        self.spec, self.store, self.key, self.timeout = spec, store, key, timeout
-        if session_factory is None:
-            import requests  # loaded by the processes that fetch a token, not by every engine process
-            session_factory = requests.Session
-        self.session_factory, self.clock = session_factory, clock
+    def __init__(
+        self,
+        spec: OAuth2Auth,
+        store: TokenStore,
+        key: str,
+        timeout: float,
+        client: HttpClient,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.spec, self.store, self.key, self.timeout, self.client = spec, store, key, timeout, client
+        self.clock = clock
         self._current: dict | None = None
-        self._sent = threading.local()   # per fetch thread: the token its last request carried
+        self._stale: dict | None = None
+        self._carried: ContextVar[dict | None] = ContextVar(f"carried:{key}", default=None)  # per task
+        self._local_lock: asyncio.Lock | None = None
 
-    def _valid(self, token: dict | None) -> bool:
-        return bool(token) and token["expires_at"] > self.clock()
+    def _valid(self, token: dict | None) -> TypeGuard[dict]:
+        return token is not None and bool(token) and token["expires_at"] > self.clock()
 
     def _endpoint(self) -> str:
         """The token URL as messages name it: without its query (which may carry anything)."""
         parts = urlsplit(self.spec.token_url)
         return urlunsplit(parts._replace(query="", fragment=""))
 
-    def _fetch(self) -> dict:
+    async def _post(self, form: dict, headers: dict) -> Response:
+        headers = {**headers, "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        return await self.client.send(
+            "POST",
+            self.spec.token_url,
+            {},
+            headers,
+            urlencode(form).encode(),
+            self.timeout,
+            _no_ticket,
+            _unused_ticket,
+            follow_redirects=False,
+        )
+
+    async def _fetch(self) -> dict:
         endpoint = f"oauth2 token endpoint {self._endpoint()}"
-        data = {"grant_type": "client_credentials"}
+        form = {"grant_type": "client_credentials"}
         if self.spec.scope:
-            data["scope"] = self.spec.scope
-        session = self.session_factory()
+            form["scope"] = self.spec.scope
+        basic = _basic(self.spec.client_id, self.spec.client_secret)
         try:
-            response = session.post(self.spec.token_url, data=data, timeout=self.timeout,
-                                    auth=(self.spec.client_id, self.spec.client_secret))
-            if response.status_code in (400, 401):
+            response = await self._post(form, {"Authorization": f"Basic {basic}"})
+            if response.status in (400, 401):
                 # Some servers want the client credentials in the form body instead.
-                response = session.post(self.spec.token_url, timeout=self.timeout, data={
-                    **data, "client_id": self.spec.client_id, "client_secret": self.spec.client_secret})
-        except _request_exception() as exc:
-            # The exception's text may quote the URL: only its type is told.
-            raise AuthError(f"{endpoint} could not be reached ({type(exc).__name__})", retryable=True) from None
-        finally:
-            session.close()
-        if response.status_code != 200:
-            raise AuthError(f"{endpoint} answered HTTP {response.status_code}{_oauth_error(response)}",
-                            retryable=response.status_code in RETRYABLE_TOKEN_STATUSES,
-                            retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                response = await self._post(
+                    {**form, "client_id": self.spec.client_id, "client_secret": self.spec.client_secret}, {}
+                )
+        except FetchError as exc:
+            # Worded by the client from the exception type: no URL in it.
+            raise AuthError(f"{endpoint} could not be reached: {exc.message}", retryable=exc.retryable) from None
+        if response.status in REDIRECT_STATUSES:
+            raise AuthError(
+                f"{endpoint} answered HTTP {response.status} (a redirect; token requests do not follow redirects)"
+            )
+        if response.status != 200:
+            raise AuthError(
+                f"{endpoint} answered HTTP {response.status}{_oauth_error(response)}",
+                retryable=response.status in RETRYABLE_TOKEN_STATUSES,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
         try:
-            body = response.json()
+            body = orjson.loads(response.body)
             token = body["access_token"]
             if not isinstance(token, str) or not token:
                 raise TypeError
@@ -166,15 +199,18 @@ class OAuth2ClientCredentials(Auth):
             except ValueError:
                 lifetime = None
         lifetime = float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else 3600.0
-        return {"token": token, "expires_at": self.clock() + lifetime * (1 - EXPIRY_MARGIN),
-                "fetched_at": self.clock()}
+        return {"token": token, "expires_at": self.clock() + lifetime * (1 - EXPIRY_MARGIN), "fetched_at": self.clock()}
 
-    def _token(self, stale: dict | None = None) -> dict:
+    async def _token(self, stale: dict | None = None) -> dict:
         shared = self.store.get(self.key)
         if self._valid(shared) and shared != stale:
             return shared
         asked = self.clock()
-        with self.store.lock():
+        lock = self.store.lock()
+        # The job-wide lock is a blocking one: poll it, so the event loop keeps running.
+        while not lock.acquire(False):
+            await asyncio.sleep(TOKEN_LOCK_POLL)
+        try:
             shared = self.store.get(self.key)  # somebody may have refreshed while we waited
             if self._valid(shared) and shared != stale:
                 return shared
@@ -183,38 +219,71 @@ class OAuth2ClientCredentials(Auth):
                 # The request we waited for failed: share its error rather than asking again.
                 raise AuthError(failed["message"], failed["retryable"], failed["retry_after"])
             try:
-                fresh = self._fetch()
+                fresh = await self._fetch()
             except AuthError as exc:
-                self.store.put(self.key + ":error", {"message": exc.message, "retryable": exc.retryable,
-                                                     "retry_after": exc.retry_after, "at": self.clock()})
+                self.store.put(
+                    self.key + ":error",
+                    {
+                        "message": exc.message,
+                        "retryable": exc.retryable,
+                        "retry_after": exc.retry_after,
+                        "at": self.clock(),
+                    },
+                )
                 raise
             self.store.put(self.key, fresh)
             return fresh
+        finally:
+            lock.release()
+
+    async def ready(self) -> None:
+        if self._valid(self._current):
+            return
+        if self._local_lock is None:
+            self._local_lock = asyncio.Lock()
+        async with self._local_lock:  # one token request per process, the other lanes wait for it
+            if not self._valid(self._current):
+                self._current = await self._token(stale=self._stale)
 
     def apply(self, headers: dict, params: dict) -> None:
         current = self._current
-        if not self._valid(current):
-            current = self._current = self._token()
-        self._sent.token = current
+        if current is None:
+            raise AuthError("oauth2 token requested before `ready()`")
+        self._carried.set(current)
         headers["Authorization"] = f"Bearer {current['token']}"
 
     def on_unauthorized(self) -> bool:
-        # Only the token this thread's request carried is stale: another thread of the
-        # process may have refreshed it already, and that fresh one must not be thrown away.
-        self._current = self._token(stale=getattr(self._sent, "token", None))
+        # Only the token this task's request carried is stale: another lane may have
+        # refreshed it already, and that fresh one must not be thrown away.
+        carried = self._carried.get()
+        if carried is not None and carried == self._current:
+            self._stale, self._current = carried, None
         return True
 
 
-def _request_exception() -> type[Exception]:
-    import requests
-    return requests.RequestException
+def _basic(user: str, password: str) -> str:
+    """HTTP Basic credentials as `requests` encodes them (latin-1, else UTF-8)."""
+    raw = f"{user}:{password}"
+    try:
+        encoded = raw.encode("latin-1")
+    except UnicodeEncodeError:
+        encoded = raw.encode()
+    return base64.b64encode(encoded).decode()
+
+
+async def _no_ticket() -> None:
+    return None
+
+
+def _unused_ticket(ticket: Any) -> None:
+    pass
 
 
 def _oauth_error(response) -> str:
     """RFC 6749 §5.2 `error` (and `error_description`, or a `message`) from a token error body."""
     try:
-        body = response.json()
-    except ValueError:
+        body = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
         return ""
     if not isinstance(body, dict) or not isinstance(body.get("error"), str):
         return ""
@@ -224,7 +293,7 @@ def _oauth_error(response) -> str:
     return f" ({body['error'][:80]})"
 
 
-def make_auth(spec, store: TokenStore | None, key: str, timeout: float) -> Auth:
+def make_auth(spec: Any, store: TokenStore | None, key: str, timeout: float, client: HttpClient | None = None) -> Auth:
     """The applier for a source's (resolved) `auth` spec."""
     if spec is None:
         return Auth()
@@ -238,7 +307,7 @@ def make_auth(spec, store: TokenStore | None, key: str, timeout: float) -> Auth:
         raw = f"{spec.username}:{spec.password}".encode()
         return HeaderValueAuth("Authorization", "Basic " + base64.b64encode(raw).decode())
     if spec.type == "oauth2":
-        if store is None:
-            raise ValueError("oauth2 needs a token store")
-        return OAuth2ClientCredentials(spec, store, key, timeout)
+        if store is None or client is None:
+            raise ValueError("oauth2 needs a token store and an HTTP client")
+        return OAuth2ClientCredentials(spec, store, key, timeout, client)
     raise ValueError(f"unknown auth type {spec.type}")

@@ -19,16 +19,17 @@ limiter reasons about the latest moment each request can have arrived:
 For a fast API this costs the response time once per window; it never lets more than
 `requests` arrive within `per` seconds.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 # Shared scalars, by index into `state`.
 _HEAD, _TAT, _PAUSE, _FLOOR, _SEQ = 0, 1, 2, 3, 4
 NEVER = -1e18
-MARGIN = 0.002    # clock read-out granularity between processes
-CATCH_UP = 0.25   # of an interval: a send that woke late does not slow every later one
+MARGIN = 0.002  # clock read-out granularity between processes
+CATCH_UP = 0.25  # of an interval: a send that woke late does not slow every later one
 
 
 def arrival_cap(per: float) -> float:
@@ -41,8 +42,8 @@ class SharedLimiterState:
 
     def __init__(self, ctx, requests: int | None):
         size = max(requests or 1, 1)
-        self.ring = ctx.RawArray("d", size)   # latest possible arrival of each of the last sends
-        self.seqs = ctx.RawArray("q", size)   # which send each ring entry belongs to
+        self.ring = ctx.RawArray("d", size)  # latest possible arrival of each of the last sends
+        self.seqs = ctx.RawArray("q", size)  # which send each ring entry belongs to
         self.state = ctx.RawArray("d", 5)
         self.lock = ctx.Lock()
         for i in range(size):
@@ -54,7 +55,7 @@ class SharedLimiterState:
         self.state[_FLOOR] = NEVER
         self.state[_SEQ] = 0
 
-    def copy_into(self, other: "SharedLimiterState") -> None:
+    def copy_into(self, other: SharedLimiterState) -> None:
         """Carry the history over to fresh primitives (after a killed process, a lock may be lost)."""
         for i in range(min(len(self.ring), len(other.ring))):
             other.ring[i] = self.ring[i]
@@ -67,8 +68,14 @@ class RateLimiter:
     """`clock` is injectable for tests; it must be system-wide (time.monotonic is
     CLOCK_MONOTONIC on Linux, the same in every process)."""
 
-    def __init__(self, shared: SharedLimiterState, requests: int | None, per: float = 1.0,
-                 burst: int | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        shared: SharedLimiterState,
+        requests: int | None,
+        per: float = 1.0,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.shared = shared
         self.requests = requests
         self.per = per
@@ -92,9 +99,11 @@ class RateLimiter:
         with self.shared.lock:
             head = int(state[_HEAD])
             floor = max(state[_FLOOR], ring[head])  # the send `requests` back leaves the log now
-            allowed = max(state[_PAUSE],
-                          floor + self.per + MARGIN,                        # sliding window
-                          state[_TAT] - (self.burst - 1 + CATCH_UP) * self.interval)  # GCRA burst
+            allowed = max(
+                state[_PAUSE],
+                floor + self.per + MARGIN,  # sliding window
+                state[_TAT] - (self.burst - 1 + CATCH_UP) * self.interval,
+            )  # GCRA burst
             if now < allowed:
                 return allowed - now, None
             seq = int(state[_SEQ])

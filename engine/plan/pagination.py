@@ -1,15 +1,15 @@
-"""Pagination styles (contract §1 table), as pure functions of the spec and a response.
-
-Two families:
-- *addressable* (`none`, `page`, `offset`): page k's request is known up front, so pages are
-  fetched in parallel; page 1 may reveal the total;
-- *sequential* (`cursor`, `next_url`, `link`): page k+1's request comes from page k's response.
+"""Pagination styles (the table in docs/spec.md), as pure functions of the spec and a response.
+*Addressable* styles (`none`, `page`, `offset`) know page k's request up front, so pages are
+fetched in parallel; *sequential* ones (`cursor`, `next_url`, `link`) take page k+1's request
+from page k's response.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urljoin
 
 from engine.spec.models import Pagination
@@ -45,8 +45,7 @@ class PageRequest:
     params: dict
 
 
-def addressable_request(pagination: Pagination, url: str, params: dict, page: int,
-                        step: int | None) -> PageRequest:
+def addressable_request(pagination: Pagination, url: str, params: dict, page: int, step: int | None) -> PageRequest:
     """Request for page `page` (1-based) of an addressable pagination. `step` is the page size
     used for offsets: the configured size, or the size learned from page 1."""
     params = dict(params)
@@ -115,8 +114,9 @@ def next_token(pagination: Pagination, doc: Any, links: Mapping[str, Mapping[str
     return None
 
 
-def is_last_addressable(pagination: Pagination, page: int, records: int, size: int | None,
-                        pages_total: int | None, max_pages: int | None) -> bool:
+def is_last_addressable(
+    pagination: Pagination, page: int, records: int, size: int | None, pages_total: int | None, max_pages: int | None
+) -> bool:
     """Stop rule for `none`/`page`/`offset`: one page for none; otherwise a short or empty page,
     the total reached, or `max_pages` (a configured maximum always wins)."""
     if pagination.type == "none":

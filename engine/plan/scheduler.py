@@ -1,16 +1,8 @@
-"""Planning: which pages to fetch next, as pieces of work for the process pool.
-
-The scheduler is a pure state machine driven by coverage (the ledger of finished shards):
-what is needed, minus what is covered, minus what is in flight, is what gets planned. So a
-fresh run, a resumed run and a run whose pool lost a process all plan the same way.
-
-- Addressable pagination (`none`, `page`, `offset`): page 1 of every unit is probed first
-  (batched across units). When page 1 reveals the total, the remaining pages are split into
-  blocks; when it doesn't, blocks are claimed in page order until a short page ends the unit.
-- Sequential pagination (`cursor`, `next_url`, `link`): each unit runs in chunks of pages,
-  each chunk continuing from the previous one's next token; units of a source (and sources)
-  run side by side.
+"""Planning: which pages to fetch next, as pieces of work for the process pool. A pure state
+machine driven by coverage (the ledger of finished shards): needed minus covered minus in
+flight is what gets planned, so fresh, resumed and recovering runs all plan the same way.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +16,9 @@ from engine.plan.pagination import is_sequential
 from engine.shards import ShardInfo
 from engine.spec.models import JobSpec
 
-ROWS_PER_PIECE = 32_768     # bounds a piece's memory in its process
+ROWS_PER_PIECE = 32_768  # bounds a piece's memory in its process
 MAX_PAGES_PER_PIECE = 2_048  # ... and its per-page objects (a table, a result) when pages are tiny
-RUN_CHUNK_PAGES = 64        # pages of a sequential run per shard (the resume granularity)
+RUN_CHUNK_PAGES = 64  # pages of a sequential run per shard (the resume granularity)
 
 
 class RangeSet:
@@ -98,14 +90,14 @@ class PageSpan:
     unit: int
     first: int
     last: int
-    size: int | None = None   # page size for short-page detection and offsets
+    size: int | None = None  # page size for short-page detection and offsets
 
 
 @dataclass(frozen=True)
 class RunSpan:
     unit: int
-    page: int                 # the page the run starts at
-    token: str | None         # its token (None: the unit's first page)
+    page: int  # the page the run starts at
+    token: str | None  # its token (None: the unit's first page)
     max_pages: int
     seen: frozenset = frozenset()  # digests of the unit's tokens so far: a repeat means a loop
 
@@ -138,8 +130,8 @@ class UnitState:
     size: int | None = None
     total: int | None = None
     end: int | None = None
-    frontier: int = 1             # highest page handed out (addressable, unknown end)
-    token: str | None = None      # next token after the covered prefix (sequential)
+    frontier: int = 1  # highest page handed out (addressable, unknown end)
+    token: str | None = None  # next token after the covered prefix (sequential)
     seen: set = field(default_factory=set)
     running: bool = False
 
@@ -161,10 +153,10 @@ class SourcePlan:
         self.max_pages = self.source.max_pages
         self.threads = threads
         self.processes = processes
-        self.known_pages = 0            # sum of the ends known so far (sizes the blocks)
-        self.probed = RangeSet()        # units whose page 1 is covered
-        self.probing = RangeSet()       # units whose page 1 is in flight
-        self.units: dict[int, UnitState] = {}   # units with more than page 1 to track
+        self.known_pages = 0  # sum of the ends known so far (sizes the blocks)
+        self.probed = RangeSet()  # units whose page 1 is covered
+        self.probing = RangeSet()  # units whose page 1 is in flight
+        self.units: dict[int, UnitState] = {}  # units with more than page 1 to track
         self.skipped: list[dict] = []
         self.failed = False
 
@@ -174,7 +166,7 @@ class SourcePlan:
 
     def block_pages(self) -> int:
         """Pages per piece. Every piece ends in a pause - its last requests drain, its shard is
-        written, the next piece is handed over: ~70 ms with 32 in flight, measured - so with one
+        written, the next piece is handed over (docs/performance.md) - so with one
         process a piece is as large as the memory bound allows. With several, it is about a
         quarter of a process's share of the known pages, so every process gets work and none
         finishes long after the others. At least enough to keep the piece's requests in flight."""
@@ -355,15 +347,27 @@ class SourcePlan:
             return self.probed.count()
         one_page_units = self.probed.count() - sum(1 for u in self.units if u in self.probed)
         return one_page_units + sum(
-            s.covered.count() if s.end is None else sum(min(b, s.end) - a + 1 for a, b in s.covered.ranges if a <= s.end)
-            for s in self.units.values())
+            s.covered.count()
+            if s.end is None
+            else sum(min(b, s.end) - a + 1 for a, b in s.covered.ranges if a <= s.end)
+            for s in self.units.values()
+        )
 
 
 class Scheduler:
-    """All sources of a job; hands out pieces in source order, probes before later pages."""
+    """All sources of a job; hands out pieces in source order, probes before later pages.
 
-    def __init__(self, spec: JobSpec, fanouts: list[FanOut], threads: int, ledger: list[ShardInfo] = (),
-                 processes: int = 1):
+    - Addressable pagination (`none`, `page`, `offset`): page 1 of every unit is probed first
+      (batched across units). When page 1 reveals the total, the remaining pages are split into
+      blocks; when it doesn't, blocks are claimed in page order until a short page ends the unit.
+    - Sequential pagination (`cursor`, `next_url`, `link`): each unit runs in chunks of pages,
+      each chunk continuing from the previous one's next token; units of a source (and sources)
+      run side by side.
+    """
+
+    def __init__(
+        self, spec: JobSpec, fanouts: list[FanOut], threads: int, ledger: list[ShardInfo] = (), processes: int = 1
+    ):
         self.sources = [SourcePlan(i, spec, fanouts[i], threads, processes) for i in range(len(spec.sources))]
         for info in ledger:
             self.sources[info.source].record(info)

@@ -1,11 +1,9 @@
-"""The coordinator: runs one job from a prepared spec to a result file.
-
-It owns the job's process pool (forkserver), the shared primitives (rate limiter,
-concurrency gate, cancel flag, unit ends), the progress board (a Manager dict) and the
-scheduler. Its loop keeps the pool fed with pieces, settles their results into the
-scheduler, and survives a killed pool process by rebuilding the pool and re-planning from
-the ledger of finished shards. Then one pool process reduces the shards into the export.
+"""The coordinator: runs one job from a prepared spec to a result file. It owns the job's
+process pool (forkserver), shared primitives (rate limiter, concurrency gate, cancel flag),
+progress board and scheduler; it keeps the pool fed, rebuilds it from the ledger of finished
+shards when a pool process is killed, and has one pool process reduce the shards into the export.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -18,27 +16,31 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
 from engine.plan.scheduler import Piece, PieceResult, Scheduler
-from engine.run.pool import mp_context
-from engine.spec.prepare import PreparedJob
-from engine.shards import ShardInfo, list_shards, remove_temp_files
-from engine.spec.models import spec_to_json
 from engine.run.entrypoints import greet, init_worker, ready, run_export, run_piece, start_export_process
 from engine.run.messages import ExportRequest, SharedState, WorkerJob
+from engine.run.pool import mp_context
+from engine.run.progress import WIDTH, Counter
+from engine.shards import ShardInfo, list_shards, remove_temp_files
+from engine.spec.models import spec_to_json
+from engine.spec.prepare import PreparedJob
 
 log = logging.getLogger("pageferry.engine")
 
 MAX_POOL_REBUILDS = 5
-CANCEL_GRACE = 1.0          # seconds in-flight pieces get to stop by themselves before a kill
-PIECES_PER_PROCESS = 2      # one running, one queued: no process waits for the coordinator
+CANCEL_GRACE = 1.0  # seconds in-flight pieces get to stop by themselves before a kill
+PIECES_PER_PROCESS = 2  # one running, one queued: no process waits for the coordinator
+
+
 def utcnow() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def fetch_fingerprint(prepared: PreparedJob) -> str:
@@ -61,9 +63,9 @@ class JobOptions:
     workers: int
     max_body: int
     allowed_hosts: tuple[str, ...] = ()
-    deadline: float | None = None        # time.monotonic() after which the job fails (WORKER_TIMEOUT)
+    deadline: float | None = None  # time.monotonic() after which the job fails (WORKER_TIMEOUT)
     timeout_seconds: float | None = None
-    nice: int = 0                        # added niceness of the job's processes (the service: web threads first)
+    nice: int = 0  # added niceness of the job's processes (the service: web threads first)
 
 
 @dataclass
@@ -85,7 +87,7 @@ class JobResult:
     started_at: str
     finished_at: str
     sources: list[dict] = field(default_factory=list)
-    deliveries: list[dict] = field(default_factory=list)   # one outcome per `deliver` target
+    deliveries: list[dict] = field(default_factory=list)  # one outcome per `deliver` target
 
 
 class _Progress:
@@ -93,12 +95,12 @@ class _Progress:
 
     def __init__(self, names: list[str], base: list[list[int]]):
         self.names = names
-        self.base = base                  # pages/records already on disk when the run started
-        self.totals = [[0] * 5 for _ in names]
+        self.base = base  # pages/records already on disk when the run started
+        self.totals = [[0] * WIDTH for _ in names]
         self.samples: deque = deque(maxlen=64)
 
     def read(self, board: Any) -> None:
-        totals = [[0] * 5 for _ in self.names]
+        totals = [[0] * WIDTH for _ in self.names]
         try:
             items = dict(board)
         except Exception:
@@ -106,17 +108,17 @@ class _Progress:
         for key, values in items.items():
             if isinstance(key, str) and key.startswith("proc:"):
                 for s, row in enumerate(values[: len(totals)]):
-                    for k in range(5):
+                    for k in range(WIDTH):
                         totals[s][k] += row[k]
         self.totals = totals
         now = time.monotonic()
-        self.samples.append((now, self.sum(3), self.pages_done_raw()))
+        self.samples.append((now, self.sum(Counter.REQUESTS), self.pages_done_raw()))
 
-    def sum(self, k: int) -> int:
+    def sum(self, k: Counter) -> int:
         return sum(row[k] for row in self.totals)
 
     def pages_done_raw(self) -> int:
-        return sum(b[0] for b in self.base) + self.sum(0)
+        return sum(b[0] for b in self.base) + self.sum(Counter.PAGES)
 
     def rates(self) -> tuple[float | None, float | None]:
         """(requests/s, pages/s) over the last few seconds."""
@@ -131,8 +133,9 @@ class _Progress:
 
 
 class JobRunner:
-    def __init__(self, prepared: PreparedJob, options: JobOptions, manager: Any,
-                 on_change: Callable[[dict], None] | None = None):
+    def __init__(
+        self, prepared: PreparedJob, options: JobOptions, manager: Any, on_change: Callable[[dict], None] | None = None
+    ):
         self.prepared = prepared
         self.options = options
         self.manager = manager
@@ -148,10 +151,10 @@ class JobRunner:
         self._last_read = 0.0
         self.started_at = utcnow()
         self.result: JobResult | None = None
-        self._export_pool: cf.ProcessPoolExecutor | None = None   # started early: it loads Polars meanwhile
-        self._known: dict[str, ShardInfo] = {}                     # finished shards by file name
+        self._export_pool: cf.ProcessPoolExecutor | None = None  # started early: it loads Polars meanwhile
+        self._known: dict[str, ShardInfo] = {}  # finished shards by file name
         self._started = time.monotonic()
-        self._source_seconds: dict[int, float] = {}   # source index -> seconds until all its pages were in
+        self._source_seconds: dict[int, float] = {}  # source index -> seconds until all its pages were in
 
     # ------------------------------------------------------------ control
     def cancel(self, reason: str = "cancelled") -> None:
@@ -175,10 +178,10 @@ class JobRunner:
         pages_done = 0
         for i, name in enumerate(p.names):
             total = scheduler.sources[i].pages_total() if scheduler else None
-            done = p.base[i][0] + p.totals[i][0]
+            done = p.base[i][0] + p.totals[i][Counter.PAGES]
             if total is not None:
                 done = min(done, total)
-            rows = p.base[i][1] + p.totals[i][1]
+            rows = p.base[i][1] + p.totals[i][Counter.RECORDS]
             sources.append({"name": name, "pages_done": done, "pages_total": total, "rows": rows})
             pages_done += done
             pages_total = None if total is None or pages_total is None else pages_total + total
@@ -192,11 +195,17 @@ class JobRunner:
             eta = max(0, math.ceil((pages_total - pages_done) / page_rate))
         return {
             "phase": self.phase,
-            "progress": {"pages_done": pages_done, "pages_total": pages_total,
-                         "rows": sum(s["rows"] for s in sources), "bytes": p.sum(2),
-                         "requests": p.sum(3), "retries": p.sum(4),
-                         "rate": round(request_rate, 1) if request_rate is not None else 0.0,
-                         "percent": percent, "eta_seconds": eta},
+            "progress": {
+                "pages_done": pages_done,
+                "pages_total": pages_total,
+                "rows": sum(s["rows"] for s in sources),
+                "bytes": p.sum(Counter.BYTES),
+                "requests": p.sum(Counter.REQUESTS),
+                "retries": p.sum(Counter.RETRIES),
+                "rate": round(request_rate, 1) if request_rate is not None else 0.0,
+                "percent": percent,
+                "eta_seconds": eta,
+            },
             "sources": sources,
         }
 
@@ -204,9 +213,18 @@ class JobRunner:
         """Per source: pages, records, bytes downloaded, requests, retries and the seconds its
         fetching took (None while unfinished) - for run summaries (safe from any thread)."""
         p = self._progress
-        return [{"name": name, "pages": p.base[i][0] + p.totals[i][0], "records": p.base[i][1] + p.totals[i][1],
-                 "bytes": p.totals[i][2], "requests": p.totals[i][3], "retries": p.totals[i][4],
-                 "seconds": self._source_seconds.get(i)} for i, name in enumerate(p.names)]
+        return [
+            {
+                "name": name,
+                "pages": p.base[i][0] + p.totals[i][Counter.PAGES],
+                "records": p.base[i][1] + p.totals[i][Counter.RECORDS],
+                "bytes": p.totals[i][Counter.BYTES],
+                "requests": p.totals[i][Counter.REQUESTS],
+                "retries": p.totals[i][Counter.RETRIES],
+                "seconds": self._source_seconds.get(i),
+            }
+            for i, name in enumerate(p.names)
+        ]
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -240,11 +258,20 @@ class JobRunner:
         self._board = self.manager.dict()
         rl = self.spec.rate_limit
         shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, self._board)
-        worker_job = WorkerJob(job_id=options.job_id, spec=self.spec, secrets=self.prepared.redactor.secrets,
-                               shards_dir=str(shards_dir), threads=threads, max_body=options.max_body,
-                               allowed_hosts=options.allowed_hosts, coordinator_pid=os.getpid(),
-                               id_values=self.prepared.id_values, unit_offsets=offsets, nice=options.nice)
-        known = {info.path.name: info for info in ledger}   # finished shards: name -> what it holds
+        worker_job = WorkerJob(
+            job_id=options.job_id,
+            spec=self.spec,
+            secrets=self.prepared.redactor.secrets,
+            shards_dir=str(shards_dir),
+            threads=threads,
+            max_body=options.max_body,
+            allowed_hosts=options.allowed_hosts,
+            coordinator_pid=os.getpid(),
+            id_values=self.prepared.id_values,
+            unit_offsets=offsets,
+            nice=options.nice,
+        )
+        known = {info.path.name: info for info in ledger}  # finished shards: name -> what it holds
         self._known = known
         pool = None
         try:
@@ -294,21 +321,23 @@ class JobRunner:
             except (OSError, ValueError):
                 existing = {}
             if existing.get("fingerprint") not in (None, fingerprint):
-                raise WorkdirMismatch(f"{workdir} holds the work of a different spec (its sources differ); "
-                                      f"start without --resume or use the matching spec")
+                raise WorkdirMismatch(
+                    f"{workdir} holds the work of a different spec (its sources differ); "
+                    f"start without --resume or use the matching spec"
+                )
             return
         temp = marker.with_suffix(".tmp")
-        temp.write_text(json.dumps({"job_id": self.options.job_id, "fingerprint": fingerprint,
-                                    "created_at": utcnow()}))
+        temp.write_text(json.dumps({"job_id": self.options.job_id, "fingerprint": fingerprint, "created_at": utcnow()}))
         os.replace(temp, marker)
 
     def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.ProcessPoolExecutor:
         """The job's pool, every process started now (a pool starts one process per submit,
         so the second would otherwise start only once page 1 has revealed the pages to split,
-        ~0.1 s late). Under a rate limit they are also waited for before the first piece:
+        late). Under a rate limit they are also waited for before the first piece:
         process start-up is a CPU burst, and overlapping it with rate-limited sends skews them."""
-        pool = cf.ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=init_worker,
-                                      initargs=(worker_job, shared))
+        pool = cf.ProcessPoolExecutor(
+            max_workers=processes, mp_context=ctx, initializer=init_worker, initargs=(worker_job, shared)
+        )
         if self.spec.rate_limit is None:
             for _ in range(processes):
                 pool.submit(greet, 0.0)
@@ -325,8 +354,17 @@ class JobRunner:
         if deadline is not None and time.monotonic() > deadline and not self._cancel.is_set():
             self.cancel(f"timed out after {self.options.timeout_seconds:g} s (WORKER_TIMEOUT)")
 
-    def _fetch(self, scheduler: Scheduler, pool, ctx, processes: int, worker_job: WorkerJob,
-               shared: SharedState, known: dict[str, ShardInfo], shards_dir: Path):
+    def _fetch(
+        self,
+        scheduler: Scheduler,
+        pool,
+        ctx,
+        processes: int,
+        worker_job: WorkerJob,
+        shared: SharedState,
+        known: dict[str, ShardInfo],
+        shards_dir: Path,
+    ):
         in_flight: dict[cf.Future, Piece] = {}
         failures: list[PageFailure] = []
         rebuilds = 0
@@ -357,8 +395,9 @@ class JobRunner:
                 except OSError as exc:
                     raise JobFailed(f"cannot write shards to the work directory: {exc.strerror or exc}") from None
                 except Exception as exc:
-                    raise JobFailed(self.prepared.redactor.text(
-                        f"internal error in an engine process: {type(exc).__name__}: {exc}")) from None
+                    raise JobFailed(
+                        self.prepared.redactor.text(f"internal error in an engine process: {type(exc).__name__}: {exc}")
+                    ) from None
                 for info in result.shards:
                     known[info.path.name] = info
                 scheduler.settle(piece, result)
@@ -368,7 +407,7 @@ class JobRunner:
                 if rebuilds > MAX_POOL_REBUILDS:
                     raise JobFailed(f"engine processes died {rebuilds} times; giving up")
                 log.warning("an engine process died; rebuilding the pool (%d)", rebuilds)
-                for future, piece in list(in_flight.items()):
+                for piece in list(in_flight.values()):
                     scheduler.release(piece)
                 in_flight.clear()
                 self._kill(pool)
@@ -379,8 +418,11 @@ class JobRunner:
                         known[info.path.name] = info
                         scheduler.record(info)
                 remove_temp_files(shards_dir)
-                shared = shared.renew(ctx, self.spec.rate_limit.requests if self.spec.rate_limit else None,
-                                      self.spec.concurrency or self.options.workers)
+                shared = shared.renew(
+                    ctx,
+                    self.spec.rate_limit.requests if self.spec.rate_limit else None,
+                    self.spec.concurrency or self.options.workers,
+                )
                 pool = self._new_pool(ctx, processes, worker_job, shared)
             now = time.monotonic()
             for i, plan in enumerate(scheduler.sources):
@@ -451,8 +493,10 @@ class JobRunner:
         for i, infos in enumerate(selected):
             for before, after in zip(infos, infos[1:]):
                 if after.first <= before.last:
-                    raise JobFailed(f"internal error: shards of source {self.spec.sources[i].name!r} overlap "
-                                    f"({before.path.name}, {after.path.name})")
+                    raise JobFailed(
+                        f"internal error: shards of source {self.spec.sources[i].name!r} overlap "
+                        f"({before.path.name}, {after.path.name})"
+                    )
         return selected
 
     def _export(self, scheduler: Scheduler, ctx, shards_dir: Path, started: float) -> JobResult:
@@ -460,30 +504,49 @@ class JobRunner:
             raise JobFailed("internal error: fetching ended with pages missing")
         selected = self._select_shards(scheduler, shards_dir)
         self._progress.read(self._board)
-        skipped = [dict(s, source=self.spec.sources[i].name) for i, infos in enumerate(selected)
-                   for info in infos for s in info.skipped]
+        skipped = [
+            dict(s, source=self.spec.sources[i].name)
+            for i, infos in enumerate(selected)
+            for info in infos
+            for s in info.skipped
+        ]
         per_source = []
         for i, infos in enumerate(selected):
-            per_source.append({"name": self.spec.sources[i].name,
-                               "pages": sum(x.pages for x in infos), "records": sum(x.records for x in infos),
-                               "requests": self._progress.totals[i][3], "retries": self._progress.totals[i][4],
-                               "skipped_pages": sum(len(x.skipped) for x in infos)})
+            per_source.append(
+                {
+                    "name": self.spec.sources[i].name,
+                    "pages": sum(x.pages for x in infos),
+                    "records": sum(x.records for x in infos),
+                    "requests": self._progress.totals[i][Counter.REQUESTS],
+                    "retries": self._progress.totals[i][Counter.RETRIES],
+                    "skipped_pages": sum(len(x.skipped) for x in infos),
+                }
+            )
         partial = bool(skipped)
         redactor = self.prepared.redactor
-        manifest = redactor.data({
-            "job_id": self.options.job_id, "name": self.spec.name,
-            "spec": redactor.spec(spec_to_json(self.prepared.spec)),
-            "sources": per_source, "partial": partial, "skipped_pages": skipped,
-            "started_at": self.started_at, "finished_at": utcnow(),
-        })
+        manifest = redactor.data(
+            {
+                "job_id": self.options.job_id,
+                "name": self.spec.name,
+                "spec": redactor.spec(spec_to_json(self.prepared.spec)),
+                "sources": per_source,
+                "partial": partial,
+                "skipped_pages": skipped,
+                "started_at": self.started_at,
+                "finished_at": utcnow(),
+            }
+        )
         self.options.output.parent.mkdir(parents=True, exist_ok=True)
-        request = ExportRequest(spec=self.spec, output=str(self.options.output), manifest=manifest,
-                                tables=[(self.spec.sources[i].name, [str(x.path) for x in infos])
-                                        for i, infos in enumerate(selected)])
+        request = ExportRequest(
+            spec=self.spec,
+            output=str(self.options.output),
+            manifest=manifest,
+            tables=[(self.spec.sources[i].name, [str(x.path) for x in infos]) for i, infos in enumerate(selected)],
+        )
         self.phase = "exporting"
         self._changed()
         pool, self._export_pool = self._export_pool, None
-        if pool is None:   # not started early (a rate-limited job)
+        if pool is None:  # not started early (a rate-limited job)
             pool = self._start_export_pool(ctx)
         try:
             try:
@@ -498,15 +561,31 @@ class JobRunner:
             pool.shutdown(wait=True, cancel_futures=True)
         finished_at = utcnow()
         return JobResult(
-            job_id=self.options.job_id, output=exported.path, bytes=exported.bytes, sha256=exported.sha256,
-            rows=sum(exported.rows.values()), rows_by_source=dict(exported.rows),
-            records=sum(s["records"] for s in per_source), pages=sum(s["pages"] for s in per_source),
-            requests=self._progress.sum(3), retries=self._progress.sum(4), downloaded=self._progress.sum(2),
-            partial=partial, skipped=skipped, seconds=round(time.monotonic() - started, 3),
-            started_at=self.started_at, finished_at=finished_at,
-            sources=[{**s, "bytes": self._progress.totals[i][2],
-                      "seconds": self._source_seconds.setdefault(i, round(time.monotonic() - started, 3))}
-                     for i, s in enumerate(per_source)])
+            job_id=self.options.job_id,
+            output=exported.path,
+            bytes=exported.bytes,
+            sha256=exported.sha256,
+            rows=sum(exported.rows.values()),
+            rows_by_source=dict(exported.rows),
+            records=sum(s["records"] for s in per_source),
+            pages=sum(s["pages"] for s in per_source),
+            requests=self._progress.sum(Counter.REQUESTS),
+            retries=self._progress.sum(Counter.RETRIES),
+            downloaded=self._progress.sum(Counter.BYTES),
+            partial=partial,
+            skipped=skipped,
+            seconds=round(time.monotonic() - started, 3),
+            started_at=self.started_at,
+            finished_at=finished_at,
+            sources=[
+                {
+                    **s,
+                    "bytes": self._progress.totals[i][Counter.BYTES],
+                    "seconds": self._source_seconds.setdefault(i, round(time.monotonic() - started, 3)),
+                }
+                for i, s in enumerate(per_source)
+            ],
+        )
 
     def _deliver(self, result: JobResult) -> list[dict]:
         """Copies to the `deliver` targets; a failed copy is an outcome, not a failed job."""
@@ -515,6 +594,7 @@ class JobRunner:
         def stop() -> bool:
             self._check_deadline()
             return self._cancel.is_set()
+
         try:
             return deliver_all(self.spec.deliver, result.output, self.prepared.redactor, stop)
         except DeliveryStopped:
@@ -524,8 +604,9 @@ class JobRunner:
 
     def _start_export_pool(self, ctx) -> cf.ProcessPoolExecutor:
         """The job's export process (one), started now: it loads Polars while it waits."""
-        pool = cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=start_export_process,
-                                      initargs=(self.options.nice, os.getpid()))
+        pool = cf.ProcessPoolExecutor(
+            max_workers=1, mp_context=ctx, initializer=start_export_process, initargs=(self.options.nice, os.getpid())
+        )
         pool.submit(ready)
         return pool
 

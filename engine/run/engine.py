@@ -1,21 +1,22 @@
 """The engine as a library: `Engine` runs jobs (blocking, or in the background) for the CLI
 and the service. One `Engine` per process; it owns the progress Manager, started lazily -
 never at import time, so a gunicorn master never holds one."""
+
 from __future__ import annotations
 
 import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.managers import SyncManager
 from pathlib import Path
-from typing import Callable
 
 from config import Settings
 from engine.errors import JobCancelled, JobFailed
 from engine.run.coordinator import JobOptions, JobResult, JobRunner
-from engine.spec.prepare import PreparedJob
 from engine.run.pool import mp_context
+from engine.spec.prepare import PreparedJob
 
 
 def new_job_id(prefix: str = "task") -> str:
@@ -25,6 +26,7 @@ def new_job_id(prefix: str = "task") -> str:
 def _watch_parent(parent: int) -> None:
     """Runs in the Manager process: exit when the process that started it is gone (SIGKILL
     leaves no chance to shut the Manager down)."""
+
     def watch():
         while True:
             time.sleep(1.0)
@@ -34,6 +36,7 @@ def _watch_parent(parent: int) -> None:
                 os._exit(0)
             except PermissionError:
                 pass
+
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -79,19 +82,35 @@ class Engine:
                 self._manager = manager
             return self._manager
 
-    def options(self, job_id: str, workdir: Path, output: Path, workers: int | None = None,
-                deadline: float | None = None, nice: int = 0) -> JobOptions:
-        return JobOptions(job_id=job_id, workdir=workdir, output=output,
-                          workers=workers or self.settings.workers, max_body=self.settings.max_file_size,
-                          allowed_hosts=self.settings.allowed_source_hosts, deadline=deadline,
-                          timeout_seconds=self.settings.worker_timeout, nice=nice)
+    def options(
+        self,
+        job_id: str,
+        workdir: Path,
+        output: Path,
+        workers: int | None = None,
+        deadline: float | None = None,
+        nice: int = 0,
+    ) -> JobOptions:
+        return JobOptions(
+            job_id=job_id,
+            workdir=workdir,
+            output=output,
+            workers=workers or self.settings.workers,
+            max_body=self.settings.max_file_size,
+            allowed_hosts=self.settings.allowed_source_hosts,
+            deadline=deadline,
+            timeout_seconds=self.settings.worker_timeout,
+            nice=nice,
+        )
 
-    def runner(self, prepared: PreparedJob, options: JobOptions,
-               on_change: Callable[[dict], None] | None = None) -> JobRunner:
+    def runner(
+        self, prepared: PreparedJob, options: JobOptions, on_change: Callable[[dict], None] | None = None
+    ) -> JobRunner:
         return JobRunner(prepared, options, self.manager(), on_change)
 
-    def start(self, prepared: PreparedJob, options: JobOptions,
-              on_change: Callable[[dict], None] | None = None) -> JobHandle:
+    def start(
+        self, prepared: PreparedJob, options: JobOptions, on_change: Callable[[dict], None] | None = None
+    ) -> JobHandle:
         handle = JobHandle(self.runner(prepared, options, on_change))
         handle.thread.start()
         return handle

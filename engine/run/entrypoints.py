@@ -1,9 +1,8 @@
-"""The functions the coordinator submits to its pool processes - light to import.
-
-The coordinator never runs a fetch or an export itself and must not import pyarrow, polars or
-the HTTP stack; the pool processes come from a forkserver with `engine.run.worker` preloaded,
-so these only forward to it.
+"""The functions the coordinator submits to its pool processes - light to import, because the
+coordinator must not import pyarrow, polars or the HTTP stack: the pool processes come from a
+forkserver with `engine.run.worker` preloaded, so these only forward to it.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,22 +15,26 @@ from engine.run.pool import lower_priority, process_alive
 
 def init_worker(job: WorkerJob, shared: SharedState) -> None:
     from engine.run.worker import init_worker as init
+
     init(job, shared)
 
 
 def greet(hold: float) -> int:
     """A no-op the coordinator uses to start every pool process up front."""
     from engine.run.worker import greet as hello
+
     return hello(hold)
 
 
 def run_piece(piece):
     from engine.run.worker import run_piece as run
+
     return run(piece)
 
 
 def run_export(request: ExportRequest) -> ExportOutcome:
     from engine.run.worker import run_export as run
+
     exported = run(request)
     return ExportOutcome(exported.path, exported.bytes, exported.sha256, dict(exported.rows))
 
@@ -39,7 +42,7 @@ def run_export(request: ExportRequest) -> ExportOutcome:
 def start_export_process(nice: int, coordinator_pid: int | None = None) -> None:
     """Initializer of a job's export process: its priority, and the reducer with Polars loaded
     at once. The process is started while pages are still being fetched, so this import
-    (~0.3 s of CPU) is neither on the way to the first request (the forkserver preloads only
+    (noticeable CPU) is neither on the way to the first request (the forkserver preloads only
     what fetching needs) nor on the way from the last page to the result. It waits idle for a
     while, so it ends itself when the coordinator is gone (an idle pool process never sees
     EOF on its call queue: it holds both ends of the pipe)."""

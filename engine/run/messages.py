@@ -3,6 +3,7 @@
 The coordinator (the CLI's process, a gunicorn worker) builds these objects and submits these
 functions (`engine.run.entrypoints`). A leaf: it imports nothing that fetches or exports.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,30 +12,32 @@ from typing import Any
 from engine.fetch.ratelimit import SharedLimiterState
 from engine.spec.models import JobSpec
 
-UNKNOWN_END = 2 ** 62
+UNKNOWN_END = 2**62
 
 
 @dataclass
 class WorkerJob:
     """Everything a pool process needs about its job (pickled once, at process start)."""
+
     job_id: str
-    spec: JobSpec                 # resolved: holds secrets, never logged
+    spec: JobSpec  # resolved: holds secrets, never logged
     secrets: frozenset
     shards_dir: str
     threads: int
     max_body: int
     allowed_hosts: tuple
     coordinator_pid: int
-    id_values: list               # per source: ids read from a file, or None
-    unit_offsets: list[int]       # per source: index of its first unit in `ends`
-    nice: int = 0                 # added niceness (the service keeps its web threads ahead)
+    id_values: list  # per source: ids read from a file, or None
+    unit_offsets: list[int]  # per source: index of its first unit in `ends`
+    nice: int = 0  # added niceness (the service keeps its web threads ahead)
 
 
 @dataclass
 class ExportRequest:
     """What the coordinator asks a pool process to export."""
+
     spec: JobSpec
-    tables: list[tuple[str, list[str]]]   # (source name, its shard paths in row order)
+    tables: list[tuple[str, list[str]]]  # (source name, its shard paths in row order)
     output: str
     manifest: dict | None
 
@@ -42,6 +45,7 @@ class ExportRequest:
 @dataclass
 class ExportOutcome:
     """The written file, as the coordinator gets it back (`engine.export.ExportedFile`'s fields)."""
+
     path: Any
     bytes: int
     sha256: str
@@ -52,23 +56,31 @@ class ExportOutcome:
 class SharedState:
     """Cross-process primitives of one job; recreated (history copied) when a pool is rebuilt,
     because a killed process may have died holding a lock or a semaphore slot."""
+
     limiter: SharedLimiterState
     semaphore: Any
     cancel: Any
-    ends: Any                     # RawArray of each unit's known last page
+    ends: Any  # RawArray of each unit's known last page
     ends_lock: Any
     token_lock: Any
-    board: Any                    # Manager dict: progress and shared OAuth2 tokens
+    board: Any  # Manager dict: progress and shared OAuth2 tokens
 
     @classmethod
-    def create(cls, ctx, requests: int | None, concurrency: int, units: int, board: Any) -> "SharedState":
+    def create(cls, ctx, requests: int | None, concurrency: int, units: int, board: Any) -> SharedState:
         ends = ctx.RawArray("q", max(units, 1))
         for i in range(len(ends)):
             ends[i] = UNKNOWN_END
-        return cls(SharedLimiterState(ctx, requests), ctx.BoundedSemaphore(concurrency), ctx.Event(),
-                   ends, ctx.Lock(), ctx.Lock(), board)
+        return cls(
+            SharedLimiterState(ctx, requests),
+            ctx.BoundedSemaphore(concurrency),
+            ctx.Event(),
+            ends,
+            ctx.Lock(),
+            ctx.Lock(),
+            board,
+        )
 
-    def renew(self, ctx, requests: int | None, concurrency: int) -> "SharedState":
+    def renew(self, ctx, requests: int | None, concurrency: int) -> SharedState:
         fresh = SharedState.create(ctx, requests, concurrency, len(self.ends), self.board)
         self.limiter.copy_into(fresh.limiter)
         for i in range(len(self.ends)):

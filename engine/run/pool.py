@@ -1,13 +1,8 @@
-"""How the engine starts processes: forkserver, with the fetching modules preloaded.
-
-Forking a multi-threaded process (a gunicorn gthread worker) can deadlock, so processes come
-from a forkserver; it imports the fetch side of the engine (pyarrow, the HTTP stack, the
-spec) once, and every pool process forks from it ready to work (~50 ms instead of ~1 s).
-Polars is not preloaded: only the export process needs it, and it imports it itself while
-the pages are being fetched (engine.run.entrypoints.start_export_process) - the preload is what the
-first request waits for. This module imports nothing heavy, so `warm_up()` can start the
-forkserver before the caller has finished its own imports - both then import in parallel.
+"""How the engine starts processes: a forkserver with the fetching modules (pyarrow, the HTTP
+stack, the spec) preloaded, because forking a multi-threaded process (a gunicorn gthread
+worker) can deadlock, and a preloaded forkserver hands out processes ready to work.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -33,7 +28,13 @@ def mp_context():
 
 
 def warm_up() -> None:
-    """Start the forkserver now (it preloads in the background)."""
+    """Start the forkserver now (it preloads in the background).
+
+    Polars is not preloaded: only the export process needs it, and it imports it itself while
+    the pages are being fetched (engine.run.entrypoints.start_export_process) - the preload is what the
+    first request waits for. This module imports nothing heavy, so `warm_up()` can start the
+    forkserver before the caller has finished its own imports - both then import in parallel.
+    """
     mp_context()
     forkserver.ensure_running()
 
@@ -44,7 +45,7 @@ def process_alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
-    except PermissionError:   # alive, someone else's
+    except PermissionError:  # alive, someone else's
         return True
 
 

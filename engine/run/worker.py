@@ -5,10 +5,11 @@ by inheritance at process start); `run_piece` fetches one piece and writes its s
 `run_export` reduces the shards into the result file. All three keep per-job state in module
 globals, because a pool process belongs to exactly one job.
 
-A piece of addressable pages (page/offset) is fetched on the process's event loop, `threads`
-requests in flight; a sequential pagination (cursor, next URL) follows each of its units on a
-thread of its own, page after page.
+Each process fetches on one event loop with one HTTP session: a piece of addressable pages
+(page/offset) keeps `threads` requests in flight; a piece of sequential runs (cursor, next
+URL, link) follows each run page after page, all runs at once - no threads needed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,50 +18,34 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.util import Finalize
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from engine.fetch.aio_transport import AsyncHttpClient
-from engine.fetch.auth import DictTokenStore, make_auth
 from engine.errors import PageFailure
-from engine.plan.fanout import FanOut
-from engine.fetch.page import Gate, PageFetcher, SourceRequestSpec
-from engine.fetch.transport import HttpClient
-from engine.plan.pagination import (addressable_request, is_last_addressable, next_token, sequential_request,
-                               total_pages)
-from engine.plan.scheduler import Piece, PieceResult, RunSpan, _digest
+from engine.fetch.auth import DictTokenStore, make_auth
+from engine.fetch.client import HttpClient, with_query
+from engine.fetch.page import Gate, PageFetcher, PageOutcome, SourceRequestSpec
 from engine.fetch.ratelimit import RateLimiter
-from engine.spec.redact import Redactor
-from engine.shards import ShardInfo, unify, write_shard
-from engine.spec.models import JobSpec  # noqa: F401
+from engine.plan.fanout import FanOut
+from engine.plan.pagination import addressable_request, is_last_addressable, next_token, sequential_request, total_pages
+from engine.plan.scheduler import Piece, PieceResult, RunSpan, _digest
 from engine.run.messages import UNKNOWN_END, ExportRequest, SharedState, WorkerJob
 from engine.run.pool import lower_priority, process_alive
+from engine.run.progress import Counter, Counters
+from engine.shards import ShardInfo, unify, write_shard
+from engine.spec.redact import Redactor
 
 REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
+CANCEL_CHECK = 0.5  # a sleep looks for a cancel at least this often
 
-
-class Counters:
-    """This process's progress for the job, pushed to the Manager board a few times a second
-    (never per row, never per request: the board is an IPC round trip)."""
-
-    def __init__(self, sources: int):
-        self.values = [[0, 0, 0, 0, 0] for _ in range(sources)]  # pages, records, bytes, requests, retries
-        self.lock = threading.Lock()
-        self.version = 0
-
-    def add(self, source: int, index: int, amount: int = 1) -> None:
-        with self.lock:
-            self.values[source][index] += amount
-            self.version += 1
-
-    def snapshot(self) -> list[list[int]]:
-        with self.lock:
-            return [list(v) for v in self.values]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -77,8 +62,8 @@ class _Process:
     shared: SharedState
     counters: Counters
     sources: list[_SourceRuntime]
-    threads: ThreadPoolExecutor
     loop: asyncio.AbstractEventLoop
+    client: HttpClient
     redactor: Redactor
     parent_alive: bool = True
     tables: dict = field(default_factory=dict)
@@ -89,31 +74,60 @@ _P: _Process | None = None
 
 # ---------------------------------------------------------------- process life
 
+
 def init_worker(job: WorkerJob, shared: SharedState) -> None:
     global _P
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     lower_priority(job.nice)
     spec = job.spec
     rl = spec.rate_limit
-    limiter = RateLimiter(shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0,
-                          rl.effective_burst if rl else None)
-    client = HttpClient(job.max_body, job.allowed_hosts, pool_size=job.threads + 2)
-    aio_client = AsyncHttpClient(client)
+    limiter = RateLimiter(
+        shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0, rl.effective_burst if rl else None
+    )
+    loop = asyncio.new_event_loop()
+    client = HttpClient(job.max_body, job.allowed_hosts, lanes=job.threads)
     counters = Counters(len(spec.sources))
     store = DictTokenStore(shared.board, shared.token_lock)
     sources = []
     for i, source in enumerate(spec.sources):
-        gate = Gate(limiter=limiter, semaphore=shared.semaphore, cancelled=_cancelled, sleep=_sleep,
-                    on_request=lambda i=i: counters.add(i, 3), on_retry=lambda i=i: counters.add(i, 4),
-                    on_bytes=lambda n, i=i: counters.add(i, 2, n), sleep_async=_sleep_async)
-        request = SourceRequestSpec(method=source.method, headers=dict(source.headers), body=source.body,
-                                    fmt=source.format, records=source.records, csv=source.csv,
-                                    auth=make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout))
-        sources.append(_SourceRuntime(i, FanOut(source, job.id_values[i]), request,
-                                      PageFetcher(client, gate, spec.retry, spec.timeout, aio_client)))
-    _P = _Process(job, shared, counters, sources, ThreadPoolExecutor(max(job.threads, 1), "fetch"),
-                  asyncio.new_event_loop(), Redactor(job.secrets))
+        gate = Gate(
+            limiter=limiter,
+            semaphore=shared.semaphore,
+            cancelled=_cancelled,
+            sleep=_sleep,
+            on_request=partial(counters.add, i, Counter.REQUESTS),
+            on_retry=partial(counters.add, i, Counter.RETRIES),
+            on_bytes=partial(counters.add, i, Counter.BYTES),
+        )
+        auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client)
+        request = SourceRequestSpec(
+            method=source.method,
+            headers=dict(source.headers),
+            body=source.body,
+            fmt=source.format,
+            records=source.records,
+            csv=source.csv,
+            auth=auth,
+        )
+        sources.append(
+            _SourceRuntime(
+                i, FanOut(source, job.id_values[i]), request, PageFetcher(client, gate, spec.retry, spec.timeout)
+            )
+        )
+    _P = _Process(job, shared, counters, sources, loop, client, Redactor(job.secrets))
+    Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
+
+
+def _close() -> None:
+    """Close the HTTP session (best effort: the process is ending anyway)."""
+    if _P is None or _P.loop.is_closed() or _P.loop.is_running():
+        return
+    try:
+        _P.loop.run_until_complete(_P.client.close())
+        _P.loop.close()
+    except Exception:  # noqa: BLE001 - nothing to do about it at exit
+        pass
 
 
 def greet(hold: float) -> int:
@@ -135,27 +149,17 @@ def _cancelled() -> bool:
     return False
 
 
-def _sleep(seconds: float) -> bool:
-    """Sleep, waking early when the job is cancelled or its coordinator is gone."""
+async def _sleep(seconds: float) -> bool:
+    """Sleep on the event loop, waking early when the job is cancelled or its coordinator is
+    gone: returns True then."""
     deadline = time.monotonic() + seconds
     while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return _cancelled()
-        if _P.shared.cancel.wait(min(remaining, 0.5)) or not _parent_alive():
-            return True
-
-
-async def _sleep_async(seconds: float) -> bool:
-    """`_sleep` on the event loop (checking for a cancel at least every half second)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return _cancelled()
         if _cancelled():
             return True
-        await asyncio.sleep(min(remaining, 0.5))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(remaining, CANCEL_CHECK))
 
 
 def _report_loop() -> None:
@@ -185,6 +189,7 @@ def flush_progress() -> None:
 
 # ---------------------------------------------------------------- ends of units
 
+
 def _end_of(source: int, unit: int) -> int:
     return _P.shared.ends[_P.job.unit_offsets[source] + unit]
 
@@ -198,36 +203,34 @@ def _set_end(source: int, unit: int, page: int) -> None:
 
 # ---------------------------------------------------------------- pages
 
+
 @dataclass
 class _Page:
     unit: int
     page: int
     table: pa.Table | None = None
     records: int = 0
-    last: bool = False            # this page ends its unit
-    total: int | None = None      # pages total (from page 1)
-    size: int | None = None       # page size learned from page 1
-    token: str | None = None      # next token (sequential)
+    last: bool = False  # this page ends its unit
+    total: int | None = None  # pages total (from page 1)
+    size: int | None = None  # page size learned from page 1
+    token: str | None = None  # next token (sequential)
     failure: PageFailure | None = None
     fetched: bool = False
 
 
-def _full_url(url: str, params: dict) -> str:
-    if not params:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{urlencode(params, doseq=True)}"
-
-
-def _failure(runtime: _SourceRuntime, url: str, params: dict, outcome) -> PageFailure:
+def _failure(runtime: _SourceRuntime, url: str, params: dict, outcome: PageOutcome) -> PageFailure:
     error = outcome.error
+    assert error is not None
     # The URL as requested, a query-param credential shown as `***`; no attempt count when
     # none went out (the credentials could not be obtained).
-    shown = _full_url(url, runtime.request.auth.shown_params(params))
-    tries = (f" (after {outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''})"
-             if outcome.attempts else "")
-    return PageFailure(url=_P.redactor.url(shown), status=error.status,
-                       error=_P.redactor.text(f"{error.message}{tries}"),
-                       source=_P.job.spec.sources[runtime.index].name)
+    shown = with_query(url, runtime.request.auth.shown_params(params))
+    tries = f" (after {outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''})" if outcome.attempts else ""
+    return PageFailure(
+        url=_P.redactor.url(shown),
+        status=error.status,
+        error=_P.redactor.text(f"{error.message}{tries}"),
+        source=_P.job.spec.sources[runtime.index].name,
+    )
 
 
 def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Table:
@@ -245,19 +248,11 @@ def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Tab
     return table
 
 
-def _fetch_addressable(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
+async def _fetch_addressable(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
     request = _addressable_request(runtime, unit_index, page, size)
     if request is None:
         return _Page(unit_index, page)
-    outcome = runtime.fetcher.fetch(runtime.request, request.url, request.params)
-    return _addressable_page(runtime, unit_index, page, size, request, outcome)
-
-
-async def _fetch_addressable_async(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
-    request = _addressable_request(runtime, unit_index, page, size)
-    if request is None:
-        return _Page(unit_index, page)
-    outcome = await runtime.fetcher.fetch_async(runtime.request, request.url, request.params)
+    outcome = await runtime.fetcher.fetch(runtime.request, request.url, request.params)
     return _addressable_page(runtime, unit_index, page, size, request, outcome)
 
 
@@ -271,8 +266,9 @@ def _addressable_request(runtime: _SourceRuntime, unit_index: int, page: int, si
     return addressable_request(source.pagination, url, params, page, size)
 
 
-def _addressable_page(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None, request,
-                      outcome) -> _Page:
+def _addressable_page(
+    runtime: _SourceRuntime, unit_index: int, page: int, size: int | None, request, outcome: PageOutcome
+) -> _Page:
     result = _Page(unit_index, page)
     if outcome.cancelled:
         return result
@@ -289,29 +285,33 @@ def _addressable_page(runtime: _SourceRuntime, unit_index: int, page: int, size:
         result.size = size or (parsed.records or None)
         result.total = total_pages(source.pagination, parsed.doc, result.size)
     effective_size = size or result.size
-    result.last = is_last_addressable(source.pagination, page, parsed.records,
-                                      effective_size if page > 1 or size else None,
-                                      result.total, source.max_pages)
+    result.last = is_last_addressable(
+        source.pagination,
+        page,
+        parsed.records,
+        effective_size if page > 1 or size else None,
+        result.total,
+        source.max_pages,
+    )
     if result.last:
         _set_end(runtime.index, unit_index, page)
-    _P.counters.add(runtime.index, 0)
-    _P.counters.add(runtime.index, 1, parsed.records)
+    _P.counters.add_page(runtime.index, parsed.records)
     return result
 
 
-def _run_sequence(runtime: _SourceRuntime, run: RunSpan, seen: frozenset) -> list[_Page]:
+async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
     """Fetch one chunk of a sequential pagination, page after page."""
     source = _P.job.spec.sources[runtime.index]
     unit = runtime.fanout.unit(run.unit)
     base_url, base_params = runtime.fanout.request_base(unit)
     pages: list[_Page] = []
     token = run.token
-    tokens = set(seen)
+    tokens = set(run.seen)
     for page in range(run.page, run.page + run.max_pages):
         if _cancelled():
             break
         request = sequential_request(source.pagination, base_url, base_params, token)
-        outcome = runtime.fetcher.fetch(runtime.request, request.url, request.params)
+        outcome = await runtime.fetcher.fetch(runtime.request, request.url, request.params)
         if outcome.cancelled:
             break
         result = _Page(run.unit, page, fetched=True)
@@ -323,17 +323,18 @@ def _run_sequence(runtime: _SourceRuntime, run: RunSpan, seen: frozenset) -> lis
         parsed = outcome.parsed
         result.records = parsed.records
         result.table = _with_unit_columns(runtime, unit, parsed.table)
-        _P.counters.add(runtime.index, 0)
-        _P.counters.add(runtime.index, 1, parsed.records)
+        _P.counters.add_page(runtime.index, parsed.records)
         following = next_token(source.pagination, parsed.doc, outcome.response.links, outcome.response.url)
         if following is not None and source.pagination.type in ("next_url", "link"):
             following = runtime.request.auth.without_credentials(following)
         if following is not None and _digest(following) in tokens:
-            result.failure = PageFailure(url=_P.redactor.url(_full_url(request.url, runtime.request.auth.shown_params(
-                request.params))), status=None,
-                                         error=f"pagination repeats a {source.pagination.type} token: the next "
-                                               f"page would be one already fetched (the API loops)",
-                                         source=source.name)
+            result.failure = PageFailure(
+                url=_P.redactor.url(with_query(request.url, runtime.request.auth.shown_params(request.params))),
+                status=None,
+                error=f"pagination repeats a {source.pagination.type} token: the next "
+                f"page would be one already fetched (the API loops)",
+                source=source.name,
+            )
             result.table, result.records = None, 0
             result.last = True
             break
@@ -347,6 +348,7 @@ def _run_sequence(runtime: _SourceRuntime, run: RunSpan, seen: frozenset) -> lis
 
 
 # ---------------------------------------------------------------- segments → shards
+
 
 class _Segment:
     def __init__(self, source: int, page: _Page):
@@ -387,8 +389,9 @@ def _segments(source: int, pages: list[_Page], one_page_units: bool) -> list[_Se
     for page in pages:
         if current is not None:
             unit, number = current.last
-            follows = (page.unit == unit and page.page == number + 1) or \
-                      (one_page_units and page.page == 1 and number == 1 and page.unit == unit + 1)
+            follows = (page.unit == unit and page.page == number + 1) or (
+                one_page_units and page.page == 1 and number == 1 and page.unit == unit + 1
+            )
             if not follows:
                 segments.append(current)
                 current = None
@@ -418,19 +421,12 @@ def _keep(pages: list[_Page], source: int, skip_failures: bool) -> list[_Page]:
     return kept
 
 
-def _map(fn, items: list) -> list:
-    """`fn` over `items` on the process's fetch threads, results in order. With one thread the
-    piece's own thread runs them: no hand-off between threads for every page."""
-    if _P.job.threads <= 1:
-        return [fn(item) for item in items]
-    return list(_P.threads.map(fn, items))
-
-
-def _map_on_loop(fn, items: list) -> list:
+def _on_loop(fn: Callable[[T], Awaitable[R]], items: list[T]) -> list[R]:
     """`fn` (a coroutine function) over `items` on the process's event loop, `threads` in
     flight at a time, results in order. A failure cancels the rest and is raised as it is."""
-    async def run_all() -> list:
-        results = [None] * len(items)
+
+    async def run_all() -> list[R]:
+        results: list[Any] = [None] * len(items)
         work = iter(enumerate(items))
 
         async def lane() -> None:
@@ -439,7 +435,7 @@ def _map_on_loop(fn, items: list) -> list:
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(_P.job.threads, len(items))):
+                for _ in range(min(max(_P.job.threads, 1), len(items))):
                     group.create_task(lane())
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
@@ -455,13 +451,11 @@ def run_piece(piece: Piece) -> PieceResult:
     result = PieceResult(piece.id)
     if piece.spans:
         work = [(s.unit, p, s.size) for s in piece.spans for p in range(s.first, s.last + 1)]
-        if _P.job.threads > 1:
-            pages = _map_on_loop(lambda w: _fetch_addressable_async(runtime, *w), work)
-        else:
-            pages = [_fetch_addressable(runtime, *w) for w in work]
+        pages = _on_loop(lambda w: _fetch_addressable(runtime, *w), work)
     else:
+        # A piece holds at most `threads` runs (the scheduler's limit): all run at once.
         seen = {}
-        chunks = _map(lambda r: _run_sequence(runtime, r, r.seen), piece.runs)
+        chunks = _on_loop(partial(_run_sequence, runtime), list(piece.runs))
         pages = [page for chunk in chunks for page in chunk]
         for run, chunk in zip(piece.runs, chunks):
             seen[run.unit] = [p.token for p in chunk if p.token is not None]
@@ -482,4 +476,5 @@ def run_export(request: ExportRequest) -> Any:
     """Reduce the shards and write the result file, inside a pool process so the caller's
     process (a gunicorn worker, say) never holds the data - nor even imports Polars."""
     from engine.export.reduce import export_job
+
     return export_job(request)

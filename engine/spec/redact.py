@@ -1,14 +1,14 @@
-"""`${NAME}` references and redaction.
-
-Specs are stored and shown with their `${NAME}` references; only the process that runs a job
-resolves them (`resolve`). Whatever may carry a secret - the spec, URLs, error text - goes
-through a `Redactor` before anyone sees it: secret fields keep their shape but read `"***"`.
+"""`${NAME}` references and redaction. Specs are stored and shown with their references; only
+the process that runs a job resolves them (`resolve`). Whatever may carry a secret - the spec,
+URLs, error text - goes through a `Redactor` first: secret fields keep their shape but read `"***"`.
 """
+
 from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from engine.errors import FieldError, SpecError
@@ -16,8 +16,9 @@ from engine.spec.models import ENV_REF, JobSpec, parse_spec, spec_to_json
 
 MASK = "***"
 SECRET_FIELDS = {"token", "password", "client_secret", "secret", "secret_key", "access_key"}
-SENSITIVE_NAME = re.compile(r"(auth|token|secret|passw|api[-_]?key|apikey|signature|session|cookie|credential)",
-                            re.IGNORECASE)
+SENSITIVE_NAME = re.compile(
+    r"(auth|token|secret|passw|api[-_]?key|apikey|signature|session|cookie|credential)", re.IGNORECASE
+)
 MIN_SCRUB_LENGTH = 4  # shorter "secrets" would shred every message they appear in
 
 
@@ -71,8 +72,9 @@ class Redactor:
         for s in self.secrets:
             forms.update((quote(s, safe=""), quote(s), quote_plus(s)))
         # Longest first, so a secret containing another is masked whole.
-        self._pattern = (re.compile("|".join(re.escape(s) for s in sorted(forms, key=len, reverse=True)))
-                         if forms else None)
+        self._pattern = (
+            re.compile("|".join(re.escape(s) for s in sorted(forms, key=len, reverse=True))) if forms else None
+        )
 
     def text(self, value: str) -> str:
         if self._pattern is not None and value:
@@ -84,8 +86,10 @@ class Redactor:
         try:
             parts = urlsplit(url)
             if parts.query:
-                query = [(k, MASK if SENSITIVE_NAME.search(k) else self.text(v))
-                         for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+                query = [
+                    (k, MASK if SENSITIVE_NAME.search(k) else self.text(v))
+                    for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                ]
                 parts = parts._replace(query=urlencode(query, safe="*"))
             if parts.password:
                 parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{MASK}@"))
@@ -96,12 +100,14 @@ class Redactor:
 
     def spec(self, spec_json: dict) -> dict:
         """The spec with every secret field masked, shape kept: {"type": "bearer", "token": "***"}."""
+
         def mask(path: tuple, value: Any) -> Any:
             if _is_secret_path(path) and value not in (None, ""):
                 return MASK
             if isinstance(value, str):
                 return self.url(value) if value.startswith(("http://", "https://")) else self.text(value)
             return value
+
         return _replace(spec_json, mask)
 
     def data(self, value: Any) -> Any:
@@ -133,12 +139,14 @@ def resolve(spec: JobSpec, env: Mapping[str, str]) -> tuple[JobSpec, Redactor]:
             if _is_secret_path(path) and value is not None:
                 secrets.add(str(value))
             return value
+
         def one(match: re.Match) -> str:
             name = match.group(1)
             if name not in env:
                 problems.append(FieldError(_dotted(path), f"environment variable {name} is not set"))
                 return ""
             return env[name]
+
         resolved = ENV_REF.sub(one, value)
         if _is_secret_path(path):
             secrets.add(resolved)

@@ -4,6 +4,7 @@ run, on one local test API.
     python tests/benchmarks/bench_engine.py              # every case, 5 runs each (~10 min on 2 cores)
     python tests/benchmarks/bench_engine.py --quick      # small sizes, generous margins (CI smoke run)
     python tests/benchmarks/bench_engine.py --cases fetch200k,latency --repeat 5
+    python tests/benchmarks/bench_engine.py --against 214601e   # also every CLI contender at that commit
 
 Cases (full size; `--quick` shrinks them):
 - fetch200k  200,000 rows in 2,000 pages -> Parquet: pageferry vs (a) a sequential `requests`
@@ -29,10 +30,14 @@ run (sampling costs CPU, so timed runs don't sample). Bytecode caching is on for
 contenders, as for any installed program (this sandbox sets PYTHONDONTWRITEBYTECODE; the
 suite clears it for its subprocesses).
 
+`--against REF` checks REF out in a temporary git worktree and runs each pageferry CLI contender
+a second time from there, interleaved with the others: a change's before/after in one run.
+
 Results go to tests/benchmarks/results.json and a chart of pages/s to tests/benchmarks/chart.png.
 Exit status: 1 when a target is missed by more than the margin in force (`--quick`: the
 generous quick limits; full size: only with `--check`), else 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +51,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -66,13 +71,14 @@ HERE = Path(__file__).resolve().parent
 # (`--workers 3`, concurrency 3). The defaults (WORKERS = 2 processes, concurrency 4) are
 # shown beside it. The 1M-row case keeps the defaults (and its memory target).
 TUNED_WORKERS, TUNED_CONCURRENCY = 3, 3
-LATENCY_WORKERS = 1   # a slow API: one event loop wakes once for many answers (see docs/performance.md)
+LATENCY_WORKERS = 1  # a slow API: one event loop wakes once for many answers (see docs/performance.md)
 FETCH_CONCURRENCY = 4
-ASYNC_INFLIGHT = 16            # the asyncio baseline's requests in flight
-API_CONNECTIONS = 64           # the many-connection client that measures the test API's ceiling
+ASYNC_INFLIGHT = 16  # the asyncio baseline's requests in flight
+API_CONNECTIONS = 64  # the many-connection client that measures the test API's ceiling
 
 
 # ---------------------------------------------------------------------------- running things
+
 
 @dataclass
 class Run:
@@ -82,11 +88,11 @@ class Run:
     processes: int = 0
 
 
-def measure(cmd: list[str], cwd: Path, sample_memory: bool = False) -> Run:
+def measure(cmd: list[str], cwd: Path, sample_memory: bool = False, env: dict | None = None) -> Run:
     """Run `cmd` to completion; with `sample_memory`, sample its process tree's memory every
     20 ms (reading smaps costs CPU, so timed runs don't sample)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     root = psutil.Process(proc.pid)
     peak = {"pss": 0.0, "rss": 0.0, "n": 0}
     done = threading.Event()
@@ -129,8 +135,9 @@ def measure(cmd: list[str], cwd: Path, sample_memory: bool = False) -> Run:
 class Contender:
     name: str
     command: list[str]
-    check: Callable[[Path], None] | None = None   # check(work dir) raises if the output is wrong
-    after: Callable[[], dict] | None = None        # after each timed run: extra figures (arrival log)
+    check: Callable[[Path], None] | None = None  # check(work dir) raises if the output is wrong
+    after: Callable[[], dict] | None = None  # after each timed run: extra figures (arrival log)
+    env: dict | None = None  # None: this checkout (ENV)
     runs: list[Run] = field(default_factory=list)
     extras: list[dict] = field(default_factory=list)
     memory: Run | None = None
@@ -143,15 +150,25 @@ class Contender:
         return statistics.median(e[key] for e in self.extras)
 
 
-def run_interleaved(contenders: list[Contender], work: Path, repeat: int, before: Callable[[], None],
-                    memory: bool) -> None:
-    for contender in contenders:          # untimed: page cache, bytecode, the API's cache
+AGAINST: dict = {}  # with --against: {"ref": ..., "env": ENV with the old checkout on PYTHONPATH}
+
+
+def run_interleaved(
+    contenders: list[Contender], work: Path, repeat: int, before: Callable[[], None], memory: bool
+) -> None:
+    if AGAINST:  # each pageferry CLI contender again, from the old checkout (appended: indexes stay)
+        contenders += [
+            Contender(f"{c.name} @{AGAINST['ref']}", c.command, c.check, c.after, env=AGAINST["env"])
+            for c in list(contenders)
+            if c.command[1:3] == ["-m", "engine"]
+        ]
+    for contender in contenders:  # untimed: page cache, bytecode, the API's cache
         before()
-        measure(contender.command, work)
+        measure(contender.command, work, env=contender.env)
     for _ in range(repeat):
-        for contender in contenders:      # interleaved: drift in machine load hits everyone alike
+        for contender in contenders:  # interleaved: drift in machine load hits everyone alike
             before()
-            contender.runs.append(measure(contender.command, work))
+            contender.runs.append(measure(contender.command, work, env=contender.env))
             if contender.check:
                 contender.check(work)
             if contender.after:
@@ -159,24 +176,34 @@ def run_interleaved(contenders: list[Contender], work: Path, repeat: int, before
     if memory:
         for contender in contenders:
             before()
-            contender.memory = measure(contender.command, work, sample_memory=True)
+            contender.memory = measure(contender.command, work, sample_memory=True, env=contender.env)
 
 
 def check_ids(out: str, n: int):
     def check(work: Path) -> None:
         import polars as pl
+
         ids = pl.read_parquet(work / out, columns=["id"])["id"]
         assert ids.len() == n and ids.to_list() == list(range(1, n + 1)), f"{out}: wrong rows"
         (work / out).unlink()
+
     return check
 
 
-def engine_spec(api: TestAPI, n: int, per_page: int, concurrency: int, params: dict | None = None,
-                **extra) -> dict:
-    return {"name": "bench", "sources": [{"url": api.url("/items/page"), "params": {"n": n, **(params or {})},
-                                          "pagination": {"type": "page", "size": per_page,
-                                                         "total_pages": "meta.total_pages"}}],
-            "concurrency": concurrency, "export": {"format": "parquet"}, **extra}
+def engine_spec(api: TestAPI, n: int, per_page: int, concurrency: int, params: dict | None = None, **extra) -> dict:
+    return {
+        "name": "bench",
+        "sources": [
+            {
+                "url": api.url("/items/page"),
+                "params": {"n": n, **(params or {})},
+                "pagination": {"type": "page", "size": per_page, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "concurrency": concurrency,
+        "export": {"format": "parquet"},
+        **extra,
+    }
 
 
 def spec_file(path: Path, doc: dict) -> Path:
@@ -185,28 +212,41 @@ def spec_file(path: Path, doc: dict) -> Path:
 
 
 def engine_cmd(spec_path: Path, out: str, workers: int | None = None) -> list[str]:
-    return [PYTHON, "-m", "engine", "run", str(spec_path), "-o", out, "--quiet",
-            *(["--workers", str(workers)] if workers else [])]
+    return [
+        PYTHON,
+        "-m",
+        "engine",
+        "run",
+        str(spec_path),
+        "-o",
+        out,
+        "--quiet",
+        *(["--workers", str(workers)] if workers else []),
+    ]
 
 
 def baseline_cmd(module: str, url: str, pages: int, per_page: int, n: int, out: str, *extra: str) -> list[str]:
     return [PYTHON, "-m", f"tests.benchmarks.baselines.{module}", url, str(pages), str(per_page), str(n), out, *extra]
 
 
-def asyncio_contender(url: str, pages: int, per_page: int, n: int, inflight: int = ASYNC_INFLIGHT,
-                      *params: str, after=None) -> "Contender":
+def asyncio_contender(
+    url: str, pages: int, per_page: int, n: int, inflight: int = ASYNC_INFLIGHT, *params: str, after=None
+) -> Contender:
     """Contender (b): the hand-tuned asyncio client, `params` (`name=value`) on every request."""
     extra = [arg for param in params for arg in ("--param", param)]
-    return Contender(f"(b) asyncio + aiohttp, {inflight} in flight",
-                     baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(inflight),
-                                  *extra),
-                     check_ids("b.parquet", n), after=after)
+    return Contender(
+        f"(b) asyncio + aiohttp, {inflight} in flight",
+        baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(inflight), *extra),
+        check_ids("b.parquet", n),
+        after=after,
+    )
 
 
 def api_capacity(api: TestAPI, paths: list[str], seconds: float) -> float:
     """Pages/s the test API serves to a 64-connection aiohttp client in its own process (the
     client shares the machine's 2 cores, so this is a lower bound of the API's ceiling)."""
     from tests.testapi.bench import run_client
+
     return run_client([api.base_url + p for p in paths], API_CONNECTIONS, seconds)["rps"]
 
 
@@ -216,33 +256,49 @@ def page_paths(pages: int, per_page: int, n: int, extra: str = "") -> list[str]:
 
 # ---------------------------------------------------------------------------- targets
 
+
 @dataclass
 class Target:
     name: str
     value: float
-    op: str                   # "<=" or ">="
-    limit: float              # the issue's target
-    quick_limit: float        # the margin a --quick (CI) run must stay within
+    op: str  # "<=" or ">="
+    limit: float  # the issue's target
+    quick_limit: float  # the margin a --quick (CI) run must stay within
     unit: str = ""
 
     def met(self, limit: float) -> bool:
         return self.value <= limit if self.op == "<=" else self.value >= limit
 
     def as_dict(self, quick: bool) -> dict:
-        return {"name": self.name, "value": round(self.value, 3), "op": self.op, "target": self.limit,
-                "quick_limit": self.quick_limit, "met": self.met(self.limit),
-                "within_quick_limit": self.met(self.quick_limit), "unit": self.unit}
+        return {
+            "name": self.name,
+            "value": round(self.value, 3),
+            "op": self.op,
+            "target": self.limit,
+            "quick_limit": self.quick_limit,
+            "met": self.met(self.limit),
+            "within_quick_limit": self.met(self.quick_limit),
+            "unit": self.unit,
+        }
 
 
 def contender_rows(contenders: list[Contender], pages: int) -> list[dict]:
     base = contenders[0].median
     rows = []
     for c in contenders:
-        row = {"name": c.name, "median_s": round(c.median, 3), "runs_s": [round(r.seconds, 3) for r in c.runs],
-               "vs_pageferry": round(c.median / base, 3), "pages_per_s": round(pages / c.median, 1)}
+        row = {
+            "name": c.name,
+            "median_s": round(c.median, 3),
+            "runs_s": [round(r.seconds, 3) for r in c.runs],
+            "vs_pageferry": round(c.median / base, 3),
+            "pages_per_s": round(pages / c.median, 1),
+        }
         if c.memory is not None:
-            row.update(peak_pss_mb=round(c.memory.peak_pss_mb, 1), peak_rss_sum_mb=round(c.memory.peak_rss_sum_mb, 1),
-                       processes=c.memory.processes)
+            row.update(
+                peak_pss_mb=round(c.memory.peak_pss_mb, 1),
+                peak_rss_sum_mb=round(c.memory.peak_rss_sum_mb, 1),
+                processes=c.memory.processes,
+            )
         if c.extras:
             row["figures"] = {k: round(statistics.median(e[k] for e in c.extras), 3) for k in c.extras[0]}
         rows.append(row)
@@ -251,7 +307,8 @@ def contender_rows(contenders: list[Contender], pages: int) -> list[dict]:
 
 # ---------------------------------------------------------------------------- cases
 
-def case_fetch200k(ctx: "Ctx") -> dict:
+
+def case_fetch200k(ctx: Ctx) -> dict:
     n, per_page = (50_000, 100) if ctx.quick else (200_000, 100)
     pages = n // per_page
     api, work = ctx.api, ctx.work
@@ -261,25 +318,41 @@ def case_fetch200k(ctx: "Ctx") -> dict:
     paths = page_paths(pages, per_page, n)
     api.warm(paths)
     contenders = [
-        Contender(f"pageferry --workers {TUNED_WORKERS}, concurrency {TUNED_CONCURRENCY}",
-                  engine_cmd(spec, "pf.parquet", TUNED_WORKERS), check_ids("pf.parquet", n)),
+        Contender(
+            f"pageferry --workers {TUNED_WORKERS}, concurrency {TUNED_CONCURRENCY}",
+            engine_cmd(spec, "pf.parquet", TUNED_WORKERS),
+            check_ids("pf.parquet", n),
+        ),
         asyncio_contender(url, pages, per_page, n),
-        Contender("(a) sequential requests loop", baseline_cmd("sequential_requests", url, pages, per_page, n, "a.parquet"),
-                  check_ids("a.parquet", n)),
-        Contender(f"pageferry defaults (2 processes), concurrency {FETCH_CONCURRENCY}",
-                  engine_cmd(default_spec, "pf.parquet"), check_ids("pf.parquet", n)),
+        Contender(
+            "(a) sequential requests loop",
+            baseline_cmd("sequential_requests", url, pages, per_page, n, "a.parquet"),
+            check_ids("a.parquet", n),
+        ),
+        Contender(
+            f"pageferry defaults (2 processes), concurrency {FETCH_CONCURRENCY}",
+            engine_cmd(default_spec, "pf.parquet"),
+            check_ids("pf.parquet", n),
+        ),
     ]
     run_interleaved(contenders, work, ctx.repeat, lambda: None, memory=True)
-    pf, b, a, _ = contenders
+    pf, b, a = contenders[:3]
     capacity = api_capacity(api, paths, ctx.api_seconds)
-    return {"title": f"{n:,} rows in {pages:,} pages -> Parquet", "pages": pages, "rows": n,
-            "params": {"workers": TUNED_WORKERS, "concurrency": TUNED_CONCURRENCY, "per_page": per_page},
-            "contenders": contender_rows(contenders, pages), "api_max_pages_per_s": round(capacity, 1),
-            "targets": [Target("pageferry / (b) asyncio wall", pf.median / b.median, "<=", 1.0, 2.0, "x"),
-                        Target("(a) sequential / pageferry wall (speed-up)", a.median / pf.median, ">=", 2.5, 1.2, "x")]}
+    return {
+        "title": f"{n:,} rows in {pages:,} pages -> Parquet",
+        "pages": pages,
+        "rows": n,
+        "params": {"workers": TUNED_WORKERS, "concurrency": TUNED_CONCURRENCY, "per_page": per_page},
+        "contenders": contender_rows(contenders, pages),
+        "api_max_pages_per_s": round(capacity, 1),
+        "targets": [
+            Target("pageferry / (b) asyncio wall", pf.median / b.median, "<=", 1.0, 2.0, "x"),
+            Target("(a) sequential / pageferry wall (speed-up)", a.median / pf.median, ">=", 2.5, 1.2, "x"),
+        ],
+    }
 
 
-def case_fetch1m(ctx: "Ctx") -> dict:
+def case_fetch1m(ctx: Ctx) -> dict:
     n, per_page = (100_000, 1000) if ctx.quick else (1_000_000, 1000)
     pages = n // per_page
     api, work = ctx.api, ctx.work
@@ -288,31 +361,42 @@ def case_fetch1m(ctx: "Ctx") -> dict:
     paths = page_paths(pages, per_page, n)
     api.warm(paths)
     contenders = [
-        Contender(f"pageferry defaults (2 processes), concurrency {FETCH_CONCURRENCY}", engine_cmd(spec, "pf.parquet"),
-                  check_ids("pf.parquet", n)),
+        Contender(
+            f"pageferry defaults (2 processes), concurrency {FETCH_CONCURRENCY}",
+            engine_cmd(spec, "pf.parquet"),
+            check_ids("pf.parquet", n),
+        ),
         asyncio_contender(url, pages, per_page, n),
     ]
     run_interleaved(contenders, work, ctx.repeat, lambda: None, memory=True)
-    pf, b = contenders
+    pf, b = contenders[:2]
     capacity = api_capacity(api, paths, ctx.api_seconds)
-    return {"title": f"{n:,} rows in {pages:,} pages of {per_page:,} -> Parquet", "pages": pages, "rows": n,
-            "params": {"concurrency": FETCH_CONCURRENCY, "per_page": per_page},
-            "contenders": contender_rows(contenders, pages), "api_max_pages_per_s": round(capacity, 1),
-            "targets": [Target("pageferry / (b) asyncio wall", pf.median / b.median, "<=", 1.0, 2.0, "x"),
-                        Target("pageferry peak PSS, all processes", pf.memory.peak_pss_mb, "<=", 300, 300, "MB")]}
+    return {
+        "title": f"{n:,} rows in {pages:,} pages of {per_page:,} -> Parquet",
+        "pages": pages,
+        "rows": n,
+        "params": {"concurrency": FETCH_CONCURRENCY, "per_page": per_page},
+        "contenders": contender_rows(contenders, pages),
+        "api_max_pages_per_s": round(capacity, 1),
+        "targets": [
+            Target("pageferry / (b) asyncio wall", pf.median / b.median, "<=", 1.0, 2.0, "x"),
+            Target("pageferry peak PSS, all processes", pf.memory.peak_pss_mb, "<=", 300, 300, "MB"),
+        ],
+    }
 
 
 def _arrivals(api: TestAPI) -> list[dict]:
     return [e for e in api.log(path="/items/page")]
 
 
-def case_latency(ctx: "Ctx") -> dict:
+def case_latency(ctx: Ctx) -> dict:
     pages, per_page, delay_ms, concurrency = (800 if ctx.quick else 2000), 10, 20, 32
     n = pages * per_page
     ideal = pages * delay_ms / 1000 / concurrency
     api, work = ctx.api, ctx.work
-    spec = spec_file(work / "spec-latency.json",
-                     engine_spec(api, n, per_page, concurrency, params={"delay_ms": delay_ms}))
+    spec = spec_file(
+        work / "spec-latency.json", engine_spec(api, n, per_page, concurrency, params={"delay_ms": delay_ms})
+    )
     paths = page_paths(pages, per_page, n, f"&delay_ms={delay_ms}")
     api.warm(page_paths(pages, per_page, n))
 
@@ -324,21 +408,39 @@ def case_latency(ctx: "Ctx") -> dict:
 
     url = api.url("/items/page")
     contenders = [
-        Contender(f"pageferry --workers {LATENCY_WORKERS} (one event loop, 32 in flight)",
-                  engine_cmd(spec, "pf.parquet", LATENCY_WORKERS), check_ids("pf.parquet", n), after=fetch_span),
+        Contender(
+            f"pageferry --workers {LATENCY_WORKERS} (one event loop, 32 in flight)",
+            engine_cmd(spec, "pf.parquet", LATENCY_WORKERS),
+            check_ids("pf.parquet", n),
+            after=fetch_span,
+        ),
         asyncio_contender(url, pages, per_page, n, concurrency, f"delay_ms={delay_ms}", after=fetch_span),
-        Contender("pageferry defaults (2 processes, 16 in flight each)", engine_cmd(spec, "pf.parquet"),
-                  check_ids("pf.parquet", n), after=fetch_span),
+        Contender(
+            "pageferry defaults (2 processes, 16 in flight each)",
+            engine_cmd(spec, "pf.parquet"),
+            check_ids("pf.parquet", n),
+            after=fetch_span,
+        ),
     ]
     run_interleaved(contenders, work, ctx.repeat, api.reset, memory=False)
     pf = contenders[0]
     span = pf.extra("fetch_span_s")
     capacity = api_capacity(api, paths, ctx.api_seconds)
-    return {"title": f"{pages:,} pages of {per_page} rows, {delay_ms} ms server latency, concurrency {concurrency}",
-            "pages": pages, "rows": n, "params": {"workers": LATENCY_WORKERS, "concurrency": concurrency,
-                                                  "per_page": per_page, "delay_ms": delay_ms, "ideal_s": ideal},
-            "contenders": contender_rows(contenders, pages), "api_max_pages_per_s": round(capacity, 1),
-            "targets": [Target(f"pageferry fetch phase / ideal ({ideal:.2f} s)", span / ideal, "<=", 1.3, 2.5, "x")]}
+    return {
+        "title": f"{pages:,} pages of {per_page} rows, {delay_ms} ms server latency, concurrency {concurrency}",
+        "pages": pages,
+        "rows": n,
+        "params": {
+            "workers": LATENCY_WORKERS,
+            "concurrency": concurrency,
+            "per_page": per_page,
+            "delay_ms": delay_ms,
+            "ideal_s": ideal,
+        },
+        "contenders": contender_rows(contenders, pages),
+        "api_max_pages_per_s": round(capacity, 1),
+        "targets": [Target(f"pageferry fetch phase / ideal ({ideal:.2f} s)", span / ideal, "<=", 1.3, 2.5, "x")],
+    }
 
 
 def max_in_window(times: list[float], per: float) -> int:
@@ -346,12 +448,13 @@ def max_in_window(times: list[float], per: float) -> int:
     return max(bisect.bisect_left(times, t + per) - i for i, t in enumerate(times))
 
 
-def case_ratelimit(ctx: "Ctx") -> dict:
+def case_ratelimit(ctx: Ctx) -> dict:
     requests, limit, per_page = (150 if ctx.quick else 500), 50, 10
     n = requests * per_page
     api, work = ctx.api, ctx.work
-    spec = spec_file(work / "spec-ratelimit.json",
-                     engine_spec(api, n, per_page, 4, rate_limit={"requests": limit, "per": 1.0}))
+    spec = spec_file(
+        work / "spec-ratelimit.json", engine_spec(api, n, per_page, 4, rate_limit={"requests": limit, "per": 1.0})
+    )
     api.warm(page_paths(requests, per_page, n))
 
     def arrivals() -> dict:
@@ -359,24 +462,36 @@ def case_ratelimit(ctx: "Ctx") -> dict:
         assert len(times) == requests, f"{len(times)} requests for {requests} pages"
         # As the limiter's own test measures it: sends go in bursts of `limit`, one burst per
         # window, so the rate is what follows the first burst.
-        return {"max_in_1s": max_in_window(times, 1.0),
-                "achieved_per_s": (len(times) - limit) / (times[-1] - times[0])}
+        return {"max_in_1s": max_in_window(times, 1.0), "achieved_per_s": (len(times) - limit) / (times[-1] - times[0])}
 
-    contenders = [Contender("pageferry defaults (2 processes)", engine_cmd(spec, "pf.parquet"),
-                            check_ids("pf.parquet", n), after=arrivals)]
+    contenders = [
+        Contender(
+            "pageferry defaults (2 processes)",
+            engine_cmd(spec, "pf.parquet"),
+            check_ids("pf.parquet", n),
+            after=arrivals,
+        )
+    ]
     run_interleaved(contenders, work, ctx.repeat, api.reset, memory=False)
     pf = contenders[0]
     worst = max(e["max_in_1s"] for e in pf.extras)
     slowest = min(e["achieved_per_s"] for e in pf.extras)
-    return {"title": f"{requests} requests under rate_limit {limit}/s", "pages": requests, "rows": n,
-            "params": {"concurrency": 4, "rate_limit": limit},
-            "contenders": contender_rows(contenders, requests),
-            "targets": [Target("busiest 1-second window (arrivals, every run)", worst, "<=", limit, limit, "req"),
-                        Target(f"achieved rate / {limit}/s (slowest run)", slowest / limit, ">=", 0.98, 0.90, "x")]}
+    return {
+        "title": f"{requests} requests under rate_limit {limit}/s",
+        "pages": requests,
+        "rows": n,
+        "params": {"concurrency": 4, "rate_limit": limit},
+        "contenders": contender_rows(contenders, requests),
+        "targets": [
+            Target("busiest 1-second window (arrivals, every run)", worst, "<=", limit, limit, "req"),
+            Target(f"achieved rate / {limit}/s (slowest run)", slowest / limit, ">=", 0.98, 0.90, "x"),
+        ],
+    }
 
 
-def case_export(ctx: "Ctx") -> dict:
+def case_export(ctx: Ctx) -> dict:
     from tests.benchmarks import bench_export
+
     shards, xlsx_rows = (300, 20_000) if ctx.quick else (1_000, 200_000)
     work = ctx.work / "export"
     work.mkdir(exist_ok=True)
@@ -384,27 +499,62 @@ def case_export(ctx: "Ctx") -> dict:
     t = out["seconds"]
     rows = []
     for fmt in ("csv", "parquet"):
-        rows.append({"name": f"{fmt}: engine.export", "median_s": round(t[fmt]["ours"], 3),
-                     "runs_s": [round(x, 3) for x in out["runs"][fmt]["ours"]],
-                     "vs_baseline": round(t[fmt]["ours"] / t[fmt]["raw"], 3)})
-        rows.append({"name": f"{fmt}: raw scan_ipc -> sink", "median_s": round(t[fmt]["raw"], 3),
-                     "runs_s": [round(x, 3) for x in out["runs"][fmt]["raw"]], "vs_baseline": 1.0})
-    rows.append({"name": "xlsx: engine.export", "median_s": round(t["xlsx"]["ours"], 3),
-                 "runs_s": [round(x, 3) for x in out["runs"]["xlsx"]["ours"]],
-                 "vs_baseline": round(t["xlsx"]["ours"] / t["xlsx"]["write_excel"], 3)})
-    rows.append({"name": "xlsx: DataFrame.write_excel", "median_s": round(t["xlsx"]["write_excel"], 3),
-                 "runs_s": [round(x, 3) for x in out["runs"]["xlsx"]["write_excel"]], "vs_baseline": 1.0})
-    return {"title": f"export from {shards:,} shards ({out['rows']:,} rows); XLSX of {out['xlsx_rows']:,} rows",
-            "rows": out["rows"], "contenders": rows,
-            "targets": [Target("CSV: engine.export / raw sink", t["csv"]["ours"] / t["csv"]["raw"], "<=", 1.3, 2.5, "x"),
-                        Target("Parquet: engine.export / raw sink", t["parquet"]["ours"] / t["parquet"]["raw"],
-                               "<=", 1.3, 2.5, "x"),
-                        Target("XLSX: write_excel / engine.export (speed-up)",
-                               t["xlsx"]["write_excel"] / t["xlsx"]["ours"], ">=", 5.0, 3.0, "x")]}
+        rows.append(
+            {
+                "name": f"{fmt}: engine.export",
+                "median_s": round(t[fmt]["ours"], 3),
+                "runs_s": [round(x, 3) for x in out["runs"][fmt]["ours"]],
+                "vs_baseline": round(t[fmt]["ours"] / t[fmt]["raw"], 3),
+            }
+        )
+        rows.append(
+            {
+                "name": f"{fmt}: raw scan_ipc -> sink",
+                "median_s": round(t[fmt]["raw"], 3),
+                "runs_s": [round(x, 3) for x in out["runs"][fmt]["raw"]],
+                "vs_baseline": 1.0,
+            }
+        )
+    rows.append(
+        {
+            "name": "xlsx: engine.export",
+            "median_s": round(t["xlsx"]["ours"], 3),
+            "runs_s": [round(x, 3) for x in out["runs"]["xlsx"]["ours"]],
+            "vs_baseline": round(t["xlsx"]["ours"] / t["xlsx"]["write_excel"], 3),
+        }
+    )
+    rows.append(
+        {
+            "name": "xlsx: DataFrame.write_excel",
+            "median_s": round(t["xlsx"]["write_excel"], 3),
+            "runs_s": [round(x, 3) for x in out["runs"]["xlsx"]["write_excel"]],
+            "vs_baseline": 1.0,
+        }
+    )
+    return {
+        "title": f"export from {shards:,} shards ({out['rows']:,} rows); XLSX of {out['xlsx_rows']:,} rows",
+        "rows": out["rows"],
+        "contenders": rows,
+        "targets": [
+            Target("CSV: engine.export / raw sink", t["csv"]["ours"] / t["csv"]["raw"], "<=", 1.3, 2.5, "x"),
+            Target(
+                "Parquet: engine.export / raw sink", t["parquet"]["ours"] / t["parquet"]["raw"], "<=", 1.3, 2.5, "x"
+            ),
+            Target(
+                "XLSX: write_excel / engine.export (speed-up)",
+                t["xlsx"]["write_excel"] / t["xlsx"]["ours"],
+                ">=",
+                5.0,
+                3.0,
+                "x",
+            ),
+        ],
+    }
 
 
-def case_service(ctx: "Ctx") -> dict:
+def case_service(ctx: Ctx) -> dict:
     from tests.support.service_process import ServiceProcess
+
     n, per_page = (20_000, 100) if ctx.quick else (200_000, 100)
     pages = n // per_page
     api, work = ctx.api, ctx.work
@@ -412,11 +562,14 @@ def case_service(ctx: "Ctx") -> dict:
     spec = spec_file(work / "spec-service.json", doc)
     api.warm(page_paths(pages, per_page, n))
     # The same engine settings on both sides: WORKERS=3 for the service, --workers 3 for the CLI.
-    service = ServiceProcess(work / "service-data", workers=2,
-                             env={"PYTHONDONTWRITEBYTECODE": "", "LOG_LEVEL": "WARNING", "WORKERS": str(TUNED_WORKERS),
-                                  **_python_path()})
+    service = ServiceProcess(
+        work / "service-data",
+        workers=2,
+        env={"PYTHONDONTWRITEBYTECODE": "", "LOG_LEVEL": "WARNING", "WORKERS": str(TUNED_WORKERS), **_python_path()},
+    )
     service.start()
     try:
+
         def through_service() -> float:
             started = time.perf_counter()
             task = service.start_task(doc)
@@ -440,23 +593,37 @@ def case_service(ctx: "Ctx") -> dict:
     finally:
         service.stop()
     m_cli, m_svc = statistics.median(cli), statistics.median(svc)
-    rows = [{"name": f"pageferry CLI --workers {TUNED_WORKERS}", "median_s": round(m_cli, 3), "runs_s": [round(x, 3) for x in cli],
-             "vs_pageferry": 1.0, "pages_per_s": round(pages / m_cli, 1)},
-            {"name": "service: POST /api/export/start + polling", "median_s": round(m_svc, 3),
-             "runs_s": [round(x, 3) for x in svc], "vs_pageferry": round(m_svc / m_cli, 3),
-             "pages_per_s": round(pages / m_svc, 1)}]
-    return {"title": f"the {n:,}-row job through gunicorn vs the CLI", "pages": pages, "rows": n,
-            "params": {"workers": TUNED_WORKERS, "concurrency": TUNED_CONCURRENCY, "gunicorn_workers": 2,
-                       "poll_s": 0.05},
-            "contenders": rows,
-            "targets": [Target("service / CLI wall", m_svc / m_cli, "<=", 1.15, 1.6, "x")]}
+    rows = [
+        {
+            "name": f"pageferry CLI --workers {TUNED_WORKERS}",
+            "median_s": round(m_cli, 3),
+            "runs_s": [round(x, 3) for x in cli],
+            "vs_pageferry": 1.0,
+            "pages_per_s": round(pages / m_cli, 1),
+        },
+        {
+            "name": "service: POST /api/export/start + polling",
+            "median_s": round(m_svc, 3),
+            "runs_s": [round(x, 3) for x in svc],
+            "vs_pageferry": round(m_svc / m_cli, 3),
+            "pages_per_s": round(pages / m_svc, 1),
+        },
+    ]
+    return {
+        "title": f"the {n:,}-row job through gunicorn vs the CLI",
+        "pages": pages,
+        "rows": n,
+        "params": {"workers": TUNED_WORKERS, "concurrency": TUNED_CONCURRENCY, "gunicorn_workers": 2, "poll_s": 0.05},
+        "contenders": rows,
+        "targets": [Target("service / CLI wall", m_svc / m_cli, "<=", 1.15, 1.6, "x")],
+    }
 
 
 def _python_path() -> dict:
     return {"PYTHONPATH": str(REPO)}
 
 
-CASES: dict[str, Callable[["Ctx"], dict]] = {
+CASES: dict[str, Callable[[Ctx], dict]] = {
     "fetch200k": case_fetch200k,
     "fetch1m": case_fetch1m,
     "latency": case_latency,
@@ -480,6 +647,7 @@ class Ctx:
 
 # ---------------------------------------------------------------------------- report
 
+
 def print_case(name: str, result: dict, quick: bool) -> None:
     print(f"\n{name}: {result['title']}  (median of {len(result['contenders'][0]['runs_s'])})", flush=True)
     base_key = "vs_baseline" if "vs_baseline" in result["contenders"][0] else "vs_pageferry"
@@ -494,19 +662,50 @@ def print_case(name: str, result: dict, quick: bool) -> None:
         print(f"  {'test API ceiling (64 connections)':44s} {'':8s} {'':7s} {result['api_max_pages_per_s']:9.0f}")
     for t in result["targets"]:
         limit = t["quick_limit"] if quick else t["target"]
-        verdict = "met" if t["met"] else ("MISSED" if not quick or not t["within_quick_limit"] else "missed (within quick margin)")
+        verdict = (
+            "met"
+            if t["met"]
+            else ("MISSED" if not quick or not t["within_quick_limit"] else "missed (within quick margin)")
+        )
         print(f"  target: {t['name']} = {t['value']:.3f}{t['unit']}  {t['op']} {limit}  -> {verdict}")
+
+
+def print_against(results: dict) -> None:
+    """Each pageferry contender's median over its twin from the --against checkout."""
+    ref = results["against"]
+    print(f"\nthis checkout vs {ref} (median wall, same run, interleaved; < 1 is faster):")
+    rows = []
+    for name, case in results["cases"].items():
+        by_name = {c["name"]: c for c in case["contenders"]}
+        for c in case["contenders"]:
+            old = by_name.get(f"{c['name']} @{ref}")
+            if old:
+                ratio = c["median_s"] / old["median_s"]
+                rows.append(
+                    {
+                        "case": name,
+                        "contender": c["name"],
+                        "new_s": c["median_s"],
+                        "old_s": old["median_s"],
+                        "new_over_old": round(ratio, 3),
+                    }
+                )
+                print(f"  {name:10s} {c['name']:58s} {c['median_s']:7.2f} s vs {old['median_s']:7.2f} s  {ratio:5.2f}x")
+    results["against_rows"] = rows
 
 
 def chart(results: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     cases = [(k, v) for k, v in results["cases"].items() if any("pages_per_s" in c for c in v["contenders"])]
     if not cases:
         return
-    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 1.2 + 1.35 * sum(len(v["contenders"]) + 1 for _, v in cases) / 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(cases), 1, figsize=(9, 1.2 + 1.35 * sum(len(v["contenders"]) + 1 for _, v in cases) / 2), squeeze=False
+    )
     colours = {"pageferry": "#1f77b4", "(b)": "#ff7f0e", "(a)": "#7f7f7f", "service": "#2ca02c"}
     for ax, (name, case) in zip(axes[:, 0], cases):
         rows = [c for c in case["contenders"] if "pages_per_s" in c]
@@ -518,8 +717,13 @@ def chart(results: dict, path: Path) -> None:
         ax.set_yticks(range(len(rows)), labels, fontsize=8)
         ax.invert_yaxis()
         for bar, value, c in zip(bars, values, rows):
-            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}  ({c['median_s']:.2f} s)",
-                    va="center", fontsize=8)
+            ax.text(
+                bar.get_width(),
+                bar.get_y() + bar.get_height() / 2,
+                f" {value:,.0f}  ({c['median_s']:.2f} s)",
+                va="center",
+                fontsize=8,
+            )
         marks = []
         if "api_max_pages_per_s" in case:
             marks.append((case["api_max_pages_per_s"], "test API ceiling", "#d62728"))
@@ -529,15 +733,18 @@ def chart(results: dict, path: Path) -> None:
             marks.append((case["params"]["rate_limit"], "rate limit", "#2ca02c"))
         for k, (x, label, colour) in enumerate(marks):
             ax.axvline(x, color=colour, linestyle="--", linewidth=1)
-            ax.text(x, 0.97 - 0.12 * k, f" {label}", color=colour, fontsize=7, va="top",
-                    transform=ax.get_xaxis_transform())
+            ax.text(
+                x, 0.97 - 0.12 * k, f" {label}", color=colour, fontsize=7, va="top", transform=ax.get_xaxis_transform()
+            )
         ax.set_title(f"{name}: {case['title']}", fontsize=9, loc="left")
         ax.set_xlim(0, max(values + [x for x, _, _ in marks]) * 1.35)
         ax.tick_params(axis="x", labelsize=8)
     axes[-1, 0].set_xlabel("pages per second (whole run, median; higher is better)", fontsize=8)
     m = results["machine"]
-    fig.suptitle(f"pageferry benchmarks{' (--quick)' if results['quick'] else ''} - {m['cpus']} cores, "
-                 f"Python {m['python']}", fontsize=10)
+    fig.suptitle(
+        f"pageferry benchmarks{' (--quick)' if results['quick'] else ''} - {m['cpus']} cores, Python {m['python']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -546,12 +753,12 @@ def chart(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of: {', '.join(CASES)}")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="timed runs per contender (default 5; 3 with --quick)")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per contender (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small sizes, generous margins (CI smoke run)")
     parser.add_argument("--check", action="store_true", help="full size: exit 1 when any target is missed")
     parser.add_argument("--results", default=str(HERE / "results.json"))
     parser.add_argument("--chart", default=str(HERE / "chart.png"))
+    parser.add_argument("--against", metavar="REF", help="also run every pageferry CLI contender at git REF")
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 3 if args.quick else 5
@@ -559,15 +766,32 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)}")
-    machine = {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-               "python": platform.python_version(), "platform": platform.platform(),
-               "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    machine = {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
     command = "python tests/benchmarks/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"machine: {machine}\ncommand: {command.strip()}", flush=True)
-    results = {"machine": machine, "quick": args.quick, "repeat": args.repeat, "command": command.strip(),
-               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cases": {}}
+    results = {
+        "machine": machine,
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "command": command.strip(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cases": {},
+    }
     failed = []
     with TestAPI() as api, tempfile.TemporaryDirectory(prefix="pageferry-bench-") as tmp:
+        if args.against:
+            old = Path(tmp) / "against"
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(old), args.against], check=True
+            )
+            AGAINST.update(ref=args.against, env={**ENV, "PYTHONPATH": str(old)})
+            results["against"] = args.against
         for name in names:
             print(f"\n== {name} ...", flush=True)
             started = time.perf_counter()
@@ -579,6 +803,9 @@ def main(argv: list[str] | None = None) -> int:
             for t in result["targets"]:
                 if (args.quick and not t["within_quick_limit"]) or (args.check and not t["met"]):
                     failed.append(f"{name}: {t['name']}")
+    if args.against:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
+        print_against(results)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
     try:
@@ -587,7 +814,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no chart: {exc}", file=sys.stderr)
     print(f"\nresults: {args.results}\nchart: {args.chart}")
     if failed:
-        print("targets missed" + (" by more than the quick margin" if args.quick else "") + ":\n  " + "\n  ".join(failed))
+        print(
+            "targets missed" + (" by more than the quick margin" if args.quick else "") + ":\n  " + "\n  ".join(failed)
+        )
         return 1
     return 0
 

@@ -11,6 +11,7 @@ Writes `--shards` Arrow IPC shards of 1,000 rows (8 columns) to a temp dir, then
 - XLSX, `--xlsx-rows` rows: `export_tables(..., "xlsx")` vs `pl.DataFrame.write_excel`
   (xlsxwriter). Target: speed-up >= 5.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +40,16 @@ def make_shards(directory: Path, n_shards: int) -> list[str]:
     files = []
     for k in range(n_shards):
         base = k * ROWS_PER_SHARD
-        df = (pl.DataFrame({"i": pl.int_range(base, base + ROWS_PER_SHARD, eager=True)})
-              .select(
-                  pl.col("i").alias("id"),
-                  pl.format("customer-{}-{}", pl.col("i") % 977, pl.col("i")).alias("name"),
-                  (pl.col("i") * 1.37 % 1000).round(2).alias("amount"),
-                  (pl.col("i") % 100).cast(pl.Int32).alias("qty"),
-                  (pl.col("i") % 3 == 0).alias("active"),
-                  (pl.lit(dt.date(2020, 1, 1)) + pl.duration(days=pl.col("i") % 2000)).alias("day"),
-                  (pl.lit(dt.datetime(2024, 1, 1)) + pl.duration(seconds=pl.col("i"))).alias("ts"),
-                  pl.format("cat{}", pl.col("i") % 17).alias("category"),
-              ))
+        df = pl.DataFrame({"i": pl.int_range(base, base + ROWS_PER_SHARD, eager=True)}).select(
+            pl.col("i").alias("id"),
+            pl.format("customer-{}-{}", pl.col("i") % 977, pl.col("i")).alias("name"),
+            (pl.col("i") * 1.37 % 1000).round(2).alias("amount"),
+            (pl.col("i") % 100).cast(pl.Int32).alias("qty"),
+            (pl.col("i") % 3 == 0).alias("active"),
+            (pl.lit(dt.date(2020, 1, 1)) + pl.duration(days=pl.col("i") % 2000)).alias("day"),
+            (pl.lit(dt.datetime(2024, 1, 1)) + pl.duration(seconds=pl.col("i"))).alias("ts"),
+            pl.format("cat{}", pl.col("i") % 17).alias("category"),
+        )
         path = directory / f"shard-{k:05d}.arrow"
         df.write_ipc(path)
         files.append(str(path))
@@ -62,8 +62,7 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200_000,
-        log=print) -> dict:
+def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200_000, log=print) -> dict:
     """Write the shards into `work` and time every contender (interleaved). Returns
     {"rows", "xlsx_rows", "seconds": {case: {contender: median s}}, "runs": {...}}."""
     (work / "shards").mkdir(exist_ok=True)
@@ -73,11 +72,12 @@ def run(work: Path, repeat: int = 3, n_shards: int = 1_000, xlsx_rows: int = 200
     log(f"{len(files)} shards x {ROWS_PER_SHARD} rows x 8 columns written in {time.perf_counter() - t0:.1f}s")
 
     def reduced() -> pl.LazyFrame:
-        return scan_source(files)   # the engine's reducer: what the export step gets
+        return scan_source(files)  # the engine's reducer: what the export step gets
 
     seconds: dict[str, dict[str, float]] = {}
     runs: dict[str, dict[str, list[float]]] = {}
     for fmt in ("csv", "parquet"):
+
         def raw(fmt=fmt):
             lf = pl.scan_ipc(files)
             (lf.sink_csv if fmt == "csv" else lf.sink_parquet)(work / f"raw.{fmt}")
@@ -137,12 +137,36 @@ def main() -> int:
     rows, n_x, t = out["rows"], out["xlsx_rows"], out["seconds"]
     results = []
     for fmt in ("csv", "parquet"):
-        results.append((f"{fmt} ({rows:,} rows)", "raw sink", t[fmt]["raw"], t[fmt]["ours"],
-                        t[fmt]["ours"] / t[fmt]["raw"], "ratio <= 1.3"))
-        results.append(("  same input, sink only", "concat sink", t[fmt]["concat_raw"], t[fmt]["ours"],
-                        t[fmt]["ours"] / t[fmt]["concat_raw"], "(export's own overhead)"))
-    results.append((f"xlsx ({n_x:,} rows)", "write_excel", t["xlsx"]["write_excel"], t["xlsx"]["ours"],
-                    t["xlsx"]["write_excel"] / t["xlsx"]["ours"], "speed-up >= 5"))
+        results.append(
+            (
+                f"{fmt} ({rows:,} rows)",
+                "raw sink",
+                t[fmt]["raw"],
+                t[fmt]["ours"],
+                t[fmt]["ours"] / t[fmt]["raw"],
+                "ratio <= 1.3",
+            )
+        )
+        results.append(
+            (
+                "  same input, sink only",
+                "concat sink",
+                t[fmt]["concat_raw"],
+                t[fmt]["ours"],
+                t[fmt]["ours"] / t[fmt]["concat_raw"],
+                "(export's own overhead)",
+            )
+        )
+    results.append(
+        (
+            f"xlsx ({n_x:,} rows)",
+            "write_excel",
+            t["xlsx"]["write_excel"],
+            t["xlsx"]["ours"],
+            t["xlsx"]["write_excel"] / t["xlsx"]["ours"],
+            "speed-up >= 5",
+        )
+    )
     print()
     print(f"median of {args.repeat}, seconds")
     print(f"{'case':<27}{'baseline':<14}{'baseline s':>11}{'ours s':>9}{'figure':>9}  target")

@@ -18,6 +18,7 @@ Contenders:
 - "filter + group_by":   the same filters, grouped by category with sums/means/counts.
 Results go to tests/benchmarks/results_shaping.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,16 +40,23 @@ from tests.testapi.records import CATEGORIES  # noqa: E402
 
 PER_PAGE = 1000
 TARGET_MB = 300
-FILTERS = [{"column": "quantity", "op": ">=", "value": 10},
-           {"column": "category", "op": "!=", "value": "games"}]
+FILTERS = [{"column": "quantity", "op": ">=", "value": 10}, {"column": "category", "op": "!=", "value": "games"}]
 SORT = [{"column": "category"}, {"column": "price", "descending": True}]
 
 
 def base_spec(api: TestAPI, rows: int) -> dict:
-    return {"name": "bench", "sources": [{"url": api.url("/items/page"), "params": {"n": rows},
-                                          "pagination": {"type": "page", "size": PER_PAGE,
-                                                         "total_pages": "meta.total_pages"}}],
-            "concurrency": 4, "export": {"format": "csv"}}
+    return {
+        "name": "bench",
+        "sources": [
+            {
+                "url": api.url("/items/page"),
+                "params": {"n": rows},
+                "pagination": {"type": "page", "size": PER_PAGE, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "concurrency": 4,
+        "export": {"format": "csv"},
+    }
 
 
 def kept(i: int) -> bool:
@@ -58,8 +66,10 @@ def kept(i: int) -> bool:
 def check_plain(rows: int):
     def check(path: Path) -> None:
         import polars as pl
+
         ids = pl.scan_csv(path).select("id").collect()["id"]
         assert ids.to_list() == list(range(1, rows + 1)), "wrong rows"
+
     return check
 
 
@@ -68,22 +78,29 @@ def check_sorted(rows: int):
 
     def check(path: Path) -> None:
         import polars as pl
+
         frame = pl.scan_csv(path).select("id", "category", "price", "quantity").collect()
         assert frame.height == expected, f"{frame.height} rows, expected {expected}"
         assert frame["quantity"].min() >= 10 and "games" not in frame["category"].unique().to_list()
         # category ascending, then price descending (ids are unique, so is price = id * 1.25)
         ordered = frame.sort(["category", "price"], descending=[False, True], maintain_order=True)
         assert frame["id"].to_list() == ordered["id"].to_list(), "not sorted as asked"
+
     return check
 
 
 def check_grouped(rows: int):
     def check(path: Path) -> None:
         import polars as pl
+
         frame = pl.read_csv(path)
-        want = {c: sum(1 for i in range(1, rows + 1) if kept(i) and CATEGORIES[i & 3] == c)
-                for c in CATEGORIES if c != "games"}
+        want = {
+            c: sum(1 for i in range(1, rows + 1) if kept(i) and CATEGORIES[i & 3] == c)
+            for c in CATEGORIES
+            if c != "games"
+        }
         assert dict(zip(frame["category"], frame["count"])) == want
+
     return check
 
 
@@ -92,11 +109,22 @@ def contenders(api: TestAPI, work: Path, rows: int) -> list[tuple[str, list[str]
     specs = {
         "no shaping": (base_spec(api, rows), check_plain(rows)),
         "filter + sort": ({**base_spec(api, rows), "filters": FILTERS, "sort": SORT}, check_sorted(rows)),
-        "filter + group_by": ({**base_spec(api, rows), "filters": FILTERS, "group_by": {
-            "keys": ["category"], "aggregations": [{"column": "price", "agg": "sum"},
-                                                   {"column": "quantity", "agg": "mean"},
-                                                   {"column": "note", "agg": "count"}, {"agg": "count"}]}},
-                              check_grouped(rows)),
+        "filter + group_by": (
+            {
+                **base_spec(api, rows),
+                "filters": FILTERS,
+                "group_by": {
+                    "keys": ["category"],
+                    "aggregations": [
+                        {"column": "price", "agg": "sum"},
+                        {"column": "quantity", "agg": "mean"},
+                        {"column": "note", "agg": "count"},
+                        {"agg": "count"},
+                    ],
+                },
+            },
+            check_grouped(rows),
+        ),
     }
     result = []
     for name, (spec, check) in specs.items():
@@ -113,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated contender names (default: all)")
     parser.add_argument("--results", default=str(Path(__file__).with_name("results_shaping.json")))
     args = parser.parse_args(argv)
-    machine = {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-               "python": sys.version.split()[0]}
+    machine = {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+    }
     print(f"machine: {machine}")
     pages = -(-args.rows // PER_PAGE)
     report = []
@@ -131,23 +162,35 @@ def main(argv: list[str] | None = None) -> int:
                 (work / "out.csv").unlink(missing_ok=True)
                 timed[name].append(measure(command, work))
                 check(work / "out.csv")
-        print(f"\n{args.rows:,} rows in {pages:,} pages → CSV through `python -m engine run` "
-              f"(median of {args.repeat}; peak PSS of the process tree)")
+        print(
+            f"\n{args.rows:,} rows in {pages:,} pages → CSV through `python -m engine run` "
+            f"(median of {args.repeat}; peak PSS of the process tree)"
+        )
         print(f"  {'contender':22s} {'wall s':>8s} {'peak PSS MB':>12s} {'procs':>6s}")
         for name, command, check in entries:
             memory = measure(command, work, sample_memory=True)
             check(work / "out.csv")
             median = statistics.median(r.seconds for r in timed[name])
             print(f"  {name:22s} {median:8.2f} {memory.peak_pss_mb:12.0f} {memory.processes:6d}")
-            report.append({"name": name, "median_s": round(median, 3),
-                           "runs_s": [round(r.seconds, 3) for r in timed[name]],
-                           "peak_pss_mb": round(memory.peak_pss_mb, 1),
-                           "peak_rss_sum_mb": round(memory.peak_rss_sum_mb, 1), "processes": memory.processes})
+            report.append(
+                {
+                    "name": name,
+                    "median_s": round(median, 3),
+                    "runs_s": [round(r.seconds, 3) for r in timed[name]],
+                    "peak_pss_mb": round(memory.peak_pss_mb, 1),
+                    "peak_rss_sum_mb": round(memory.peak_rss_sum_mb, 1),
+                    "processes": memory.processes,
+                }
+            )
     worst = max(r["peak_pss_mb"] for r in report if r["name"] != "no shaping")
     verdict = "within" if worst <= TARGET_MB else "OVER"
     print(f"\nshaping peak: {worst:.0f} MB - {verdict} the {TARGET_MB} MB target")
-    Path(args.results).write_text(json.dumps({"machine": machine, "rows": args.rows, "per_page": PER_PAGE,
-                                              "target_mb": TARGET_MB, "contenders": report}, indent=2))
+    Path(args.results).write_text(
+        json.dumps(
+            {"machine": machine, "rows": args.rows, "per_page": PER_PAGE, "target_mb": TARGET_MB, "contenders": report},
+            indent=2,
+        )
+    )
     return 0 if worst <= TARGET_MB else 1
 
 

@@ -16,6 +16,7 @@ Measured on the 2-core machine (2026-11-23, medians of 3): 1 process 1.13-1.26x,
 1.18x, 1.28x, 1.50x). On 2 cores shared with the API, one loop that wakes once for many
 answers beats two that each wake for few - hence `--workers 1` for a latency-bound job.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def fetch_pages(url: str, pages: list[int], in_flight: int, done) -> None:
     async def main() -> int:
         remaining = iter(pages)
         parsed = 0
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight),
-                                         auto_decompress=False) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=in_flight), auto_decompress=False
+        ) as session:
+
             async def lane() -> None:
                 nonlocal parsed
                 for page in remaining:
@@ -49,6 +52,7 @@ def fetch_pages(url: str, pages: list[int], in_flight: int, done) -> None:
                         body = await response.read()
                     parse_page(body, "json", None, None)
                     parsed += 1
+
             await asyncio.gather(*(lane() for _ in range(in_flight)))
         return parsed
 
@@ -72,8 +76,10 @@ def main() -> int:
                 done = ctx.Queue()
                 shares = [list(range(1 + i, PAGES + 1, processes)) for i in range(processes)]
                 lanes = [IN_FLIGHT // processes + (i < IN_FLIGHT % processes) for i in range(processes)]
-                workers = [ctx.Process(target=fetch_pages, args=(api.url("/items/page"), share, n, done))
-                           for share, n in zip(shares, lanes)]
+                workers = [
+                    ctx.Process(target=fetch_pages, args=(api.url("/items/page"), share, n, done))
+                    for share, n in zip(shares, lanes)
+                ]
                 for worker in workers:
                     worker.start()
                 fetched = sum(done.get(timeout=120) for _ in workers)
@@ -83,9 +89,11 @@ def main() -> int:
                 assert fetched == PAGES == len(log), (fetched, len(log))
                 spans.append(max(e["t_done"] for e in log) - min(e["t"] for e in log))
             median = statistics.median(spans)
-            print(f"{processes} process(es), {IN_FLIGHT} in flight in all: fetch phase "
-                  f"{median:.2f} s = {median / IDEAL:.2f}x ideal  (runs: {', '.join(f'{s:.2f}' for s in spans)})",
-                  flush=True)
+            print(
+                f"{processes} process(es), {IN_FLIGHT} in flight in all: fetch phase "
+                f"{median:.2f} s = {median / IDEAL:.2f}x ideal  (runs: {', '.join(f'{s:.2f}' for s in spans)})",
+                flush=True,
+            )
     return 0
 
 

@@ -4,9 +4,11 @@ API. Screenshots go to tests/artifacts/page/ (git-ignored) for a person to look 
 
 Without Chromium these tests fail (they never skip): install it with
 `apt-get install chromium chromium-driver` (.ci/install does)."""
+
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import shutil
@@ -16,14 +18,16 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support import specs
+from tests.support.net import wait_for
 from tests.support.readback import rows_of
-from tests.support.service_process import ServiceProcess
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "page"
 TOKEN = "tok-page-7a1c9e"
 
 
 # ------------------------------------------------------------------ browser and service
+
 
 def _chromium_paths() -> tuple[str, str]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,8 +38,11 @@ def _chromium_paths() -> tuple[str, str]:
     if driver is None and Path("/usr/bin/chromedriver").exists():
         driver = "/usr/bin/chromedriver"
     if not browser or not driver:
-        pytest.fail("the page tests need headless Chromium: apt-get install -y chromium chromium-driver "
-                    f"(found chromium={browser!r}, chromedriver={driver!r})", pytrace=False)
+        pytest.fail(
+            "the page tests need headless Chromium: apt-get install -y chromium chromium-driver "
+            f"(found chromium={browser!r}, chromedriver={driver!r})",
+            pytrace=False,
+        )
     return browser, driver
 
 
@@ -49,9 +56,17 @@ def browser(tmp_path_factory):
     binary, driver_path = _chromium_paths()
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--lang=en-GB",
-                "--no-first-run", "--disable-extensions", "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--lang=en-GB",
+        "--no-first-run",
+        "--disable-extensions",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -71,46 +86,28 @@ def page(browser):
     browser.get("about:blank")
     yield browser
     # script errors fail the test; refused requests (4xx the test asked for) are only network noise
-    errors = [e for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and e.get("source") not in ("network",) and "WebSocket" not in e["message"]]
+    errors = [
+        e
+        for e in browser.get_log("browser")
+        if e["level"] == "SEVERE" and e.get("source") not in ("network",) and "WebSocket" not in e["message"]
+    ]
     assert not errors, f"console errors: {errors}"
 
 
 @pytest.fixture(scope="module")
-def service(test_api, tmp_path_factory):
-    svc = ServiceProcess(tmp_path_factory.mktemp("page-service") / "data").start()
-    yield svc
-    svc.stop()
-    svc.kill_group()
+def service(test_api, module_service_factory):
+    """One service (default settings) for the module's tests (overrides conftest's per-test one)."""
+    return module_service_factory()
 
 
 @pytest.fixture(scope="module")
-def token_service(test_api, tmp_path_factory):
-    svc = ServiceProcess(tmp_path_factory.mktemp("page-token-service") / "data", {"API_TOKEN": TOKEN}).start()
-    svc.headers = {"Authorization": f"Bearer {TOKEN}"}
-    yield svc
-    svc.stop()
-    svc.kill_group()
+def token_service(test_api, module_service_factory):
+    return module_service_factory({"API_TOKEN": TOKEN}, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 # ------------------------------------------------------------------ helpers
 
-def page_spec(api, name="items", n=500, size=50, fmt="csv", concurrency=2, **params) -> dict:
-    return {"name": name, "sources": [{"url": api.url("/items/page"), "params": {"n": n, **params},
-                                       "pagination": {"type": "page", "size": size,
-                                                      "total_pages": "meta.total_pages"}}],
-            "concurrency": concurrency, "export": {"format": fmt}}
-
-
-def wait_for(condition, timeout=30.0, interval=0.05, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(interval)
+page_spec = functools.partial(specs.page_spec, concurrency=2)  # the page's specs: two requests in flight
 
 
 def shot(driver, name: str) -> Path:
@@ -118,9 +115,14 @@ def shot(driver, name: str) -> Path:
     metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
     size = metrics.get("cssContentSize") or metrics["contentSize"]
     width = driver.execute_script("return window.innerWidth")
-    data = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": width, "height": max(size["height"], 100), "scale": 1}})
+    data = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": max(size["height"], 100), "scale": 1},
+        },
+    )
     path = ARTIFACTS / f"{name}.png"
     path.write_bytes(base64.b64decode(data["data"]))
     return path
@@ -128,22 +130,26 @@ def shot(driver, name: str) -> Path:
 
 def css(driver, selector):
     from selenium.webdriver.common.by import By
+
     return driver.find_element(By.CSS_SELECTOR, selector)
 
 
 def css_all(driver, selector):
     from selenium.webdriver.common.by import By
+
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
 def press(driver, *keys):
     from selenium.webdriver.common.action_chains import ActionChains
+
     ActionChains(driver).send_keys(*keys).perform()
 
 
 def tab_to(driver, predicate, limit=40, what="element"):
     """Press Tab until the focused element satisfies `predicate` (keyboard-only navigation)."""
     from selenium.webdriver.common.keys import Keys
+
     for _ in range(limit):
         press(driver, Keys.TAB)
         element = driver.switch_to.active_element
@@ -156,7 +162,9 @@ def focus_ring(driver, element) -> float:
     """The width of the focus outline drawn around `element` (0 when there is none)."""
     return driver.execute_script(
         "const s = getComputedStyle(arguments[0]);"
-        "return s.outlineStyle === 'none' ? 0 : parseFloat(s.outlineWidth) || 0;", element)
+        "return s.outlineStyle === 'none' ? 0 : parseFloat(s.outlineWidth) || 0;",
+        element,
+    )
 
 
 def task_row(driver, task_id):
@@ -195,8 +203,9 @@ def watch_detail_until_final(driver, timeout=60, shot_name=None) -> list[dict]:
 def set_spec_text(driver, text: str) -> None:
     """Fill the spec field as a paste would (typing long JSON key by key is slow)."""
     field = css(driver, "#spec-input")
-    driver.execute_script("arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));",
-                          field, text)
+    driver.execute_script(
+        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));", field, text
+    )
 
 
 def downloaded(folder: Path, name: str, timeout=30) -> Path:
@@ -206,8 +215,11 @@ def downloaded(folder: Path, name: str, timeout=30) -> Path:
 
 
 def hash_task_id(driver) -> str:
-    match = wait_for(lambda: re.fullmatch(r"#/task/(task_[0-9a-f]{12})", driver.execute_script("return location.hash")),
-                     15, message="the task's live view")
+    match = wait_for(
+        lambda: re.fullmatch(r"#/task/(task_[0-9a-f]{12})", driver.execute_script("return location.hash")),
+        15,
+        message="the task's live view",
+    )
     return match.group(1)
 
 
@@ -215,6 +227,7 @@ def luminance(rgb) -> float:
     def channel(c):
         c = c / 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
     r, g, b = (channel(c) for c in rgb)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -230,6 +243,7 @@ def rgb(value: str) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------ the API the page relies on
+
 
 def test_the_page_is_served_offline_ready_and_locked_down(service):
     r = requests.get(service.url("/"), timeout=10)
@@ -257,8 +271,11 @@ def test_validate_endpoint_answers_like_start_without_starting(api, service):
     assert r.json()["details"][0]["field"] == "sources.0.pagination.size"
     r = service.call("POST", "/api/export/validate", data="{}", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415
-    r = service.call("POST", "/api/export/validate", json={"sources": [{"url": "http://x", "auth": {
-        "type": "bearer", "token": "${API_TOKEN}"}}]})
+    r = service.call(
+        "POST",
+        "/api/export/validate",
+        json={"sources": [{"url": "http://x", "auth": {"type": "bearer", "token": "${API_TOKEN}"}}]},
+    )
     assert r.status_code == 400 and r.json()["details"][0]["field"] == "spec"
     r = service.call("POST", "/api/export/validate", files={"spec": (None, json.dumps(page_spec(api, n=10)))})
     assert r.status_code == 200, r.text
@@ -269,7 +286,7 @@ def test_detail_endpoint_gives_the_redacted_spec_and_the_manifest_summary(api, s
     spec = page_spec(api, name="detail", n=120, size=40, fmt="zip")
     spec["sources"][0]["url"] = api.url("/auth/bearer")
     spec["sources"][0]["auth"] = {"type": "bearer", "token": "t0k3n-secret-XYZ"}  # written into the spec
-    spec["sources"][0]["params"]["echo"] = "t0k3n-secret-XYZ"                     # and repeated elsewhere
+    spec["sources"][0]["params"]["echo"] = "t0k3n-secret-XYZ"  # and repeated elsewhere
     task_id = service.start_task(spec)
     final = service.wait(task_id)
     assert final["status"] == "completed", final
@@ -290,8 +307,10 @@ def test_detail_endpoint_gives_the_redacted_spec_and_the_manifest_summary(api, s
 
 # ------------------------------------------------------------------ the page in a browser
 
+
 def test_start_a_task_from_the_form_by_keyboard_watch_it_complete_and_download(api, service, page):
     from selenium.webdriver.common.keys import Keys
+
     page.get(service.url("/"))
     wait_for(lambda: css(page, "#view-tasks").is_displayed(), message="the task list")
     shot(page, "01-list-initial")
@@ -331,8 +350,9 @@ def test_start_a_task_from_the_form_by_keyboard_watch_it_complete_and_download(a
     status = service.status(task_id)
     link = css(page, ".detail-actions a.download")
     assert "keyboard-run.csv" in link.text and "KiB" in link.text
-    tab_to(page, lambda el: el.get_attribute("href") and "/download/" in el.get_attribute("href"),
-           what="the download link")
+    tab_to(
+        page, lambda el: el.get_attribute("href") and "/download/" in el.get_attribute("href"), what="the download link"
+    )
     press(page, Keys.ENTER)
     path = downloaded(page.downloads, "keyboard-run.csv")
     assert [int(r["id"]) for r in rows_of(path.read_bytes(), "csv")] == list(range(1, 601))
@@ -351,9 +371,13 @@ def test_cancel_a_slow_task_from_the_list(api, service, page):
     page.get(service.url("/"))
     row = wait_for(lambda: task_row(page, task_id), message="the new task in the list")
     assert css_all(page, "li.task")[0].get_attribute("data-task-id") == task_id  # newest first
-    wait_for(lambda: row.get_attribute("data-status") == "running"
-             and float(row.find_element("css selector", "[role=progressbar]").get_attribute("aria-valuenow") or 0) > 0,
-             message="the row running with progress")
+    wait_for(
+        lambda: (
+            row.get_attribute("data-status") == "running"
+            and float(row.find_element("css selector", "[role=progressbar]").get_attribute("aria-valuenow") or 0) > 0
+        ),
+        message="the row running with progress",
+    )
     shot(page, "03-list-running")
     button = row.find_element("css selector", "button.cancel")
     assert "Cancel" in button.text and button.get_attribute("type") == "button"
@@ -379,15 +403,17 @@ def test_a_bad_spec_shows_the_error_next_to_its_field_path(api, service, page):
     bad["sources"][0]["pagination"]["size"] = 0
     set_spec_text(page, json.dumps(bad, indent=2))
     css(page, "#validate-button").click()
-    item = wait_for(lambda: css_all(page, '#spec-errors li[data-field="sources.0.pagination.size"]'),
-                    message="the field error")[0]
+    item = wait_for(
+        lambda: css_all(page, '#spec-errors li[data-field="sources.0.pagination.size"]'), message="the field error"
+    )[0]
     assert item.find_element("css selector", ".field-path").text == "sources.0.pagination.size"
     assert "greater than or equal to 1" in item.find_element("css selector", ".field-message").text
     assert css(page, "#spec-input").get_attribute("aria-invalid") == "true"
     assert "spec-errors" in css(page, "#spec-input").get_attribute("aria-describedby")
     item.find_element("css selector", "button.show-field").click()
-    selected = page.execute_script("const t = document.getElementById('spec-input');"
-                                   "return t.value.slice(t.selectionStart, t.selectionEnd);")
+    selected = page.execute_script(
+        "const t = document.getElementById('spec-input');return t.value.slice(t.selectionStart, t.selectionEnd);"
+    )
     assert selected == '"size"' and page.switch_to.active_element.get_attribute("id") == "spec-input"
     shot(page, "05-form-field-error")
 
@@ -462,16 +488,24 @@ def test_status_colours_are_readable(service, page):
     for status in ("queued", "running", "completed", "failed", "cancelled"):
         fg, bg, fill, track = (rgb(v) for v in measured[status])
         assert contrast(fg, bg) >= 4.5, (status, measured[status])
-        assert contrast(fill, track) >= 3.0 or status == "queued" and contrast(fill, track) >= 2.5, (status, measured[status])
+        assert contrast(fill, track) >= 3.0 or status == "queued" and contrast(fill, track) >= 2.5, (
+            status,
+            measured[status],
+        )
     assert contrast(*(rgb(v) for v in measured["body"])) >= 7
     assert contrast(*(rgb(v) for v in measured["muted"])) >= 4.5
 
 
 def test_the_page_falls_back_to_polling_when_websockets_fail(api, service, page):
-    broken = page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+    broken = page.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": """
         window.WebSocket = class { constructor(url) { window.__wsTried = (window.__wsTried || 0) + 1;
             setTimeout(() => this.onclose && this.onclose({code: 1006}), 20); }
-          close() {} };"""})
+          close() {} };"""
+        },
+    )
     try:
         task_id = service.start_task(page_spec(api, name="no-sockets", n=300, size=20, delay_ms=120))
         page.get(service.url(f"/#/task/{task_id}"))
@@ -493,8 +527,10 @@ def test_with_an_api_token_the_page_works_once_the_token_is_entered(api, token_s
 
     css(page, "#token-input").send_keys("wrong-token")
     css(page, "#token-save").click()
-    wait_for(lambda: css(page, "#notice").is_displayed() and "not accepted" in css(page, "#notice").text,
-             message="the refused token")
+    wait_for(
+        lambda: css(page, "#notice").is_displayed() and "not accepted" in css(page, "#notice").text,
+        message="the refused token",
+    )
     token_field = css(page, "#token-input")
     token_field.clear()
     token_field.send_keys(TOKEN)
@@ -534,8 +570,10 @@ def test_a_narrow_screen_renders_every_view_without_sideways_scrolling(api, serv
     page.set_window_size(390, 844)
     try:
         page.get(service.url("/"))
-        wait_for(lambda: task_row(page, running) and task_row(page, running).get_attribute("data-status") == "running",
-                 message="the running row")
+        wait_for(
+            lambda: task_row(page, running) and task_row(page, running).get_attribute("data-status") == "running",
+            message="the running row",
+        )
         bar = task_row(page, running).find_element("css selector", "[role=progressbar]")
         wait_for(lambda: "indeterminate" in bar.get_attribute("class"), message="an indeterminate bar")
         assert bar.get_attribute("aria-valuenow") is None and "total not known" in bar.get_attribute("aria-valuetext")

@@ -1,6 +1,7 @@
 """Delivery (issue 9): the signed webhook, S3 and FTP/FTPS copies - in the engine, the CLI and
 the service (real gunicorn, 2 workers), against real peers on 127.0.0.1: an http.server
 receiver, moto's S3 server and pyftpdlib with TLS (a self-signed certificate made here)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,13 +17,13 @@ import pytest
 
 from engine.deliver import targets as deliver_module
 from engine.deliver.targets import deliver_all
-from engine.errors import SpecError
-from engine.spec.redact import Redactor
-from engine.spec.models import parse_spec
 from engine.deliver.webhook import post_webhook, signature
+from engine.errors import SpecError
+from engine.spec.models import parse_spec
+from engine.spec.redact import Redactor
 from tests.conftest import write_spec
-from tests.support.delivery_servers import S3_KEY, S3_SECRET, FtpServer, Receiver, S3Server, free_port
-from tests.support.service_process import ServiceProcess
+from tests.support.delivery_servers import S3_KEY, S3_SECRET, FtpServer, Receiver, S3Server
+from tests.support.net import free_port
 
 HOOK_SECRET = "hook-secret-7Hq2Lp"
 FTP_PASSWORD = "ftp-pw-K2m9x"
@@ -50,8 +51,14 @@ def targets(*items):
 
 
 def s3_target(s3, bucket: str, prefix: str = "exports/", **extra) -> dict:
-    return {"type": "s3", "url": f"s3://{bucket}/{prefix}", "endpoint_url": s3.endpoint,
-            "access_key": S3_KEY, "secret_key": S3_SECRET, **extra}
+    return {
+        "type": "s3",
+        "url": f"s3://{bucket}/{prefix}",
+        "endpoint_url": s3.endpoint,
+        "access_key": S3_KEY,
+        "secret_key": S3_SECRET,
+        **extra,
+    }
 
 
 def result_file(tmp_path, size: int = 200_000, name: str = "orders.csv"):
@@ -61,6 +68,7 @@ def result_file(tmp_path, size: int = 200_000, name: str = "orders.csv"):
 
 
 # ------------------------------------------------------------------ the webhook (engine)
+
 
 def test_webhook_signs_the_exact_body_bytes():
     payload = {"status": "completed", "rows": 3, "name": "ümlaut"}
@@ -82,12 +90,28 @@ def test_webhook_without_a_secret_is_unsigned():
 
 def test_webhook_failing_twice_then_accepted_exactly_once():
     with Receiver(secret=HOOK_SECRET, fail_first=2, fail_status=503) as receiver:
-        outcome = post_webhook(webhook_model(receiver.url, secret=HOOK_SECRET, backoff=0.05),
-                               {"status": "completed"}, Redactor({HOOK_SECRET}))
+        outcome = post_webhook(
+            webhook_model(receiver.url, secret=HOOK_SECRET, backoff=0.05),
+            {"status": "completed"},
+            Redactor({HOOK_SECRET}),
+        )
     assert outcome == {"delivered": True, "attempts": 3, "error": None}
     assert [r["status"] for r in receiver.requests] == [503, 503, 200]
     assert len({r["body"] for r in receiver.requests}) == 1  # the same bytes every time
     assert len(receiver.accepted()) == 1
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_webhook_waits_as_long_as_its_retry_after_says_in_either_form(form):
+    """One Retry-After parser for pages and webhooks: delta-seconds and HTTP-dates."""
+    import email.utils
+
+    value = "2" if form == "seconds" else email.utils.formatdate(time.time() + 3, usegmt=True)
+    waits: list[float] = []
+    with Receiver(fail_first=1, fail_status=503, retry_after=value) as receiver:
+        outcome = post_webhook(webhook_model(receiver.url, backoff=0.01), {"s": 1}, Redactor(set()), sleep=waits.append)
+    assert outcome["delivered"] is True and outcome["attempts"] == 2
+    assert len(waits) == 1 and waits[0] >= 1.0, waits  # the backoff alone would be ~0.01 s
 
 
 def test_webhook_gives_up_after_its_attempts_and_on_a_refusal():
@@ -109,6 +133,7 @@ def test_webhook_gives_up_after_its_attempts_and_on_a_refusal():
 
 # ------------------------------------------------------------------ S3 (engine)
 
+
 def test_s3_multipart_upload_keeps_bytes_and_sha256(s3, tmp_path):
     bucket = s3.bucket("multipart")
     path = result_file(tmp_path, size=12 * 1024 * 1024 + 123, name="big.parquet")
@@ -129,9 +154,14 @@ def test_s3_credentials_from_the_environment_and_inner_files(s3, tmp_path, monke
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("orders.csv", "id\n1\n")
         archive.writestr("manifest.json", "{}")
-    outcomes = deliver_all(targets({"type": "s3", "url": f"s3://{bucket}/a/b/latest.zip", "endpoint_url": s3.endpoint},
-                                   {"type": "s3", "url": f"s3://{bucket}/unzipped", "endpoint_url": s3.endpoint,
-                                    "inner_files": True}), path, Redactor())
+    outcomes = deliver_all(
+        targets(
+            {"type": "s3", "url": f"s3://{bucket}/a/b/latest.zip", "endpoint_url": s3.endpoint},
+            {"type": "s3", "url": f"s3://{bucket}/unzipped", "endpoint_url": s3.endpoint, "inner_files": True},
+        ),
+        path,
+        Redactor(),
+    )
     assert [o["ok"] for o in outcomes] == [True, True], outcomes
     assert outcomes[0]["target"] == f"s3://{bucket}/a/b/latest.zip"  # a url without '/' names the object
     assert s3.read(bucket, "a/b/latest.zip") == path.read_bytes()
@@ -142,10 +172,20 @@ def test_s3_failures_are_outcomes_retried_only_when_transient(s3, tmp_path, monk
     monkeypatch.setattr(deliver_module, "BACKOFF", 0.01)
     monkeypatch.setattr(deliver_module, "S3_REQUEST_ATTEMPTS", 1)
     path = result_file(tmp_path)
-    missing, unreachable = deliver_all(targets(
-        s3_target(s3, "no-such-bucket"),
-        {"type": "s3", "url": "s3://b/", "endpoint_url": f"http://127.0.0.1:{free_port()}",
-         "access_key": S3_KEY, "secret_key": S3_SECRET}), path, Redactor({S3_SECRET}))
+    missing, unreachable = deliver_all(
+        targets(
+            s3_target(s3, "no-such-bucket"),
+            {
+                "type": "s3",
+                "url": "s3://b/",
+                "endpoint_url": f"http://127.0.0.1:{free_port()}",
+                "access_key": S3_KEY,
+                "secret_key": S3_SECRET,
+            },
+        ),
+        path,
+        Redactor({S3_SECRET}),
+    )
     assert missing["ok"] is False and missing["attempts"] == 1 and "NoSuchBucket" in missing["error"]
     assert unreachable["ok"] is False and unreachable["attempts"] == deliver_module.ATTEMPTS
     assert "cannot connect" in unreachable["error"]
@@ -153,6 +193,7 @@ def test_s3_failures_are_outcomes_retried_only_when_transient(s3, tmp_path, monk
 
 
 # ------------------------------------------------------------------ FTP / FTPS (engine)
+
 
 def test_ftps_creates_the_directory_and_renames_a_temp_file_into_place(ftps, tmp_path):
     path = result_file(tmp_path, size=300_000)
@@ -185,9 +226,11 @@ def test_ftp_transient_errors_are_retried(tmp_path, monkeypatch):
 
 def test_ftps_certificate_is_checked_unless_told_otherwise(ftps, tmp_path):
     path = result_file(tmp_path)
-    untrusted, lenient = deliver_all(targets(ftps.target(ca_file=None), ftps.target(ca_file=None, verify=False,
-                                                                                     directory="lenient")),
-                                     path, Redactor())
+    untrusted, lenient = deliver_all(
+        targets(ftps.target(ca_file=None), ftps.target(ca_file=None, verify=False, directory="lenient")),
+        path,
+        Redactor(),
+    )
     assert untrusted["ok"] is False and untrusted["attempts"] == 1
     assert "certificate is not trusted" in untrusted["error"] and "ca_file" in untrusted["error"]
     assert lenient["ok"] is True and (ftps.root / "lenient" / "orders.csv").exists()
@@ -200,12 +243,18 @@ def test_ftp_wrong_password_fails_that_target_without_retries(ftps, tmp_path):
     assert "wrong-pw-Xy4" not in json.dumps(outcome)
 
 
-@pytest.mark.parametrize("target, field", [
-    ({"type": "ftp", "host": "h", "directory": "a/../../etc"}, "deliver.0.directory"),
-    ({"type": "ftp", "host": "h", "verify": False}, "deliver.0"),
-    ({"type": "s3", "url": "s3://b/", "access_key": "AK"}, "deliver.0"),
-    ({"type": "s3", "url": "s3://b/", "endpoint_url": "ftp://x"}, "deliver.0.endpoint_url"),
-])
+@pytest.mark.parametrize(
+    "target, field",
+    [
+        ({"type": "ftp", "host": "h", "directory": "a/../../etc"}, "deliver.0.directory"),
+        ({"type": "ftp", "host": "h", "verify": False}, "deliver.0.verify"),
+        ({"type": "ftp", "host": "h", "ca_file": "/ca.pem"}, "deliver.0.ca_file"),
+        ({"type": "s3", "url": "s3://b/", "access_key": "AK"}, "deliver.0.secret_key"),
+        ({"type": "s3", "url": "s3://b/", "secret_key": "SK"}, "deliver.0.access_key"),
+        ({"type": "s3", "url": "s3://b\n"}, "deliver.0.url"),
+        ({"type": "s3", "url": "s3://b/", "endpoint_url": "ftp://x"}, "deliver.0.endpoint_url"),
+    ],
+)
 def test_delivery_targets_are_validated(target, field):
     with pytest.raises(SpecError) as info:
         parse_spec({"sources": [{"url": "http://x.invalid/"}], "deliver": [target]})
@@ -214,21 +263,30 @@ def test_delivery_targets_are_validated(target, field):
 
 # ------------------------------------------------------------------ the CLI
 
+
 def test_cli_delivers_and_posts_its_summary(api, cli, s3, tmp_path):
     bucket = s3.bucket("from-cli")
-    spec = {"name": "items", "sources": [{"url": api.url("/items/page"), "params": {"n": 120},
-                                          "pagination": {"type": "page", "size": 50}}],
-            "webhook": {"url": "", "secret": "${HOOK_SECRET}"},
-            "deliver": [s3_target(s3, bucket, "cli/", secret_key="${S3_SECRET_KEY}")]}
+    spec = {
+        "name": "items",
+        "sources": [{"url": api.url("/items/page"), "params": {"n": 120}, "pagination": {"type": "page", "size": 50}}],
+        "webhook": {"url": "", "secret": "${HOOK_SECRET}"},
+        "deliver": [s3_target(s3, bucket, "cli/", secret_key="${S3_SECRET_KEY}")],
+    }
     with Receiver(secret=HOOK_SECRET) as receiver:
         spec["webhook"]["url"] = receiver.url
-        run = cli("run", str(write_spec(tmp_path / "spec.json", spec)), "-o", str(tmp_path),
-                  env={"HOOK_SECRET": HOOK_SECRET, "S3_SECRET_KEY": S3_SECRET})
+        run = cli(
+            "run",
+            str(write_spec(tmp_path / "spec.json", spec)),
+            "-o",
+            str(tmp_path),
+            env={"HOOK_SECRET": HOOK_SECRET, "S3_SECRET_KEY": S3_SECRET},
+        )
         assert run.code == 0, run.stderr
     summary = run.summary
     assert summary["status"] == "completed" and summary["rows"] == 120
-    assert summary["deliveries"] == [{"target": f"s3://{bucket}/cli/items.csv", "ok": True, "error": None,
-                                      "attempts": 1}]
+    assert summary["deliveries"] == [
+        {"target": f"s3://{bucket}/cli/items.csv", "ok": True, "error": None, "attempts": 1}
+    ]
     assert summary["webhook"] == {"delivered": True, "attempts": 1, "error": None}
     [posted] = receiver.accepted()
     assert posted == {k: v for k, v in summary.items() if k != "webhook"}  # the summary itself, signed
@@ -237,21 +295,59 @@ def test_cli_delivers_and_posts_its_summary(api, cli, s3, tmp_path):
     assert not any(s in run.stdout + run.stderr for s in SECRETS)
 
 
+def test_cli_exits_3_when_an_ftp_target_rejects_the_login(api, cli, tmp_path):
+    spec = {
+        "name": "items",
+        "sources": [{"url": api.url("/items/page"), "params": {"n": 60}, "pagination": {"type": "page", "size": 50}}],
+    }
+    with FtpServer(tmp_path / "ftp-root", password=FTP_PASSWORD, tls=False) as ftp:
+        spec["deliver"] = [ftp.target(password="${FTP_WRONG}")]
+        run = cli(
+            "run", str(write_spec(tmp_path / "spec.json", spec)), "-o", str(tmp_path), env={"FTP_WRONG": "wrong-pw-Xy4"}
+        )
+    assert run.code == 3, run.stderr
+    summary = run.summary
+    assert summary["status"] == "completed" and summary["rows"] == 60
+    assert (tmp_path / "items.csv").exists()  # the result was written
+    [delivery] = summary["deliveries"]
+    assert delivery["target"] == f"ftp://ferry@127.0.0.1:{ftp.port}/exports/daily/items.csv"
+    assert delivery["ok"] is False and "530" in delivery["error"]
+    assert "wrong-pw-Xy4" not in run.stdout + run.stderr
+    assert "delivery to" in run.stderr
+
+
+def test_cli_exits_3_when_the_webhook_finally_fails(api, cli, tmp_path):
+    spec = {
+        "name": "items",
+        "sources": [{"url": api.url("/items/page"), "params": {"n": 60}, "pagination": {"type": "page", "size": 50}}],
+    }
+    with Receiver(fail_first=100, fail_status=500) as receiver:
+        spec["webhook"] = {"url": receiver.url, "attempts": 2, "backoff": 0.05}
+        run = cli("run", str(write_spec(tmp_path / "spec.json", spec)), "-o", str(tmp_path))
+    assert run.code == 3, run.stderr
+    summary = run.summary
+    assert summary["status"] == "completed" and summary["rows"] == 60
+    assert summary["webhook"] == {"delivered": False, "attempts": 2, "error": "HTTP 500"}
+    assert len(receiver.requests) == 2
+
+
 # ------------------------------------------------------------------ the service (real gunicorn)
 
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    data = tmp_path_factory.mktemp("delivery-service")
-    process = ServiceProcess(data / "data", {"HOOK_SECRET": HOOK_SECRET, "FTP_PASSWORD": FTP_PASSWORD,
-                                             "MAX_CONCURRENT_TASKS": "1"}).start()
-    yield process
-    process.stop()
-    process.kill_group()
+def service(module_service_factory):
+    """One service for the module's tests (overrides conftest's per-test one), with the secrets."""
+    return module_service_factory(
+        {"HOOK_SECRET": HOOK_SECRET, "FTP_PASSWORD": FTP_PASSWORD, "MAX_CONCURRENT_TASKS": "1"}
+    )
 
 
 def items_spec(api, n: int = 150, **extra) -> dict:
-    return {"name": "items", "sources": [{"url": api.url("/items/page"), "params": {"n": n},
-                                          "pagination": {"type": "page", "size": 50}}], **extra}
+    return {
+        "name": "items",
+        "sources": [{"url": api.url("/items/page"), "params": {"n": n}, "pagination": {"type": "page", "size": 50}}],
+        **extra,
+    }
 
 
 def wait_webhook(service, task_id: str, timeout: float = 30) -> dict:
@@ -273,10 +369,13 @@ def assert_no_secrets(*texts: str) -> None:
 
 def test_service_copies_to_s3_and_ftps_and_posts_a_signed_webhook(api, service, s3, ftps):
     bucket = s3.bucket("service")
-    spec = items_spec(api, n=230, export={"format": "zip"},
-                      webhook={"url": "", "secret": "${HOOK_SECRET}", "backoff": 0.2},
-                      deliver=[s3_target(s3, bucket, "exports/"),
-                               ftps.target(password="${FTP_PASSWORD}", directory="/drop/items")])
+    spec = items_spec(
+        api,
+        n=230,
+        export={"format": "zip"},
+        webhook={"url": "", "secret": "${HOOK_SECRET}", "backoff": 0.2},
+        deliver=[s3_target(s3, bucket, "exports/"), ftps.target(password="${FTP_PASSWORD}", directory="/drop/items")],
+    )
     with Receiver(secret=HOOK_SECRET, fail_first=2) as receiver:
         spec["webhook"]["url"] = receiver.url
         task_id = service.start_task(spec)
@@ -287,8 +386,13 @@ def test_service_copies_to_s3_and_ftps_and_posts_a_signed_webhook(api, service, 
     assert status["webhook"] == {"delivered": True, "attempts": 3, "error": None, "pending": False}
     assert status["deliveries"] == [
         {"target": f"s3://{bucket}/exports/items.zip", "ok": True, "error": None, "attempts": 1},
-        {"target": f"ftps://ferry@127.0.0.1:{ftps.port}/drop/items/items.zip", "ok": True, "error": None,
-         "attempts": 1}]
+        {
+            "target": f"ftps://ferry@127.0.0.1:{ftps.port}/drop/items/items.zip",
+            "ok": True,
+            "error": None,
+            "attempts": 1,
+        },
+    ]
     download = service.download(task_id).content
     assert hashlib.sha256(download).hexdigest() == status["result"]["sha256"]
     assert s3.read(bucket, "exports/items.zip") == download
@@ -310,9 +414,17 @@ def test_service_copies_to_s3_and_ftps_and_posts_a_signed_webhook(api, service, 
 def test_a_failed_delivery_keeps_the_task_completed_and_the_webhook_names_it(api, service, s3, ftps, tmp_path):
     bucket = s3.bucket("partly")
     with Receiver() as receiver, FtpServer(tmp_path / "flaky", tls=False, fail_stores=1) as flaky:
-        spec = items_spec(api, n=60, webhook={"url": receiver.url},
-                          deliver=[ftps.target(password="wrong-password-9"), s3_target(s3, "missing-bucket"),
-                                   s3_target(s3, bucket), flaky.target()])
+        spec = items_spec(
+            api,
+            n=60,
+            webhook={"url": receiver.url},
+            deliver=[
+                ftps.target(password="wrong-password-9"),
+                s3_target(s3, "missing-bucket"),
+                s3_target(s3, bucket),
+                flaky.target(),
+            ],
+        )
         task_id = service.start_task(spec)
         phases = set()
         while (status := service.status(task_id))["status"] in ("queued", "running"):
@@ -328,8 +440,10 @@ def test_a_failed_delivery_keeps_the_task_completed_and_the_webhook_names_it(api
     assert download.status_code == 200 and s3.read(bucket, "exports/items.csv") == download.content
     [posted] = receiver.accepted()
     failed = [d["target"] for d in posted["deliveries"] if not d["ok"]]
-    assert failed == [f"ftps://ferry@127.0.0.1:{ftps.port}/exports/daily/items.csv",
-                      "s3://missing-bucket/exports/items.csv"]
+    assert failed == [
+        f"ftps://ferry@127.0.0.1:{ftps.port}/exports/daily/items.csv",
+        "s3://missing-bucket/exports/items.csv",
+    ]
     text = json.dumps(status) + service.call("GET", "/api/export/tasks").text
     assert "wrong-password-9" not in text and S3_SECRET not in text
 
@@ -352,13 +466,24 @@ def test_a_slow_webhook_does_not_hold_up_other_tasks(api, service):
 def test_webhooks_for_failed_and_cancelled_tasks_and_a_dead_receiver(api, service):
     dead = f"http://127.0.0.1:{free_port()}/hook"
     with Receiver() as receiver:
-        failing = service.start_task({"name": "broken", "sources": [{"url": api.url("/no/such/path")}],
-                                      "webhook": {"url": receiver.url}})
-        long = service.start_task(items_spec(api, n=4000, webhook={"url": receiver.url}) | {
-            "sources": [{"url": api.url("/items/page"), "params": {"n": 4000, "delay_ms": 100},
-                         "pagination": {"type": "page", "size": 20}}]})
-        unheard = service.start_task(items_spec(api, n=20, webhook={"url": dead, "attempts": 2, "backoff": 0.1,
-                                                                     "timeout": 1}))
+        failing = service.start_task(
+            {"name": "broken", "sources": [{"url": api.url("/no/such/path")}], "webhook": {"url": receiver.url}}
+        )
+        long = service.start_task(
+            items_spec(api, n=4000, webhook={"url": receiver.url})
+            | {
+                "sources": [
+                    {
+                        "url": api.url("/items/page"),
+                        "params": {"n": 4000, "delay_ms": 100},
+                        "pagination": {"type": "page", "size": 20},
+                    }
+                ]
+            }
+        )
+        unheard = service.start_task(
+            items_spec(api, n=20, webhook={"url": dead, "attempts": 2, "backoff": 0.1, "timeout": 1})
+        )
         assert service.wait(failing)["status"] == "failed"
         service.wait(long, until=("running",))
         assert service.call("DELETE", f"/api/export/cancel/{long}").json()["status"] == "cancelled"

@@ -1,4 +1,5 @@
 """Rate limit and faults, end to end: the test API's arrival log is the judge."""
+
 from __future__ import annotations
 
 import bisect
@@ -19,8 +20,11 @@ def max_in_window(times: list[float], per: float) -> int:
 
 
 def paged(api, n: int, size: int, **params) -> dict:
-    return {"url": api.url("/items/page"), "params": {"n": n, **params},
-            "pagination": {"type": "page", "size": size, "total_pages": "meta.total_pages"}}
+    return {
+        "url": api.url("/items/page"),
+        "params": {"n": n, **params},
+        "pagination": {"type": "page", "size": size, "total_pages": "meta.total_pages"},
+    }
 
 
 def max_in_flight(log: list[dict]) -> int:
@@ -58,18 +62,23 @@ def test_rate_limit_holds_in_every_window_and_is_nearly_reached(api, run_job):
 
 
 def test_burst_one_spaces_requests_evenly(api, run_job):
-    run_job({"sources": [paged(api, 600, 10)], "rate_limit": {"requests": 20, "per": 1, "burst": 1},
-             "concurrency": 4})
+    run_job({"sources": [paged(api, 600, 10)], "rate_limit": {"requests": 20, "per": 1, "burst": 1}, "concurrency": 4})
     times = arrivals(api)
     assert max_in_window(times, 1.0) <= 20
-    assert max_in_window(times, 0.25) <= 6   # evenly spread: ~5 per quarter second, never a burst
+    assert max_in_window(times, 0.25) <= 6  # evenly spread: ~5 per quarter second, never a burst
     assert (len(times) - 1) / (times[-1] - times[0]) >= 0.85 * 20
 
 
 def test_retries_take_rate_limit_slots_too(api, run_job):
     limit = 30
-    run_job({"sources": [paged(api, 1500, 10, fail_rate=0.4, fault=500)], "rate_limit": limit,
-             "concurrency": 8, "retry": {"attempts": 5, "backoff": 0.01}})
+    run_job(
+        {
+            "sources": [paged(api, 1500, 10, fail_rate=0.4, fault=500)],
+            "rate_limit": limit,
+            "concurrency": 8,
+            "retry": {"attempts": 5, "backoff": 0.01},
+        }
+    )
     times = arrivals(api)
     assert len(times) > 150  # the failed tries were sent again...
     assert max_in_window(times, 1.0) <= limit  # ...inside the same limit
@@ -81,8 +90,12 @@ def test_429_retry_after_pauses_every_process(api, run_job):
     source = spec["sources"][0]  # 200 pages of 50 ms at 8 in flight: the job outlasts the pause
 
     def failing_pages(seed):
-        return [p for p in range(1, 201)
-                if is_failing(fault_key("/items/page", {"n": "2000", "page": str(p), "per_page": "10"}), 0.005, seed)]
+        return [
+            p
+            for p in range(1, 201)
+            if is_failing(fault_key("/items/page", {"n": "2000", "page": str(p), "per_page": "10"}), 0.005, seed)
+        ]
+
     seed = next(s for s in range(1000) if len(failing_pages(s)) == 1 and 20 < failing_pages(s)[0] < 100)
     source["params"].update({"fail_rate": 0.005, "seed": seed, "fault": "429", "retry_after": 1})
     result = run_job(spec)
@@ -97,10 +110,18 @@ def test_429_retry_after_pauses_every_process(api, run_job):
 def test_injected_faults_leave_the_output_exact(api, run_job, fault):
     n, size = 3000, 20
     params = {"fail_rate": 0.15, "fault": fault, "seed": 7}
-    result = run_job({"sources": [paged(api, n, size, **params)], "concurrency": 6,
-                      "retry": {"attempts": 4, "backoff": 0.01}, "export": {"format": "parquet"}})
-    failing = sum(is_failing(fault_key("/items/page", {"n": str(n), "page": str(p), "per_page": str(size)}),
-                             0.15, 7) for p in range(1, n // size + 1))
+    result = run_job(
+        {
+            "sources": [paged(api, n, size, **params)],
+            "concurrency": 6,
+            "retry": {"attempts": 4, "backoff": 0.01},
+            "export": {"format": "parquet"},
+        }
+    )
+    failing = sum(
+        is_failing(fault_key("/items/page", {"n": str(n), "page": str(p), "per_page": str(size)}), 0.15, 7)
+        for p in range(1, n // size + 1)
+    )
     assert failing >= 10
     assert [r["id"] for r in read_export(result.output, "parquet")] == list(range(1, n + 1))
     assert result.retries == failing and result.pages == n // size
@@ -109,11 +130,21 @@ def test_injected_faults_leave_the_output_exact(api, run_job, fault):
 def test_on_error_skip_completes_partially_and_lists_the_skipped_pages(api, run_job):
     n, size = 1000, 20
     params = {"fail_rate": 0.1, "fault": "500", "fail_times": 99, "seed": 3}
-    failing = [p for p in range(1, n // size + 1)
-               if is_failing(fault_key("/items/page", {"n": str(n), "page": str(p), "per_page": str(size)}), 0.1, 3)]
+    failing = [
+        p
+        for p in range(1, n // size + 1)
+        if is_failing(fault_key("/items/page", {"n": str(n), "page": str(p), "per_page": str(size)}), 0.1, 3)
+    ]
     assert 1 not in failing and failing
-    result = run_job({"name": "partial", "sources": [paged(api, n, size, **params)], "on_error": "skip",
-                      "retry": {"attempts": 2, "backoff": 0.01}, "export": {"format": "zip"}})
+    result = run_job(
+        {
+            "name": "partial",
+            "sources": [paged(api, n, size, **params)],
+            "on_error": "skip",
+            "retry": {"attempts": 2, "backoff": 0.01},
+            "export": {"format": "zip"},
+        }
+    )
     assert result.partial is True
     files = read_export(result.output, "zip")
     ids = [int(r["id"]) for r in files["partial.csv"]]
@@ -129,8 +160,9 @@ def test_failing_pages_fail_the_job_naming_each_page(api, run_job):
     n, size = 400, 20
     params = {"fail_rate": 0.2, "fault": "503", "fail_times": 99, "seed": 5}
     with pytest.raises(JobFailed) as failure:
-        run_job({"sources": [paged(api, n, size, **params)], "retry": {"attempts": 2, "backoff": 0.01},
-                 "concurrency": 2})
+        run_job(
+            {"sources": [paged(api, n, size, **params)], "retry": {"attempts": 2, "backoff": 0.01}, "concurrency": 2}
+        )
     pages = failure.value.pages
     assert pages and all(p.status == 503 and "after 2 attempts" in p.error for p in pages)
     assert "page=" in pages[0].url and failure.value.message.startswith("page ")

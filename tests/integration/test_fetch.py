@@ -1,10 +1,8 @@
-"""engine/fetch.py + engine/http.py against a real scripted HTTP server on 127.0.0.1 (one process,
-tests/scripted_server.py): one page through the retry loop, the job's gate (limiter, semaphore,
-cancellation, sleep) replaced by recording fakes. Backoff sleeps are recorded, not slept.
+"""engine/fetch/page.py + engine/fetch/client.py against a real scripted HTTP server on
+127.0.0.1 (one process, tests/support/scripted_server.py): one page through the retry loop on
+an event loop, the job's gate (limiter, semaphore, cancellation, sleep) replaced by recording
+fakes. Backoff sleeps are recorded, not slept."""
 
-Every test runs twice: on a blocking thread (`PageFetcher.fetch` over `HttpClient`) and on an
-event loop (`PageFetcher.fetch_async` over `engine.fetch.aio_transport.AsyncHttpClient`) - the two
-transports must behave alike, down to the error wording."""
 from __future__ import annotations
 
 import asyncio
@@ -17,10 +15,10 @@ import time
 
 import pytest
 
-from engine.fetch.aio_transport import AsyncHttpClient
-from engine.fetch.auth import Auth, HeaderValueAuth
-from engine.fetch.page import FetchError, Gate, HttpClient, PageFetcher, SourceRequestSpec
-from engine.fetch.transport import MAX_REDIRECTS, host_allowed
+from engine.fetch.auth import Auth, HeaderValueAuth, QueryAuth
+from engine.fetch.client import MAX_REDIRECTS, HttpClient, should_strip_auth
+from engine.fetch.outbound import host_allowed
+from engine.fetch.page import FetchError, Gate, PageFetcher, SourceRequestSpec
 from engine.spec.models import CsvSourceOptions, Retry
 from tests.support.scripted_server import Reply, ScriptedServer
 
@@ -35,14 +33,11 @@ class FakeLimiter:
         self.answered_tickets: list = []
         self.pauses: list[float] = []
 
-    def acquire(self, wait):
+    async def acquire_async(self, wait):
         if not self.may_send:
             return False, None
         self.acquired += 1
         return True, self.acquired
-
-    async def acquire_async(self, wait):
-        return self.acquire(wait)
 
     def answered(self, ticket):
         self.answered_tickets.append(ticket)
@@ -52,8 +47,8 @@ class FakeLimiter:
 
 
 class CheckedSemaphore:
-    """The job's concurrency gate with one slot. These tests are single-threaded, so a slot that is
-    not free when asked for was leaked: fail at once instead of waiting forever."""
+    """The job's concurrency gate with one slot. These tests run one page at a time, so a slot
+    that is not free when asked for was leaked: fail at once instead of waiting forever."""
 
     def __init__(self):
         self._free = True
@@ -64,7 +59,7 @@ class CheckedSemaphore:
             return True
         if blocking:
             raise AssertionError("semaphore slot leaked: acquired while already held")
-        return False
+        raise AssertionError("semaphore slot leaked: busy while no page is under way")
 
     def release(self) -> None:
         assert not self._free, "semaphore released more often than acquired"
@@ -72,9 +67,17 @@ class CheckedSemaphore:
 
 
 class Harness:
-    def __init__(self, retry: Retry | None = None, max_body: int = 1 << 20, allowed_hosts: tuple = (),
-                 cancelled: bool = False, sleep_cancels: bool = False, may_send: bool = True,
-                 timeout: float = 5):
+    def __init__(
+        self,
+        retry: Retry | None = None,
+        max_body: int = 1 << 20,
+        allowed_hosts: tuple = (),
+        cancelled: bool = False,
+        sleep_cancels: bool = False,
+        may_send: bool = True,
+        timeout: float = 5,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         self.limiter = FakeLimiter(may_send)
         self.sleeps: list[float] = []
         self.requests = 0
@@ -82,21 +85,21 @@ class Harness:
         self.bytes = 0
         self.semaphore = CheckedSemaphore()
 
-        def sleep(seconds: float) -> bool:
+        async def sleep(seconds: float) -> bool:
             self.sleeps.append(seconds)
             return sleep_cancels
 
-        async def sleep_async(seconds: float) -> bool:
-            return sleep(seconds)
-
-        self.gate = Gate(limiter=self.limiter, semaphore=self.semaphore, cancelled=lambda: cancelled,
-                         sleep=sleep, on_request=self._on_request, on_retry=self._on_retry, on_bytes=self._on_bytes,
-                         sleep_async=sleep_async)
-        self.client = HttpClient(max_body, allowed_hosts)
-        self.aio_client = AsyncHttpClient(self.client)
-        self.fetcher = PageFetcher(self.client, self.gate, retry or Retry(), timeout=timeout,
-                                   aio_client=self.aio_client)
-        self.driver = _DRIVER[0]
+        self.gate = Gate(
+            limiter=self.limiter,
+            semaphore=self.semaphore,
+            cancelled=lambda: cancelled,
+            sleep=sleep,
+            on_request=self._on_request,
+            on_retry=self._on_retry,
+            on_bytes=self._on_bytes,
+        )
+        self.client = HttpClient(max_body, allowed_hosts, ssl_context=ssl_context)
+        self.fetcher = PageFetcher(self.client, self.gate, retry or Retry(), timeout=timeout)
         _CLIENTS.append(self)
 
     def _on_request(self):
@@ -108,36 +111,53 @@ class Harness:
     def _on_bytes(self, n):
         self.bytes += n
 
-    def fetch(self, url, params=None, auth: Auth | None = None, fmt="json", records=None, headers=None,
-              method="GET", body=None):
-        source = SourceRequestSpec(method=method, headers=headers or {}, body=body, fmt=fmt, records=records,
-                                   csv=CsvSourceOptions(), auth=auth or Auth())
-        if self.driver == "thread":
-            return self.fetcher.fetch(source, url, params or {})
-        return _LOOP[0].run_until_complete(self.fetcher.fetch_async(source, url, params or {}))
+    def fetch(
+        self,
+        url,
+        params=None,
+        auth: Auth | None = None,
+        fmt="json",
+        records=None,
+        headers=None,
+        method="GET",
+        body=None,
+    ):
+        source = SourceRequestSpec(
+            method=method,
+            headers=headers or {},
+            body=body,
+            fmt=fmt,
+            records=records,
+            csv=CsvSourceOptions(),
+            auth=auth or Auth(),
+        )
+        return run(self.fetcher.fetch(source, url, params or {}))
 
     def close(self):
-        self.client.close()
-        self.aio_client.close()
+        run(self.client.close())
 
 
 _CLIENTS: list[Harness] = []
-_DRIVER = ["thread"]
 _LOOP: list[asyncio.AbstractEventLoop] = []
 
 
-@pytest.fixture(autouse=True, params=["thread", "event loop"])
-def driver(request):
-    """Which driver every Harness of the test uses (one event loop per test, like a fetch process)."""
-    _DRIVER[0] = request.param
+def run(coroutine):
+    """On the test's event loop (one per test, like a fetch process)."""
+    return _LOOP[0].run_until_complete(coroutine)
+
+
+@pytest.fixture(autouse=True)
+def loop():
     _LOOP[:] = [asyncio.new_event_loop()]
-    yield request.param
+    yield _LOOP[0]
+    while _CLIENTS:
+        _CLIENTS.pop().close()
     _LOOP[0].close()
 
 
 @pytest.fixture(autouse=True)
 def _no_proxies(monkeypatch):
-    """HttpClient reads proxies from the environment: the local server must be reached directly."""
+    """The client reads proxies from the environment: the local server must be reached directly."""
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
 
@@ -171,6 +191,7 @@ def targets(server) -> list[str]:
 
 
 # ------------------------------------------------------------------ success
+
 
 def test_success_parses_the_page(server, url):
     body = b'{"data": [{"id": 1, "a": {"b": 2}}, {"id": 2, "a": {"b": 3}}], "meta": {"pages": 4}}'
@@ -207,21 +228,10 @@ def test_closed_keep_alive_connection_is_not_reused(server, url):
     assert len({r.client for r in server.requests()}) == 2
 
 
-def test_url_urllib3_would_rewrite_is_sent_by_urllib3_and_charged(server):
-    """Not the direct path (a lower-case escape urllib3 upper-cases): the event loop hands
-    this hop to the blocking client on a helper thread; the rate-limit slot is still taken."""
-    server.add("GET", PATH, Reply.json([{"id": 7}]))
-    h = Harness()
-    assert h.client._direct(server.url(PATH + "?q=%2f")) is None
-    out = h.fetch(server.url(PATH + "?q=%2f"))
-    assert out.error is None and out.parsed.table.to_pylist() == [{"id": 7}]
-    assert targets(server) == [PATH + "?q=%2F"]
-    assert h.requests == 1 and h.limiter.acquired == 1 and h.limiter.answered_tickets == [1]
-
-
 @pytest.fixture
 def tls_server(tmp_path):
     from tests.support.delivery_servers import self_signed_certificate
+
     cert, key = self_signed_certificate(tmp_path)
     srv = ScriptedServer(tls=(cert, key))
     yield srv, cert
@@ -233,8 +243,7 @@ def tls_server(tmp_path):
 def test_https_pages_over_a_trusted_certificate_share_one_connection(tls_server):
     srv, cert = tls_server
     srv.add("GET", PATH, Reply.json([{"id": 1}]), Reply.json([{"id": 2}]))
-    h = Harness()
-    h.client._tls = ssl.create_default_context(cafile=str(cert))  # trust the test's own CA
+    h = Harness(ssl_context=ssl.create_default_context(cafile=str(cert)))  # trust the test's own CA
     outs = [h.fetch(srv.url(PATH), params={"page": p}) for p in (1, 2)]
     assert [o.parsed.table.to_pylist() for o in outs] == [[{"id": 1}], [{"id": 2}]]
     assert len({r.client for r in srv.requests()}) == 1
@@ -305,16 +314,21 @@ def test_link_header_is_parsed_into_links(server, url):
     link = f'<{server.url(PATH + "?page=2")}>; rel="next", <{server.url(PATH + "?page=9")}>; rel="last"'
     server.add("GET", PATH, Reply.json([], headers={"Link": link}))
     client = HttpClient(1 << 20)
+
+    async def no_ticket():
+        return None
+
     try:
-        response = client.send("GET", url, {}, {}, None, 5, lambda: None)
+        response = run(client.send("GET", url, {}, {}, None, 5, no_ticket, lambda ticket: None))
     finally:
-        client.close()
+        run(client.close())
     assert response.status == 200
     assert response.links["next"]["url"] == server.url(PATH + "?page=2")
     assert response.links["last"]["url"] == server.url(PATH + "?page=9")
 
 
 # ------------------------------------------------------------------ retries
+
 
 def test_500_then_200_is_retried(server, url):
     server.add("GET", PATH, Reply(500), Reply.json([{"a": 1}]))
@@ -336,7 +350,7 @@ def test_backoff_grows_between_attempts(server, url):
     assert len(server.requests()) == 4
     assert len(h.sleeps) == 3
     for n, delay in enumerate(h.sleeps):
-        assert 2 ** n / 2 <= delay <= 2 ** n
+        assert 2**n / 2 <= delay <= 2**n
 
 
 def test_404_is_not_retried(server, url):
@@ -408,6 +422,7 @@ def test_one_attempt_means_no_retry(server, url):
 
 # ------------------------------------------------------------------ broken connections
 
+
 def test_connection_refused_is_retryable_and_has_no_url(refused_url):
     h = Harness(Retry(attempts=3))
     out = h.fetch(refused_url, params={"api_key": SECRET})
@@ -424,8 +439,11 @@ def test_dropped_connection_is_retryable(server, url):
     out = Harness(Retry(attempts=2)).fetch(url)
     assert out.attempts == 2 and len(server.requests()) == 2
     assert out.error.retryable is True and out.error.status is None
-    assert out.error.message in ("connection failed (remote end closed the connection)",
-                                 "connection failed (connection aborted)", "connection failed (connection reset)")
+    assert out.error.message in (
+        "connection failed (remote end closed the connection)",
+        "connection failed (connection aborted)",
+        "connection failed (connection reset)",
+    )
 
 
 def test_dropped_connection_then_success(server, url):
@@ -470,6 +488,7 @@ def test_body_slower_than_the_timeout_is_retryable(server, url):
 
 
 # ------------------------------------------------------------------ bodies
+
 
 def test_invalid_json_is_retried_then_fails(server, url):
     server.add("GET", PATH, Reply(200, {}, b"<html>gateway hiccup</html>"))
@@ -535,6 +554,7 @@ def test_chunked_body_at_max_body_is_fine(server, url):
 
 
 # ------------------------------------------------------------------ redirects
+
 
 def test_redirect_followed_and_each_hop_charged(server, url):
     server.add("GET", PATH, Reply.redirect("/v2/orders?page=1"))
@@ -627,15 +647,18 @@ def test_authorization_dropped_on_cross_host_redirect(server, url):
     sent = [r.headers for r in recs]
     assert sent[0]["Authorization"] == "Bearer t0ken"
     assert sent[1]["Authorization"] == "Bearer t0ken"  # same host: kept
-    assert "Authorization" not in sent[2]              # other host: dropped
-    assert sent[2]["Accept"] == "text/csv"             # harmless headers still apply
+    assert "Authorization" not in sent[2]  # other host: dropped
+    assert sent[2]["Accept"] == "text/csv"  # harmless headers still apply
 
 
 def test_custom_credentials_and_cookies_dropped_on_cross_host_redirect(server, url):
     server.add("GET", PATH, Reply.redirect(server.url("/v1/other", host="localhost")))
     server.add("GET", "/v1/other", Reply.json([]))
-    out = Harness().fetch(url, auth=HeaderValueAuth("X-Api-Key", "k3y-secret"),
-                          headers={"Cookie": "session=abc", "X-Tenant": "t1", "Accept": "application/json"})
+    out = Harness().fetch(
+        url,
+        auth=HeaderValueAuth("X-Api-Key", "k3y-secret"),
+        headers={"Cookie": "session=abc", "X-Tenant": "t1", "Accept": "application/json"},
+    )
     assert out.error is None
     first, second = (r.headers for r in server.requests())
     assert first["X-Api-Key"] == "k3y-secret" and first["Cookie"] == "session=abc" and first["X-Tenant"] == "t1"
@@ -646,15 +669,23 @@ def test_custom_credentials_and_cookies_dropped_on_cross_host_redirect(server, u
 def test_custom_credentials_and_cookies_kept_on_same_host_redirect(server, url):
     server.add("GET", PATH, Reply.redirect("/v1/moved", status=308))
     server.add("GET", "/v1/moved", Reply.json([]))
-    out = Harness().fetch(url, auth=HeaderValueAuth("X-Api-Key", "k3y-secret"),
-                          headers={"Cookie": "session=abc", "X-Tenant": "t1", "Accept": "application/json"})
+    out = Harness().fetch(
+        url,
+        auth=HeaderValueAuth("X-Api-Key", "k3y-secret"),
+        headers={"Cookie": "session=abc", "X-Tenant": "t1", "Accept": "application/json"},
+    )
     assert out.error is None
     for sent in (r.headers for r in server.requests()):
-        assert (sent["X-Api-Key"], sent["Cookie"], sent["X-Tenant"], sent["Accept"]) == \
-            ("k3y-secret", "session=abc", "t1", "application/json")
+        assert (sent["X-Api-Key"], sent["Cookie"], sent["X-Tenant"], sent["Accept"]) == (
+            "k3y-secret",
+            "session=abc",
+            "t1",
+            "application/json",
+        )
 
 
 # ------------------------------------------------------------------ auth refresh
+
 
 class RefreshingAuth(Auth):
     refreshable = True
@@ -689,6 +720,7 @@ def test_401_without_refreshable_auth_is_not_retried(server, url):
 
 # ------------------------------------------------------------------ cancellation
 
+
 def test_cancelled_before_start_sends_nothing(server, url):
     server.add("GET", PATH, Reply.json([]))
     h = Harness(cancelled=True)
@@ -716,6 +748,7 @@ def test_cancelled_during_backoff(server, url):
 
 
 # ------------------------------------------------------------------ no URL in any error
+
 
 def _case_refused(server, refused):
     return Harness(Retry(attempts=1)), refused
@@ -771,9 +804,22 @@ def _case_http_500(server, refused):
     return Harness(Retry(attempts=1)), server.url(PATH)
 
 
-LEAK_CASES = {f.__name__[len("_case_"):]: f for f in (
-    _case_refused, _case_drop, _case_truncated, _case_timeout, _case_invalid_json, _case_bad_gzip, _case_too_big,
-    _case_too_big_chunked, _case_redirect_loop, _case_host_refused, _case_http_500)}
+LEAK_CASES = {
+    f.__name__[len("_case_") :]: f
+    for f in (
+        _case_refused,
+        _case_drop,
+        _case_truncated,
+        _case_timeout,
+        _case_invalid_json,
+        _case_bad_gzip,
+        _case_too_big,
+        _case_too_big_chunked,
+        _case_redirect_loop,
+        _case_host_refused,
+        _case_http_500,
+    )
+}
 
 
 @pytest.mark.parametrize("case", sorted(LEAK_CASES))
@@ -790,7 +836,240 @@ def test_error_messages_never_contain_the_url(case, server, refused_url):
 
 # ------------------------------------------------------------------ FetchError
 
+
 def test_fetch_error_fields():
     err = FetchError("HTTP 503", retryable=True, status=503, retry_after=2.0)
     assert (err.message, err.retryable, err.status, err.retry_after) == ("HTTP 503", True, 503, 2.0)
     assert str(err) == "HTTP 503"
+
+
+# ------------------------------------------------------------------ credentials stay with their origin
+
+
+@pytest.fixture
+def other_server():
+    srv = ScriptedServer()
+    yield srv
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+    srv.close()
+    assert not srv.unscripted, [r.target for r in srv.unscripted]
+
+
+def _credentialed_fetch(h: Harness, first_url: str):
+    return h.fetch(
+        first_url,
+        params={"page": 1},
+        auth=QueryAuth("api_key", SECRET),
+        headers={"Authorization": "Bearer t0ken", "X-Api-Key": "k3y-secret", "Accept": "text/csv"},
+    )
+
+
+@pytest.mark.parametrize("change", ["host", "port", "scheme https to http"])
+def test_redirect_to_another_origin_drops_every_credential(change, server, other_server, tls_server):
+    tls, cert = tls_server
+    first, target = {
+        "host": (server, (server, "localhost")),
+        "port": (server, (other_server, None)),
+        "scheme https to http": (tls, (server, None)),
+    }[change]
+    landing, host = target
+    # The Location even echoes the query credential: it is taken out.
+    first.add("GET", PATH, Reply.redirect(landing.url(f"/v1/other?page=2&api_key={SECRET}", host=host)))
+    landing.add("GET", "/v1/other", Reply.json([{"id": 1}]))
+    h = Harness(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    out = _credentialed_fetch(h, first.url(PATH))
+    assert out.error is None and out.parsed.records == 1
+    sent_first = first.requests(PATH)[0]
+    assert sent_first.headers["Authorization"] == "Bearer t0ken" and sent_first.headers["X-Api-Key"] == "k3y-secret"
+    assert f"api_key={SECRET}" in sent_first.query
+    (second,) = landing.requests("/v1/other")
+    assert "Authorization" not in second.headers and "X-Api-Key" not in second.headers
+    assert second.query == "page=2" and SECRET not in second.target
+    assert second.headers["Accept"] == "text/csv"  # harmless headers still apply
+
+
+def test_same_origin_redirect_keeps_every_credential(server):
+    server.add("GET", PATH, Reply.redirect("/v1/other?page=2", status=307))
+    server.add("GET", "/v1/other", Reply.json([{"id": 1}]))
+    out = _credentialed_fetch(Harness(), server.url(PATH))
+    assert out.error is None
+    (second,) = server.requests("/v1/other")
+    assert second.headers["Authorization"] == "Bearer t0ken" and second.headers["X-Api-Key"] == "k3y-secret"
+    assert second.query == f"page=2&api_key={SECRET}"
+
+
+def test_credentials_stay_dropped_after_leaving_the_origin(server, other_server):
+    server.add("GET", PATH, Reply.redirect(other_server.url("/bounce")))
+    other_server.add("GET", "/bounce", Reply.redirect(server.url("/v1/back")))
+    server.add("GET", "/v1/back", Reply.json([]))
+    out = _credentialed_fetch(Harness(), server.url(PATH))
+    assert out.error is None
+    (back,) = server.requests("/v1/back")
+    assert "Authorization" not in back.headers and SECRET not in back.target
+
+
+def test_http_to_https_upgrade_on_default_ports_keeps_credentials():
+    assert not should_strip_auth("http://api.example.com/a", "https://api.example.com/b")
+    assert not should_strip_auth("http://api.example.com:80/a", "https://api.example.com:443/b")
+
+
+# ------------------------------------------------------------------ URLs refused before any connection
+
+
+@pytest.fixture
+def server_2():
+    """A server on 127.0.0.2: what a confused parser would connect to."""
+    srv = ScriptedServer(host="127.0.0.2")
+    srv.add("GET", "/x", Reply.json([{"id": 1}]))
+    yield srv
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+    srv.close()
+
+
+@pytest.mark.parametrize(
+    "shape", ["backslash before @", "userinfo", "userinfo without password", "backslash in the path"]
+)
+def test_confusing_urls_are_refused_without_connecting(shape, server_2):
+    port = server_2.port
+    bad = {
+        "backslash before @": f"http://127.0.0.2:{port}\\@localhost:{port}/x",
+        "userinfo": f"http://user:pw@127.0.0.2:{port}/x",
+        "userinfo without password": f"http://user@127.0.0.2:{port}/x",
+        "backslash in the path": f"http://127.0.0.2:{port}/x\\..\\y",
+    }[shape]
+    h = Harness(Retry(attempts=3))
+    out = h.fetch(bad)
+    assert out.error.message == "invalid URL" and out.error.retryable is False
+    assert out.attempts == 1 and h.sleeps == []
+    assert server_2.requests() == [] and h.limiter.acquired == 0
+
+
+def test_redirect_to_a_confusing_url_is_refused(server, server_2):
+    server.add("GET", PATH, Reply.redirect(f"http://127.0.0.2:{server_2.port}\\@localhost:{server.port}/x"))
+    out = Harness(Retry(attempts=2)).fetch(server.url(PATH))
+    assert out.error.message == "invalid URL" and out.attempts == 1
+    assert server_2.requests() == [] and targets(server) == [PATH]
+
+
+def test_resolved_addresses_pass_the_guard_hook(server):
+    from engine.fetch.client import OutboundGuard
+
+    class NoLoopback(OutboundGuard):
+        def check_address(self, host, address):
+            self.seen = (host, address)
+            if address.startswith("127."):
+                raise FetchError("address refused", retryable=False)
+
+    guard = NoLoopback()
+    h = Harness()
+    h.client.guard = guard
+    out = h.fetch(server.url(PATH, host="localhost"))
+    assert out.error.message == "address refused" and server.requests() == []
+    assert guard.seen[0] == "localhost"
+    out = h.fetch(server.url(PATH))  # an address literal is checked without resolving
+    assert out.error.message == "address refused" and server.requests() == []
+
+
+# ------------------------------------------------------------------ proxies, content encodings
+
+
+def test_proxy_from_the_environment_gets_the_absolute_form(monkeypatch, server):
+    proxy = ScriptedServer()  # records what it is asked for, and answers itself
+    try:
+        proxy.add("GET", PATH, Reply.json([{"id": 7}]))
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url())
+        out = Harness().fetch("http://api.example.invalid/v1/orders", params={"page": 2})
+        assert out.error is None and out.parsed.table.to_pylist() == [{"id": 7}]
+        (rec,) = proxy.requests()
+        assert rec.target == "http://api.example.invalid/v1/orders?page=2"
+        assert rec.headers["Host"] == "api.example.invalid"
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # bypassed: straight to the server
+        server.add("GET", PATH, Reply.json([{"id": 8}]))
+        out = Harness().fetch(server.url(PATH))
+        assert out.error is None and targets(server) == [PATH] and len(proxy.requests()) == 1
+    finally:
+        proxy.close()
+
+
+def _zstd_compress(data: bytes) -> bytes:
+    try:
+        from backports import zstd
+    except ImportError:
+        from compression import zstd
+    return zstd.compress(data)
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+def test_brotli_and_zstd_bodies_are_decoded(encoding, server, url):
+    import brotli
+
+    doc = {"data": [{"id": n, "text": "y" * 40} for n in range(300)]}
+    raw = json.dumps(doc).encode()
+    body = brotli.compress(raw) if encoding == "br" else _zstd_compress(raw)
+    server.add("GET", PATH, Reply(200, {"Content-Type": "application/json", "Content-Encoding": encoding}, body))
+    h = Harness()
+    out = h.fetch(url, records="data")
+    assert out.error is None and out.parsed.table.to_pylist() == doc["data"]
+    assert encoding in server.requests()[0].headers["Accept-Encoding"]
+    assert h.bytes == len(raw)
+
+
+@pytest.mark.parametrize("header", ["Host", "Content-Length", "Transfer-Encoding", "Connection"])
+def test_spec_headers_cannot_override_framing(header, server, url):
+    server.add("GET", PATH, Reply.json([]))
+    value = {"Host": "evil.example", "Content-Length": "5", "Transfer-Encoding": "chunked", "Connection": "close"}[
+        header
+    ]
+    out = Harness().fetch(url, headers={header: value})
+    assert out.error is None
+    assert server.requests()[0].headers.get(header) != value
+
+
+# ------------------------------------------------------------------ the OAuth2 token request
+
+
+def _oauth2(token_url: str, client: HttpClient):
+    import threading
+
+    from engine.fetch.auth import DictTokenStore, OAuth2ClientCredentials
+    from engine.spec.models import OAuth2Auth
+
+    spec = OAuth2Auth(type="oauth2", token_url=token_url, client_id="cid", client_secret="Cl1ent-S3cret")
+    return OAuth2ClientCredentials(spec, DictTokenStore({}, threading.Lock()), "oauth2:test:0", 5, client)
+
+
+def test_oauth2_token_through_the_client(server, url):
+    server.add("POST", "/oauth/token", Reply.json({"access_token": "tok-1", "expires_in": 3600}))
+    server.add("GET", PATH, Reply.json([{"id": 1}]))
+    h = Harness()
+    out = h.fetch(url, auth=_oauth2(server.url("/oauth/token"), h.client))
+    assert out.error is None and out.attempts == 1
+    token_request, page = server.requests()
+    assert token_request.headers["Authorization"].startswith("Basic ")
+    assert token_request.body == b"grant_type=client_credentials"
+    assert page.headers["Authorization"] == "Bearer tok-1"
+
+
+def test_oauth2_token_endpoint_redirect_is_not_followed(server, other_server, url):
+    server.add("POST", "/oauth/token", Reply.redirect(other_server.url("/steal"), status=307))
+    other_server.add("POST", "/steal", Reply.json({"access_token": "stolen"}))
+    h = Harness(Retry(attempts=3))
+    out = h.fetch(url, auth=_oauth2(server.url("/oauth/token?tenant=" + SECRET), h.client))
+    assert out.parsed is None and out.attempts == 0
+    message = out.error.message
+    assert "token endpoint" in message and "/oauth/token" in message and "307" in message
+    assert SECRET not in message and not out.error.retryable
+    assert other_server.requests() == []
+    assert [r.path for r in server.requests()] == ["/oauth/token"]
+
+
+def test_oauth2_token_endpoint_outside_allowed_hosts_is_refused(server, url):
+    h = Harness(allowed_hosts=("127.0.0.1",))
+    out = h.fetch(url, auth=_oauth2(server.url("/oauth/token", host="localhost"), h.client))
+    assert "ALLOWED_SOURCE_HOSTS" in out.error.message and "token endpoint" in out.error.message
+    assert server.requests() == []

@@ -1,5 +1,6 @@
 """Issue 6: faults survived, nothing lost. A killed pool process, disk trouble, hostile or
 broken sources, SSRF — each either recovers exactly or fails loudly saying why."""
+
 from __future__ import annotations
 
 import collections
@@ -14,14 +15,9 @@ import psutil
 import pytest
 
 from tests.conftest import cli_env, write_spec
+from tests.support.net import wait_for
 from tests.support.readback import read_export
-
-
-def page_spec(api, path="/items/page", n=2000, size=20, fmt="csv", **params) -> dict:
-    pagination = {"type": "page", "size": size, "total_pages": "meta.total_pages"} if path == "/items/page" \
-        else {"type": "offset", "size": size, "total_records": "total"}
-    return {"sources": [{"url": api.url(path), "params": {"n": n, **params}, "pagination": pagination}],
-            "concurrency": 4, "export": {"format": fmt}}
+from tests.support.specs import page_spec
 
 
 def pool_processes(engine) -> list[psutil.Process]:
@@ -31,8 +27,7 @@ def pool_processes(engine) -> list[psutil.Process]:
     found = []
     for child in me.children(recursive=True):
         try:
-            if child.pid != manager_pid and "forkserver" in " ".join(child.cmdline()) \
-                    and child.ppid() != me.pid:
+            if child.pid != manager_pid and "forkserver" in " ".join(child.cmdline()) and child.ppid() != me.pid:
                 found.append(child)
         except psutil.NoSuchProcess:
             pass
@@ -41,10 +36,11 @@ def pool_processes(engine) -> list[psutil.Process]:
 
 # ------------------------------------------------------------------ a killed pool process
 
+
 def test_killed_pool_process_is_replaced_and_both_jobs_finish_exactly(api, run_job, engine):
-    slow = page_spec(api, n=3000, size=20, fmt="parquet", delay_ms=40)                 # 150 pages
-    other = page_spec(api, path="/items/offset", n=2000, size=20, fmt="parquet", delay_ms=40)  # 100 pages
-    slow["name"], other["name"] = "slow", "other"  # two output files
+    # two output files: slow.parquet, other.parquet
+    slow = page_spec(api, name="slow", n=3000, size=20, fmt="parquet", delay_ms=40)  # 150 pages
+    other = page_spec(api, "/items/offset", name="other", n=2000, size=20, fmt="parquet", delay_ms=40)  # 100 pages
     results, errors = {}, []
 
     def run(name, spec):
@@ -56,10 +52,12 @@ def test_killed_pool_process_is_replaced_and_both_jobs_finish_exactly(api, run_j
     threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("slow", slow), ("other", other))]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 30
-    while len([e for e in api.log() if e["path"] == "/items/page"]) < 30:
-        assert time.monotonic() < deadline, "the jobs never got going"
-        time.sleep(0.02)
+    wait_for(
+        lambda: len([e for e in api.log() if e["path"] == "/items/page"]) >= 30,
+        30,
+        interval=0.02,
+        message="the jobs to get going",
+    )
     victims = pool_processes(engine)
     assert len(victims) >= 4, victims  # two jobs, two processes each
     victims[0].kill()
@@ -72,25 +70,35 @@ def test_killed_pool_process_is_replaced_and_both_jobs_finish_exactly(api, run_j
     pages = collections.Counter((e["path"], e["query"].get("page") or e["query"].get("offset")) for e in api.log())
     refetched = sum(c - 1 for c in pages.values())
     assert refetched < 60, refetched
-    assert set(pages) == {("/items/page", str(p)) for p in range(1, 151)} | \
-        {("/items/offset", str(o)) for o in range(0, 2000, 20)}
+    assert set(pages) == {("/items/page", str(p)) for p in range(1, 151)} | {
+        ("/items/offset", str(o)) for o in range(0, 2000, 20)
+    }
 
 
 # ------------------------------------------------------------------ disk trouble
+
 
 def run_cli(tmp_path: Path, *args: str, file_limit: int | None = None) -> subprocess.CompletedProcess:
     def limit():
         if file_limit is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=tmp_path, env=cli_env(),
-                          capture_output=True, text=True, timeout=120, preexec_fn=limit)
+
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "xlsx", "zip"])  # parquet: too compact to overflow
 def test_disk_full_during_export_fails_cleanly(api, tmp_path, fmt):
     # RLIMIT_FSIZE makes any write past 2 MB fail with EFBIG, like a full disk: the shards (small,
     # one per block of pages) fit, the 30,000-row export does not.
-    spec = write_spec(tmp_path / "s.json", page_spec(api, n=30_000, size=500, fmt=fmt))
+    spec = write_spec(tmp_path / "s.json", page_spec(api, name=None, n=30_000, size=500, fmt=fmt))
     out = tmp_path / "out" / f"export.{fmt}"
     out.parent.mkdir()
     run = run_cli(tmp_path, "run", str(spec), "-o", str(out), "--quiet", file_limit=2 * 1024 * 1024)
@@ -105,7 +113,7 @@ def test_disk_full_during_export_fails_cleanly(api, tmp_path, fmt):
 def test_unwritable_output_location_fails_before_fetching(api, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where a directory should be")
-    spec = write_spec(tmp_path / "s.json", page_spec(api, n=100))
+    spec = write_spec(tmp_path / "s.json", page_spec(api, name=None, n=100, size=20))
     api.reset()
     run = run_cli(tmp_path, "run", str(spec), "-o", str(blocker / "out.csv"), "--quiet")
     assert run.returncode == 2, run.stderr
@@ -130,12 +138,14 @@ HOSTILE = {
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_sources_fail_clearly_retrying_only_where_it_helps(api, cli, tmp_path, case):
     path, params, fmt, words, requests = HOSTILE[case]
-    spec = {"sources": [{"url": api.url(path), "params": params, "format": fmt}], "timeout": 1,
-            "retry": {"attempts": 3, "backoff": 0.05}}
+    spec = {
+        "sources": [{"url": api.url(path), "params": params, "format": fmt}],
+        "timeout": 1,
+        "retry": {"attempts": 3, "backoff": 0.05},
+    }
     api.reset()
     started = time.monotonic()
-    run = cli("run", str(write_spec(tmp_path / "s.json", spec)), "-o", "out.csv", "--quiet",
-              env={"MAX_FILE_SIZE": "1"})
+    run = cli("run", str(write_spec(tmp_path / "s.json", spec)), "-o", "out.csv", "--quiet", env={"MAX_FILE_SIZE": "1"})
     elapsed = time.monotonic() - started
     assert run.code == 1, run.stderr
     summary = run.summary
@@ -150,10 +160,12 @@ def test_hostile_sources_fail_clearly_retrying_only_where_it_helps(api, cli, tmp
 
 # ------------------------------------------------------------------ SSRF
 
+
 def test_allowed_source_hosts_refuses_other_hosts_at_validation(api, cli, tmp_path):
-    spec = {"sources": [{"url": api.url("/items/list", n=5)},
-                        {"url": "http://169.254.169.254/latest/meta-data/"}],
-            "export": {"format": "zip"}}
+    spec = {
+        "sources": [{"url": api.url("/items/list", n=5)}, {"url": "http://169.254.169.254/latest/meta-data/"}],
+        "export": {"format": "zip"},
+    }
     path = write_spec(tmp_path / "s.json", spec)
     api.reset()
     run = cli("run", str(path), "--quiet", env={"ALLOWED_SOURCE_HOSTS": "127.0.0.1"})
@@ -166,8 +178,7 @@ def test_allowed_source_hosts_refuses_a_redirect_to_another_host(api, cli, tmp_p
     target = f"http://localhost:{api.port}/items/list?n=5"
     spec = {"sources": [{"url": api.url("/redirect", to=target)}], "retry": {"attempts": 2, "backoff": 0.01}}
     api.reset()
-    run = cli("run", str(write_spec(tmp_path / "s.json", spec)), "--quiet",
-              env={"ALLOWED_SOURCE_HOSTS": "127.0.0.1"})
+    run = cli("run", str(write_spec(tmp_path / "s.json", spec)), "--quiet", env={"ALLOWED_SOURCE_HOSTS": "127.0.0.1"})
     assert run.code == 1
     assert "localhost" in run.summary["error"] and "ALLOWED_SOURCE_HOSTS" in run.summary["error"]
     assert [e["path"] for e in api.log()] == ["/redirect"]  # the other host was never asked

@@ -5,6 +5,7 @@ plain Python from the API's deterministic records (tests/testapi/records.py), ne
 Polars. Unit tests: `shape()` on small in-memory LazyFrames (nulls, every cast, every op,
 every aggregation) and `parse_spec` for what validation rejects up front.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,18 +18,19 @@ import pytest
 
 from engine.errors import JobFailed, ShapingError, SpecError
 from engine.export.shaping import shape
-from engine.spec.shaping_rules import convert_literal, output_order
 from engine.spec.models import parse_spec
+from engine.spec.shaping_rules import convert_literal, output_order
 from service.profiles import in_output_order
 from tests.conftest import write_spec
 from tests.support.readback import read_export, xlsx_sheets
 from tests.testapi.records import dataset, drift_record, record
 
 URL = "http://api.test/items"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # ====================================================================== helpers
+
 
 def spec_of(**shaping):
     return parse_spec({"sources": [{"url": URL}], **shaping})
@@ -51,10 +53,19 @@ def field_errors(**shaping) -> list[tuple[str, str]]:
 
 
 def items(api, n: int = 120, size: int = 50, fmt: str = "parquet", **shaping) -> dict:
-    return {"name": "items", "sources": [{"url": api.url("/items/page"), "params": {"n": n},
-                                          "pagination": {"type": "page", "size": size,
-                                                         "total_pages": "meta.total_pages"}}],
-            "concurrency": 4, "export": {"format": fmt}, **shaping}
+    return {
+        "name": "items",
+        "sources": [
+            {
+                "url": api.url("/items/page"),
+                "params": {"n": n},
+                "pagination": {"type": "page", "size": size, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "concurrency": 4,
+        "export": {"format": fmt},
+        **shaping,
+    }
 
 
 def flat(r: dict) -> dict:
@@ -82,14 +93,19 @@ SAMPLE = {  # small frame with nulls in every column
 
 # ====================================================================== columns
 
+
 def test_columns_select_rename_and_order_with_ties_then_unordered():
-    spec = dict(columns=[{"name": "C", "source": "cat", "order": 2},
-                         {"name": "I", "source": "id"},
-                         {"name": "X", "source": "x", "order": 1},
-                         {"name": "S", "source": "s", "order": 2},
-                         {"name": "F", "source": "f"}])
+    spec = dict(
+        columns=[
+            {"name": "C", "source": "cat", "order": 2},
+            {"name": "I", "source": "id"},
+            {"name": "X", "source": "x", "order": 1},
+            {"name": "S", "source": "s", "order": 2},
+            {"name": "F", "source": "f"},
+        ]
+    )
     frame = shaped_frame(SAMPLE, **spec)
-    assert frame.columns == ["X", "C", "S", "I", "F"]   # order 1, then the order-2 tie in list order, then the rest
+    assert frame.columns == ["X", "C", "S", "I", "F"]  # order 1, then the order-2 tie in list order, then the rest
     assert frame["C"].to_list() == SAMPLE["cat"] and frame["X"].to_list() == SAMPLE["x"]
 
 
@@ -115,33 +131,49 @@ def test_column_index_past_the_last_field_fails_listing_the_fields():
 
 
 def test_source_path_into_lists_and_structs():
-    data = pl.LazyFrame({"items": [[{"sku": "a", "n": 1}, {"sku": "b", "n": 2}], [], None],
-                         "tags": [["x", "y"], ["z"], None]})
-    rows = shaped(data, columns=[{"name": "second_tag", "source": "tags.1"},
-                                 {"name": "first_sku", "source": "items.0.sku"},
-                                 {"name": "last_n", "source": "items.-1.n"}])
-    assert rows == [{"second_tag": "y", "first_sku": "a", "last_n": 2},
-                    {"second_tag": None, "first_sku": None, "last_n": None},
-                    {"second_tag": None, "first_sku": None, "last_n": None}]
+    data = pl.LazyFrame(
+        {"items": [[{"sku": "a", "n": 1}, {"sku": "b", "n": 2}], [], None], "tags": [["x", "y"], ["z"], None]}
+    )
+    rows = shaped(
+        data,
+        columns=[
+            {"name": "second_tag", "source": "tags.1"},
+            {"name": "first_sku", "source": "items.0.sku"},
+            {"name": "last_n", "source": "items.-1.n"},
+        ],
+    )
+    assert rows == [
+        {"second_tag": "y", "first_sku": "a", "last_n": 2},
+        {"second_tag": None, "first_sku": None, "last_n": None},
+        {"second_tag": None, "first_sku": None, "last_n": None},
+    ]
 
 
 def test_missing_source_fails_naming_it_and_listing_the_columns_that_exist():
     with pytest.raises(ShapingError) as info:
-        shape(pl.LazyFrame(SAMPLE), spec_of(columns=[{"name": "x"}, {"name": "amount", "source": "total.amount"}]),
-              table="orders")
+        shape(
+            pl.LazyFrame(SAMPLE),
+            spec_of(columns=[{"name": "x"}, {"name": "amount", "source": "total.amount"}]),
+            table="orders",
+        )
     message = str(info.value)
     assert message.startswith("source 'orders': columns.1.source: column 'total.amount' is not in the fetched data")
     assert all(repr(c) in message for c in SAMPLE)
 
 
-@pytest.mark.parametrize("where, shaping", [
-    ("filters.0.column", {"filters": [{"column": "nope", "op": "is_null"}]}),
-    ("group_by.keys.0", {"group_by": {"keys": ["nope"], "aggregations": [{"agg": "count"}]}}),
-    ("group_by.aggregations.0.column", {"group_by": {"keys": ["cat"], "aggregations": [{"column": "nope",
-                                                                                           "agg": "max"}]}}),
-    ("distinct.1", {"distinct": ["cat", "nope"]}),
-    ("sort.0.column", {"sort": ["nope"]}),
-])
+@pytest.mark.parametrize(
+    "where, shaping",
+    [
+        ("filters.0.column", {"filters": [{"column": "nope", "op": "is_null"}]}),
+        ("group_by.keys.0", {"group_by": {"keys": ["nope"], "aggregations": [{"agg": "count"}]}}),
+        (
+            "group_by.aggregations.0.column",
+            {"group_by": {"keys": ["cat"], "aggregations": [{"column": "nope", "agg": "max"}]}},
+        ),
+        ("distinct.1", {"distinct": ["cat", "nope"]}),
+        ("sort.0.column", {"sort": ["nope"]}),
+    ],
+)
 def test_names_not_in_the_fetched_data_fail_naming_the_field_and_listing_columns(where, shaping):
     with pytest.raises(ShapingError) as info:
         shaped(SAMPLE, **shaping)
@@ -150,9 +182,14 @@ def test_names_not_in_the_fetched_data_fail_naming_the_field_and_listing_columns
 
 
 def test_no_fetched_fields_at_all_gives_an_empty_table_with_the_declared_columns():
-    frame = shape(pl.LazyFrame(), spec_of(columns=[{"name": "b", "type": "int", "order": 2}, {"name": "a"}],
-                                          filters=[{"column": "b", "op": ">", "value": 1}],
-                                          sort=["a"])).collect()
+    frame = shape(
+        pl.LazyFrame(),
+        spec_of(
+            columns=[{"name": "b", "type": "int", "order": 2}, {"name": "a"}],
+            filters=[{"column": "b", "op": ">", "value": 1}],
+            sort=["a"],
+        ),
+    ).collect()
     assert frame.height == 0 and frame.columns == ["b", "a"] and frame.schema["b"] == pl.Int64
     frame = shape(pl.LazyFrame(), spec_of(group_by={"keys": ["k"], "aggregations": [{"agg": "count"}]})).collect()
     assert frame.height == 0 and frame.columns == ["k", "count"]
@@ -169,17 +206,39 @@ CASTS = [
     ([1, 2], "float", [1.0, 2.0]),
     ([0, 1, 2, -1], "bool", [False, True, None, None]),
     (["true", "FALSE", " yes ", "no", "1", "0", "maybe"], "bool", [True, False, True, False, True, False, None]),
-    (["2024-02-29", "2024-01-31T23:30:00+05:00", "2023-02-29", "31/01/2024", "2024-1-5"], "date",
-     [dt.date(2024, 2, 29), dt.date(2024, 1, 31), None, None, None]),
+    (
+        ["2024-02-29", "2024-01-31T23:30:00+05:00", "2023-02-29", "31/01/2024", "2024-1-5"],
+        "date",
+        [dt.date(2024, 2, 29), dt.date(2024, 1, 31), None, None, None],
+    ),
     ([86_400, 0, -86_400], "date", [dt.date(1970, 1, 2), dt.date(1970, 1, 1), dt.date(1969, 12, 31)]),
     ([86_400.0, 0.5, 1e300], "date", [dt.date(1970, 1, 2), dt.date(1970, 1, 1), None]),
-    (["2024-01-31T12:30:00Z", "2024-01-31T12:30:00.250+01:00", "2024-01-31 12:30", "2024-01-31",
-      "2024-01-31T12:30:00+0530", "2024-01-31T25:00", "yesterday"], "datetime",
-     [dt.datetime(2024, 1, 31, 12, 30, tzinfo=UTC), dt.datetime(2024, 1, 31, 11, 30, 0, 250000, tzinfo=UTC),
-      dt.datetime(2024, 1, 31, 12, 30, tzinfo=UTC), dt.datetime(2024, 1, 31, tzinfo=UTC),
-      dt.datetime(2024, 1, 31, 7, 0, tzinfo=UTC), None, None]),
-    ([1_700_000_000.0, 1.5], "datetime", [dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
-                                        dt.datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)]),
+    (
+        [
+            "2024-01-31T12:30:00Z",
+            "2024-01-31T12:30:00.250+01:00",
+            "2024-01-31 12:30",
+            "2024-01-31",
+            "2024-01-31T12:30:00+0530",
+            "2024-01-31T25:00",
+            "yesterday",
+        ],
+        "datetime",
+        [
+            dt.datetime(2024, 1, 31, 12, 30, tzinfo=UTC),
+            dt.datetime(2024, 1, 31, 11, 30, 0, 250000, tzinfo=UTC),
+            dt.datetime(2024, 1, 31, 12, 30, tzinfo=UTC),
+            dt.datetime(2024, 1, 31, tzinfo=UTC),
+            dt.datetime(2024, 1, 31, 7, 0, tzinfo=UTC),
+            None,
+            None,
+        ],
+    ),
+    (
+        [1_700_000_000.0, 1.5],
+        "datetime",
+        [dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC), dt.datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)],
+    ),
     ([1, -5], "string", ["1", "-5"]),
     ([True, False], "string", ["true", "false"]),
     ([["a", "b"], []], "string", ['["a","b"]', "[]"]),
@@ -192,12 +251,24 @@ def test_casts_with_on_cast_error_null(values, target, expected):
     data = pl.LazyFrame({"v": values + [None]})
     frame = shaped_frame(data, columns=[{"name": "v", "type": target, "on_cast_error": "null"}])
     assert frame["v"].to_list() == expected + [None]
-    assert frame.schema["v"] == {"string": pl.String, "int": pl.Int64, "float": pl.Float64, "bool": pl.Boolean,
-                                 "date": pl.Date, "datetime": pl.Datetime("us", "UTC")}[target]
+    assert (
+        frame.schema["v"]
+        == {
+            "string": pl.String,
+            "int": pl.Int64,
+            "float": pl.Float64,
+            "bool": pl.Boolean,
+            "date": pl.Date,
+            "datetime": pl.Datetime("us", "UTC"),
+        }[target]
+    )
 
 
-@pytest.mark.parametrize("values, target, expected", [c for c in CASTS if None in c[2]],
-                         ids=[f"{c[1]}-{i}" for i, c in enumerate(CASTS) if None in c[2]])
+@pytest.mark.parametrize(
+    "values, target, expected",
+    [c for c in CASTS if None in c[2]],
+    ids=[f"{c[1]}-{i}" for i, c in enumerate(CASTS) if None in c[2]],
+)
 def test_a_value_that_does_not_cast_fails_naming_the_column_and_the_value(values, target, expected):
     data = pl.LazyFrame({"raw": values})
     with pytest.raises(ShapingError) as info:
@@ -212,13 +283,25 @@ def test_a_value_that_does_not_cast_fails_naming_the_column_and_the_value(values
 def test_the_cast_check_sees_rows_that_later_stages_drop():
     data = {"id": [1, 2, 3], "n": ["1", "oops", "3"]}
     with pytest.raises(ShapingError, match='e.g. "oops"'):
-        shaped(data, columns=[{"name": "id"}, {"name": "n", "type": "int"}],
-               filters=[{"column": "id", "op": "!=", "value": 2}], limit=1)
+        shaped(
+            data,
+            columns=[{"name": "id"}, {"name": "n", "type": "int"}],
+            filters=[{"column": "id", "op": "!=", "value": 2}],
+            limit=1,
+        )
 
 
 def test_typed_text_reads_the_same_in_filters_and_casts():
-    texts = ["2024-01-31T12:30:00Z", "2024-01-31 12:30:00.5-02:00", "2024-02-30", "2024-01-31T12:30+0100",
-             "2024-01-31", " 2024-01-31T00:00:00 ", "2024-01-31T12", "20240131"]
+    texts = [
+        "2024-01-31T12:30:00Z",
+        "2024-01-31 12:30:00.5-02:00",
+        "2024-02-30",
+        "2024-01-31T12:30+0100",
+        "2024-01-31",
+        " 2024-01-31T00:00:00 ",
+        "2024-01-31T12",
+        "20240131",
+    ]
     frame = shaped_frame({"t": texts}, columns=[{"name": "t", "type": "datetime", "on_cast_error": "null"}])
 
     def read(text):
@@ -226,6 +309,7 @@ def test_typed_text_reads_the_same_in_filters_and_casts():
             return convert_literal(text, "datetime")
         except ValueError:
             return None
+
     assert frame["t"].to_list() == [read(t) for t in texts]
     assert sum(v is not None for v in frame["t"].to_list()) == 5
 
@@ -235,8 +319,8 @@ def test_typed_text_reads_the_same_in_filters_and_casts():
 FILTERS = [
     # (filter, predicate over a SAMPLE row)
     ({"column": "cat", "op": "==", "value": "a"}, lambda r: r["cat"] == "a"),
-    ({"column": "x", "op": "==", "value": "30"}, lambda r: r["x"] == 30),            # typed: "30" is read as 30
-    ({"column": "x", "op": "!=", "value": 30}, lambda r: r["x"] != 30),              # nulls kept
+    ({"column": "x", "op": "==", "value": "30"}, lambda r: r["x"] == 30),  # typed: "30" is read as 30
+    ({"column": "x", "op": "!=", "value": 30}, lambda r: r["x"] != 30),  # nulls kept
     ({"column": "x", "op": ">", "value": 20}, lambda r: r["x"] is not None and r["x"] > 20),
     ({"column": "x", "op": ">=", "value": 20.0}, lambda r: r["x"] is not None and r["x"] >= 20),
     ({"column": "f", "op": "<", "value": 1}, lambda r: r["f"] is not None and r["f"] < 1),
@@ -252,7 +336,7 @@ FILTERS = [
     ({"column": "x", "op": "is_null"}, lambda r: r["x"] is None),
     ({"column": "tags", "op": "not_null"}, lambda r: r["tags"] is not None),
     ({"column": "s", "op": ">", "value": "b"}, lambda r: r["s"] is not None and r["s"] > "b"),
-    ({"column": "x", "op": ">", "value": 1000}, lambda r: False),                      # empty result
+    ({"column": "x", "op": ">", "value": 1000}, lambda r: False),  # empty result
 ]
 
 
@@ -260,8 +344,9 @@ def sample_rows() -> list[dict]:
     return [dict(zip(SAMPLE, values)) for values in zip(*SAMPLE.values())]
 
 
-@pytest.mark.parametrize("item, predicate", FILTERS, ids=[f"{f['op']}-{f['column']}-{i}" for i, (f, _) in
-                                                           enumerate(FILTERS)])
+@pytest.mark.parametrize(
+    "item, predicate", FILTERS, ids=[f"{f['op']}-{f['column']}-{i}" for i, (f, _) in enumerate(FILTERS)]
+)
 def test_each_filter_op_on_its_own(item, predicate):
     expected = [r["id"] for r in sample_rows() if predicate(r)]
     frame = shaped_frame(SAMPLE, filters=[item])
@@ -270,24 +355,47 @@ def test_each_filter_op_on_its_own(item, predicate):
 
 
 def test_filters_are_anded():
-    rows = shaped(SAMPLE, filters=[{"column": "cat", "op": "==", "value": "a"}, {"column": "x", "op": "not_null"},
-                                   {"column": "f", "op": ">=", "value": 1}])
+    rows = shaped(
+        SAMPLE,
+        filters=[
+            {"column": "cat", "op": "==", "value": "a"},
+            {"column": "x", "op": "not_null"},
+            {"column": "f", "op": ">=", "value": 1},
+        ],
+    )
     assert [r["id"] for r in rows] == [1]
 
 
 def test_typed_comparisons_on_dates_datetimes_and_lists():
-    data = {"id": [1, 2, 3, 4], "d": ["2024-01-01", "2024-03-15", None, "2023-12-31"],
-            "t": ["2024-01-01T10:00:00Z", "2024-01-01T08:00:00-03:00", "2024-01-01T10:30:00+00:00", None],
-            "n": [[1, 2], [3], [], None]}
+    data = {
+        "id": [1, 2, 3, 4],
+        "d": ["2024-01-01", "2024-03-15", None, "2023-12-31"],
+        "t": ["2024-01-01T10:00:00Z", "2024-01-01T08:00:00-03:00", "2024-01-01T10:30:00+00:00", None],
+        "n": [[1, 2], [3], [], None],
+    }
     columns = [{"name": "id"}, {"name": "d", "type": "date"}, {"name": "t", "type": "datetime"}, {"name": "n"}]
-    assert [r["id"] for r in shaped(data, columns=columns, filters=[{"column": "d", "op": ">", "value": "2024-01-01"}])] == [2]
-    assert [r["id"] for r in shaped(data, columns=columns,
-                                    filters=[{"column": "t", "op": ">", "value": "2024-01-01T12:00:00+02:00"}])] == [2, 3]
-    assert [r["id"] for r in shaped(data, columns=columns,
-                                    filters=[{"column": "t", "op": "==", "value": "2024-01-01 11:00Z"}])] == [2]
-    assert [r["id"] for r in shaped(data, columns=columns,
-                                    filters=[{"column": "d", "op": "in", "value": ["2023-12-31", "2024-03-15"]}])] == [2, 4]
-    assert [r["id"] for r in shaped(data, columns=columns, filters=[{"column": "n", "op": "contains", "value": "3"}])] == [2]
+    assert [
+        r["id"] for r in shaped(data, columns=columns, filters=[{"column": "d", "op": ">", "value": "2024-01-01"}])
+    ] == [2]
+    assert [
+        r["id"]
+        for r in shaped(
+            data, columns=columns, filters=[{"column": "t", "op": ">", "value": "2024-01-01T12:00:00+02:00"}]
+        )
+    ] == [2, 3]
+    assert [
+        r["id"]
+        for r in shaped(data, columns=columns, filters=[{"column": "t", "op": "==", "value": "2024-01-01 11:00Z"}])
+    ] == [2]
+    assert [
+        r["id"]
+        for r in shaped(
+            data, columns=columns, filters=[{"column": "d", "op": "in", "value": ["2023-12-31", "2024-03-15"]}]
+        )
+    ] == [2, 4]
+    assert [
+        r["id"] for r in shaped(data, columns=columns, filters=[{"column": "n", "op": "contains", "value": "3"}])
+    ] == [2]
 
 
 def test_a_filter_on_a_column_without_values_keeps_only_what_negative_ops_keep():
@@ -297,14 +405,26 @@ def test_a_filter_on_a_column_without_values_keeps_only_what_negative_ops_keep()
     assert [r["id"] for r in shaped(data, filters=[{"column": "none", "op": "not_in", "value": [1]}])] == [1, 2]
 
 
-@pytest.mark.parametrize("item, words", [
-    ({"column": "x", "op": "contains", "value": "1"}, "filters.0.op: op 'contains' applies to text (or list) columns"),
-    ({"column": "x", "op": "starts_with", "value": "1"}, "filters.0.op: op 'starts_with' applies to text"),
-    ({"column": "tags", "op": "==", "value": "r"}, "filters.0.op: op '==' does not apply to list column 'tags'"),
-    ({"column": "x", "op": ">", "value": "ten"}, "filters.0.value: \"ten\" cannot be compared with column 'x' of type int"),
-    ({"column": "ok", "op": "==", "value": 2}, "filters.0.value: 2 cannot be compared with column 'ok' of type bool"),
-    ({"column": "x", "op": "in", "value": [1, "two"]}, "filters.0.value.1: \"two\" cannot be compared"),
-])
+@pytest.mark.parametrize(
+    "item, words",
+    [
+        (
+            {"column": "x", "op": "contains", "value": "1"},
+            "filters.0.op: op 'contains' applies to text (or list) columns",
+        ),
+        ({"column": "x", "op": "starts_with", "value": "1"}, "filters.0.op: op 'starts_with' applies to text"),
+        ({"column": "tags", "op": "==", "value": "r"}, "filters.0.op: op '==' does not apply to list column 'tags'"),
+        (
+            {"column": "x", "op": ">", "value": "ten"},
+            "filters.0.value: \"ten\" cannot be compared with column 'x' of type int",
+        ),
+        (
+            {"column": "ok", "op": "==", "value": 2},
+            "filters.0.value: 2 cannot be compared with column 'ok' of type bool",
+        ),
+        ({"column": "x", "op": "in", "value": [1, "two"]}, 'filters.0.value.1: "two" cannot be compared'),
+    ],
+)
 def test_an_op_or_value_the_column_type_cannot_take_fails(item, words):
     with pytest.raises(ShapingError) as info:
         shaped(SAMPLE, filters=[item])
@@ -312,6 +432,7 @@ def test_an_op_or_value_the_column_type_cannot_take_fails(item, words):
 
 
 # ====================================================================== group_by
+
 
 def group_rows(agg: str, column: str | None) -> list[dict]:
     out: OrderedDict = OrderedDict()
@@ -341,9 +462,25 @@ def group_rows(agg: str, column: str | None) -> list[dict]:
     return result
 
 
-AGGREGATIONS = [("sum", "x"), ("sum", "f"), ("sum", "ok"), ("mean", "x"), ("mean", "f"), ("min", "x"), ("min", "s"),
-                ("max", "f"), ("max", "s"), ("count", "x"), ("count", None), ("n_unique", "x"), ("n_unique", "s"),
-                ("first", "x"), ("first", "tags"), ("last", "s"), ("last", "f")]
+AGGREGATIONS = [
+    ("sum", "x"),
+    ("sum", "f"),
+    ("sum", "ok"),
+    ("mean", "x"),
+    ("mean", "f"),
+    ("min", "x"),
+    ("min", "s"),
+    ("max", "f"),
+    ("max", "s"),
+    ("count", "x"),
+    ("count", None),
+    ("n_unique", "x"),
+    ("n_unique", "s"),
+    ("first", "x"),
+    ("first", "tags"),
+    ("last", "s"),
+    ("last", "f"),
+]
 
 
 @pytest.mark.parametrize("agg, column", AGGREGATIONS, ids=[f"{a}-{c}" for a, c in AGGREGATIONS])
@@ -362,28 +499,52 @@ def test_each_aggregation_on_its_own(agg, column):
 
 
 def test_group_by_columns_are_keys_then_aggregations_with_default_names():
-    frame = shaped_frame(SAMPLE, group_by={"keys": ["ok", "cat"], "aggregations": [
-        {"column": "x", "agg": "max"}, {"agg": "count"}, {"column": "f", "agg": "sum", "as": "total"}]})
+    frame = shaped_frame(
+        SAMPLE,
+        group_by={
+            "keys": ["ok", "cat"],
+            "aggregations": [
+                {"column": "x", "agg": "max"},
+                {"agg": "count"},
+                {"column": "f", "agg": "sum", "as": "total"},
+            ],
+        },
+    )
     assert frame.columns == ["ok", "cat", "x_max", "count", "total"]
     assert frame.schema["count"] == pl.Int64
 
 
 def test_group_by_nulls_all_null_groups_and_group_order():
     data = {"k": ["z", None, "a", "z", None], "v": [None, 1, None, None, 2]}
-    rows = shaped(data, group_by={"keys": ["k"], "aggregations": [
-        {"column": "v", "agg": "sum"}, {"column": "v", "agg": "mean"}, {"column": "v", "agg": "count"},
-        {"agg": "count", "as": "rows"}, {"column": "v", "agg": "n_unique"}, {"column": "v", "agg": "min"}]})
+    rows = shaped(
+        data,
+        group_by={
+            "keys": ["k"],
+            "aggregations": [
+                {"column": "v", "agg": "sum"},
+                {"column": "v", "agg": "mean"},
+                {"column": "v", "agg": "count"},
+                {"agg": "count", "as": "rows"},
+                {"column": "v", "agg": "n_unique"},
+                {"column": "v", "agg": "min"},
+            ],
+        },
+    )
     assert rows == [  # groups in order of first appearance, null is a group of its own
         {"k": "z", "v_sum": None, "v_mean": None, "v_count": 0, "rows": 2, "v_n_unique": 0, "v_min": None},
         {"k": None, "v_sum": 3, "v_mean": 1.5, "v_count": 2, "rows": 2, "v_n_unique": 2, "v_min": 1},
-        {"k": "a", "v_sum": None, "v_mean": None, "v_count": 0, "rows": 1, "v_n_unique": 0, "v_min": None}]
+        {"k": "a", "v_sum": None, "v_mean": None, "v_count": 0, "rows": 1, "v_n_unique": 0, "v_min": None},
+    ]
 
 
-@pytest.mark.parametrize("agg, column, words", [
-    ("sum", "s", "group_by.aggregations.0.agg: agg 'sum' needs a numeric column; column 's' is string"),
-    ("mean", "tags", "group_by.aggregations.0.agg: agg 'mean' needs a numeric column; column 'tags' is list"),
-    ("max", "tags", "group_by.aggregations.0.agg: agg 'max' cannot order column 'tags'"),
-])
+@pytest.mark.parametrize(
+    "agg, column, words",
+    [
+        ("sum", "s", "group_by.aggregations.0.agg: agg 'sum' needs a numeric column; column 's' is string"),
+        ("mean", "tags", "group_by.aggregations.0.agg: agg 'mean' needs a numeric column; column 'tags' is list"),
+        ("max", "tags", "group_by.aggregations.0.agg: agg 'max' cannot order column 'tags'"),
+    ],
+)
 def test_an_aggregation_the_column_type_cannot_take_fails(agg, column, words):
     with pytest.raises(ShapingError) as info:
         shaped(SAMPLE, group_by={"keys": ["cat"], "aggregations": [{"column": column, "agg": agg}]})
@@ -392,15 +553,20 @@ def test_an_aggregation_the_column_type_cannot_take_fails(agg, column, words):
 
 # ====================================================================== distinct, sort, limit
 
+
 def test_distinct_whole_rows_keeps_the_first_in_order():
     data = {"a": [1, 2, 1, 3, 2, 1], "b": ["x", "y", "x", "z", "q", "x"]}
-    assert shaped(data, distinct=True) == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}, {"a": 3, "b": "z"},
-                                           {"a": 2, "b": "q"}]
+    assert shaped(data, distinct=True) == [
+        {"a": 1, "b": "x"},
+        {"a": 2, "b": "y"},
+        {"a": 3, "b": "z"},
+        {"a": 2, "b": "q"},
+    ]
 
 
 def test_distinct_on_columns_keeps_whole_first_rows():
     assert [r["id"] for r in shaped(SAMPLE, distinct=["cat"])] == [1, 2, 4]
-    assert [r["id"] for r in shaped(SAMPLE, distinct=["ok"])] == [1, 2, 3]          # null is a value of its own
+    assert [r["id"] for r in shaped(SAMPLE, distinct=["ok"])] == [1, 2, 3]  # null is a value of its own
     assert [r["id"] for r in shaped(SAMPLE, distinct=["cat", "ok"])] == [1, 2, 3, 4, 5, 6]
 
 
@@ -422,11 +588,18 @@ def test_limit_and_limit_zero():
 
 def test_stages_apply_in_contract_order():
     # filters see renamed columns; group_by sees filtered rows; distinct runs before sort; limit last
-    rows = shaped(SAMPLE, columns=[{"name": "group", "source": "cat"}, {"name": "n", "source": "x"}],
-                  filters=[{"column": "n", "op": "not_null"}],
-                  group_by={"keys": ["group"], "aggregations": [{"agg": "count", "as": "c"},
-                                                                 {"column": "n", "agg": "max", "as": "top"}]},
-                  distinct=["c"], sort=["top"], limit=1)
+    rows = shaped(
+        SAMPLE,
+        columns=[{"name": "group", "source": "cat"}, {"name": "n", "source": "x"}],
+        filters=[{"column": "n", "op": "not_null"}],
+        group_by={
+            "keys": ["group"],
+            "aggregations": [{"agg": "count", "as": "c"}, {"column": "n", "agg": "max", "as": "top"}],
+        },
+        distinct=["c"],
+        sort=["top"],
+        limit=1,
+    )
     # groups in order of first appearance: a [10, 30] c=2 top=30; null [40] c=1 top=40; b [20] c=1 top=20.
     # distinct on c (before sort) keeps a and null; sorted by top: a first. (Sorting before distinct
     # would have kept b.)
@@ -437,34 +610,70 @@ def test_stages_apply_in_contract_order():
 
 INVALID = [
     ("unknown-op", dict(filters=[{"column": "a", "op": "~="}]), "filters.0.op"),
-    ("unknown-agg", dict(group_by={"keys": ["k"], "aggregations": [{"column": "a", "agg": "median"}]}),
-     "group_by.aggregations.0.agg"),
+    (
+        "unknown-agg",
+        dict(group_by={"keys": ["k"], "aggregations": [{"column": "a", "agg": "median"}]}),
+        "group_by.aggregations.0.agg",
+    ),
     ("unknown-type", dict(columns=[{"name": "a", "type": "decimal"}]), "columns.0.type"),
-    ("unknown-on-cast-error", dict(columns=[{"name": "a", "type": "int", "on_cast_error": "skip"}]),
-     "columns.0.on_cast_error"),
-    ("duplicate-name", dict(columns=[{"name": "a"}, {"name": "b", "source": "x"}, {"name": "a", "source": "y"}]),
-     "columns.2.name"),
+    (
+        "unknown-on-cast-error",
+        dict(columns=[{"name": "a", "type": "int", "on_cast_error": "skip"}]),
+        "columns.0.on_cast_error",
+    ),
+    (
+        "duplicate-name",
+        dict(columns=[{"name": "a"}, {"name": "b", "source": "x"}, {"name": "a", "source": "y"}]),
+        "columns.2.name",
+    ),
     ("empty-columns", dict(columns=[]), "columns"),
     ("group-by-no-aggregations", dict(group_by={"keys": ["k"], "aggregations": []}), "group_by.aggregations"),
-    ("group-by-duplicate-key", dict(group_by={"keys": ["k", "k"], "aggregations": [{"agg": "count"}]}),
-     "group_by.keys.1"),
-    ("agg-name-taken-by-key", dict(group_by={"keys": ["k"], "aggregations": [{"agg": "count", "as": "k"}]}),
-     "group_by.aggregations.0.as"),
-    ("agg-default-names-collide", dict(group_by={"keys": ["k"], "aggregations": [
-        {"column": "v", "agg": "sum"}, {"column": "v", "agg": "sum"}]}), "group_by.aggregations.1.as"),
-    ("filter-column-not-produced", dict(columns=[{"name": "a"}], filters=[{"column": "b", "op": "is_null"}]),
-     "filters.0.column"),
-    ("filter-uses-source-not-name", dict(columns=[{"name": "a", "source": "b"}],
-                                         filters=[{"column": "b", "op": "is_null"}]), "filters.0.column"),
-    ("group-key-not-produced", dict(columns=[{"name": "a"}], group_by={"keys": ["b"], "aggregations": [
-        {"agg": "count"}]}), "group_by.keys.0"),
-    ("agg-column-not-produced", dict(columns=[{"name": "a"}], group_by={"keys": ["a"], "aggregations": [
-        {"column": "b", "agg": "max"}]}), "group_by.aggregations.0.column"),
-    ("sort-key-missing-after-group-by", dict(group_by={"keys": ["k"], "aggregations": [{"agg": "count"}]},
-                                             sort=["v"]), "sort.0.column"),
+    (
+        "group-by-duplicate-key",
+        dict(group_by={"keys": ["k", "k"], "aggregations": [{"agg": "count"}]}),
+        "group_by.keys.1",
+    ),
+    (
+        "agg-name-taken-by-key",
+        dict(group_by={"keys": ["k"], "aggregations": [{"agg": "count", "as": "k"}]}),
+        "group_by.aggregations.0.as",
+    ),
+    (
+        "agg-default-names-collide",
+        dict(group_by={"keys": ["k"], "aggregations": [{"column": "v", "agg": "sum"}, {"column": "v", "agg": "sum"}]}),
+        "group_by.aggregations.1.as",
+    ),
+    (
+        "filter-column-not-produced",
+        dict(columns=[{"name": "a"}], filters=[{"column": "b", "op": "is_null"}]),
+        "filters.0.column",
+    ),
+    (
+        "filter-uses-source-not-name",
+        dict(columns=[{"name": "a", "source": "b"}], filters=[{"column": "b", "op": "is_null"}]),
+        "filters.0.column",
+    ),
+    (
+        "group-key-not-produced",
+        dict(columns=[{"name": "a"}], group_by={"keys": ["b"], "aggregations": [{"agg": "count"}]}),
+        "group_by.keys.0",
+    ),
+    (
+        "agg-column-not-produced",
+        dict(columns=[{"name": "a"}], group_by={"keys": ["a"], "aggregations": [{"column": "b", "agg": "max"}]}),
+        "group_by.aggregations.0.column",
+    ),
+    (
+        "sort-key-missing-after-group-by",
+        dict(group_by={"keys": ["k"], "aggregations": [{"agg": "count"}]}, sort=["v"]),
+        "sort.0.column",
+    ),
     ("sort-key-not-produced", dict(columns=[{"name": "a"}], sort=["a", "b"]), "sort.1.column"),
-    ("distinct-missing-after-group-by", dict(group_by={"keys": ["k"], "aggregations": [{"agg": "count"}]},
-                                             distinct=["v"]), "distinct.0"),
+    (
+        "distinct-missing-after-group-by",
+        dict(group_by={"keys": ["k"], "aggregations": [{"agg": "count"}]}, distinct=["v"]),
+        "distinct.0",
+    ),
     ("in-without-list", dict(filters=[{"column": "a", "op": "in", "value": "x"}]), "filters.0.value"),
     ("gt-with-list", dict(filters=[{"column": "a", "op": ">", "value": [1]}]), "filters.0.value"),
     ("eq-without-value", dict(filters=[{"column": "a", "op": "=="}]), "filters.0.value"),
@@ -472,18 +681,37 @@ INVALID = [
     ("in-with-object", dict(filters=[{"column": "a", "op": "in", "value": [{"x": 1}]}]), "filters.0.value.0"),
     ("is-null-with-value", dict(filters=[{"column": "a", "op": "is_null", "value": 1}]), "filters.0.value"),
     ("starts-with-number", dict(filters=[{"column": "a", "op": "starts_with", "value": 1}]), "filters.0.value"),
-    ("typed-value-mismatch", dict(columns=[{"name": "a", "type": "int"}],
-                                  filters=[{"column": "a", "op": ">", "value": "many"}]), "filters.0.value"),
-    ("typed-date-mismatch", dict(columns=[{"name": "a", "type": "date"}],
-                                 filters=[{"column": "a", "op": "in", "value": ["2024-01-01", "soon"]}]),
-     "filters.0.value.1"),
-    ("contains-on-typed-int", dict(columns=[{"name": "a", "type": "int"}],
-                                   filters=[{"column": "a", "op": "contains", "value": "1"}]), "filters.0.op"),
-    ("sum-of-typed-string", dict(columns=[{"name": "a", "type": "string"}, {"name": "k"}],
-                                 group_by={"keys": ["k"], "aggregations": [{"column": "a", "agg": "sum"}]}),
-     "group_by.aggregations.0.agg"),
-    ("agg-without-column", dict(group_by={"keys": ["k"], "aggregations": [{"agg": "mean"}]}),
-     "group_by.aggregations.0.column"),
+    (
+        "typed-value-mismatch",
+        dict(columns=[{"name": "a", "type": "int"}], filters=[{"column": "a", "op": ">", "value": "many"}]),
+        "filters.0.value",
+    ),
+    (
+        "typed-date-mismatch",
+        dict(
+            columns=[{"name": "a", "type": "date"}],
+            filters=[{"column": "a", "op": "in", "value": ["2024-01-01", "soon"]}],
+        ),
+        "filters.0.value.1",
+    ),
+    (
+        "contains-on-typed-int",
+        dict(columns=[{"name": "a", "type": "int"}], filters=[{"column": "a", "op": "contains", "value": "1"}]),
+        "filters.0.op",
+    ),
+    (
+        "sum-of-typed-string",
+        dict(
+            columns=[{"name": "a", "type": "string"}, {"name": "k"}],
+            group_by={"keys": ["k"], "aggregations": [{"column": "a", "agg": "sum"}]},
+        ),
+        "group_by.aggregations.0.agg",
+    ),
+    (
+        "agg-without-column",
+        dict(group_by={"keys": ["k"], "aggregations": [{"agg": "mean"}]}),
+        "group_by.aggregations.0.column",
+    ),
     ("limit-negative", dict(limit=-1), "limit"),
 ]
 
@@ -496,31 +724,46 @@ def test_validation_names_the_field(shaping, field):
 def test_validation_messages_name_the_column():
     [(_, message)] = field_errors(columns=[{"name": "a"}, {"name": "b"}], filters=[{"column": "c", "op": "is_null"}])
     assert message == "column 'c' does not exist after `columns`: there are only 'a', 'b'"
-    [(_, message)] = field_errors(group_by={"keys": ["k"], "aggregations": [{"column": "v", "agg": "max"}]},
-                                  sort=["v"])
+    [(_, message)] = field_errors(group_by={"keys": ["k"], "aggregations": [{"column": "v", "agg": "max"}]}, sort=["v"])
     assert message == "column 'v' does not exist after group_by: there are only 'k', 'v_max'"
     [(_, message)] = field_errors(columns=[{"name": "a"}, {"name": "a", "source": "b"}])
     assert message == "duplicate output name 'a' (also columns.0.name)"
 
 
 def test_valid_shaping_passes():
-    spec = spec_of(columns=[{"name": "k"}, {"name": "v", "type": "float"}, {"name": "d", "type": "date"}],
-                   filters=[{"column": "v", "op": ">", "value": "1.5"}, {"column": "d", "op": ">=", "value": "2024-01-01"},
-                            {"column": "k", "op": "in", "value": [1, "x", True]}, {"column": "k", "op": "is_null"}],
-                   group_by={"keys": ["k"], "aggregations": [{"column": "v", "agg": "sum"}, {"agg": "count"}]},
-                   distinct=["k", "count"], sort=[{"column": "v_sum", "descending": True}], limit=0)
+    spec = spec_of(
+        columns=[{"name": "k"}, {"name": "v", "type": "float"}, {"name": "d", "type": "date"}],
+        filters=[
+            {"column": "v", "op": ">", "value": "1.5"},
+            {"column": "d", "op": ">=", "value": "2024-01-01"},
+            {"column": "k", "op": "in", "value": [1, "x", True]},
+            {"column": "k", "op": "is_null"},
+        ],
+        group_by={"keys": ["k"], "aggregations": [{"column": "v", "agg": "sum"}, {"agg": "count"}]},
+        distinct=["k", "count"],
+        sort=[{"column": "v_sum", "descending": True}],
+        limit=0,
+    )
     assert spec.limit == 0
     # without `columns` the names can only be checked against the fetched data
     spec_of(filters=[{"column": "anything", "op": "==", "value": 1}], sort=["whatever"], distinct=["x"])
 
 
 def test_service_lists_inputs_in_the_shaping_output_order():
-    inputs = [{"name": "c", "change_order": 3}, {"name": "x"}, {"name": "b", "change_order": 2},
-              {"name": "a", "change_order": 3}, {"name": "y"}, {"name": "z", "change_order": -1}]
+    inputs = [
+        {"name": "c", "change_order": 3},
+        {"name": "x"},
+        {"name": "b", "change_order": 2},
+        {"name": "a", "change_order": 3},
+        {"name": "y"},
+        {"name": "z", "change_order": -1},
+    ]
     listed = [i["name"] for i in in_output_order(inputs)]
     assert listed == ["z", "b", "c", "a", "x", "y"]
-    columns = [{"name": i["name"], "source": "id", **({"order": i["change_order"]} if "change_order" in i else {})}
-               for i in inputs]
+    columns = [
+        {"name": i["name"], "source": "id", **({"order": i["change_order"]} if "change_order" in i else {})}
+        for i in inputs
+    ]
     assert shaped_frame({"id": [1]}, columns=columns).columns == listed
     assert output_order([3, None, 2, 3, None, -1]) == [5, 2, 0, 3, 1, 4]
 
@@ -547,46 +790,90 @@ EVERYTHING = {
         {"column": "day", "op": ">=", "value": "2020-01-15"},
         {"column": "qty", "op": "<", "value": 45},
     ],
-    "group_by": {"keys": ["score"], "aggregations": [
-        {"column": "price", "agg": "sum", "as": "total"},
-        {"column": "price", "agg": "mean"},
-        {"column": "qty", "agg": "min", "as": "qty_min"},
-        {"column": "qty", "agg": "max", "as": "qty_max"},
-        {"agg": "count"},
-        {"column": "note", "agg": "count", "as": "notes"},
-        {"column": "cat", "agg": "n_unique", "as": "cats"},
-        {"column": "day", "agg": "first", "as": "first_day"},
-        {"column": "day", "agg": "last", "as": "last_day"},
-        {"column": "tags", "agg": "last", "as": "last_tags"},
-        {"column": "is_active", "agg": "sum", "as": "active_n"},
-    ]},
+    "group_by": {
+        "keys": ["score"],
+        "aggregations": [
+            {"column": "price", "agg": "sum", "as": "total"},
+            {"column": "price", "agg": "mean"},
+            {"column": "qty", "agg": "min", "as": "qty_min"},
+            {"column": "qty", "agg": "max", "as": "qty_max"},
+            {"agg": "count"},
+            {"column": "note", "agg": "count", "as": "notes"},
+            {"column": "cat", "agg": "n_unique", "as": "cats"},
+            {"column": "day", "agg": "first", "as": "first_day"},
+            {"column": "day", "agg": "last", "as": "last_day"},
+            {"column": "tags", "agg": "last", "as": "last_tags"},
+            {"column": "is_active", "agg": "sum", "as": "active_n"},
+        ],
+    },
     "distinct": ["count", "notes"],
     "sort": [{"column": "count", "descending": True}, {"column": "total"}],
     "limit": 10,
 }
-EVERYTHING_COLUMNS = ["score", "total", "price_mean", "qty_min", "qty_max", "count", "notes", "cats", "first_day",
-                      "last_day", "last_tags", "active_n"]
+EVERYTHING_COLUMNS = [
+    "score",
+    "total",
+    "price_mean",
+    "qty_min",
+    "qty_max",
+    "count",
+    "notes",
+    "cats",
+    "first_day",
+    "last_day",
+    "last_tags",
+    "active_n",
+]
 
 
 def everything_expected(n: int) -> list[dict]:
     rows = []
     for r in dataset(n):
-        rows.append({"cat": r["category"], "day": dt.date.fromisoformat(r["meta"]["created"]),
-                     "qty": float(r["quantity"]), "first_field": r["id"], "score": str(r["meta"]["score"]),
-                     "is_active": 1 if r["active"] else 0, "price": r["price"], "note": r["note"], "tags": r["tags"]})
-    kept = [x for x in rows if x["price"] > 10 and x["first_field"] != 13 and x["cat"] in ("books", "games", "tools")
-            and x["note"] != "note 22" and x["day"] >= dt.date(2020, 1, 15) and x["qty"] < 45]
+        rows.append(
+            {
+                "cat": r["category"],
+                "day": dt.date.fromisoformat(r["meta"]["created"]),
+                "qty": float(r["quantity"]),
+                "first_field": r["id"],
+                "score": str(r["meta"]["score"]),
+                "is_active": 1 if r["active"] else 0,
+                "price": r["price"],
+                "note": r["note"],
+                "tags": r["tags"],
+            }
+        )
+    kept = [
+        x
+        for x in rows
+        if x["price"] > 10
+        and x["first_field"] != 13
+        and x["cat"] in ("books", "games", "tools")
+        and x["note"] != "note 22"
+        and x["day"] >= dt.date(2020, 1, 15)
+        and x["qty"] < 45
+    ]
     groups: dict[str, list[dict]] = {}
     for x in kept:
         groups.setdefault(x["score"], []).append(x)
     out = []
     for score, g in groups.items():
         prices = [x["price"] for x in g]
-        out.append({"score": score, "total": sum(prices), "price_mean": sum(prices) / len(prices),
-                    "qty_min": min(x["qty"] for x in g), "qty_max": max(x["qty"] for x in g), "count": len(g),
-                    "notes": sum(x["note"] is not None for x in g), "cats": len({x["cat"] for x in g}),
-                    "first_day": g[0]["day"], "last_day": g[-1]["day"], "last_tags": g[-1]["tags"],
-                    "active_n": sum(x["is_active"] for x in g)})
+        out.append(
+            {
+                "score": score,
+                "total": sum(prices),
+                "price_mean": sum(prices) / len(prices),
+                "qty_min": min(x["qty"] for x in g),
+                "qty_max": max(x["qty"] for x in g),
+                "count": len(g),
+                "notes": sum(x["note"] is not None for x in g),
+                "cats": len({x["cat"] for x in g}),
+                "first_day": g[0]["day"],
+                "last_day": g[-1]["day"],
+                "last_tags": g[-1]["tags"],
+                "active_n": sum(x["is_active"] for x in g),
+            }
+        )
     seen, distinct = set(), []
     for o in out:
         if (o["count"], o["notes"]) not in seen:
@@ -629,12 +916,24 @@ def test_every_feature_at_once_matches_an_independent_computation(api, run_job, 
 
 def test_column_index_follows_first_seen_field_order_across_pages(api, run_job):
     # /items/drift: `extra` only on even pages, so it is first seen on page 2, after every other field
-    spec = {"sources": [{"url": api.url("/items/drift"), "params": {"n": 60},
-                         "pagination": {"type": "page", "size": 10, "total_pages": "meta.total_pages"}}],
-            "concurrency": 4, "export": {"format": "parquet"},
-            "columns": [{"name": "extra_by_index", "column": 14}, {"name": "id_by_index", "column": 0},
-                        {"name": "maybe_by_index", "column": 13}, {"name": "created", "source": "meta.created"},
-                        {"name": "second_tag", "source": "tags.1"}]}
+    spec = {
+        "sources": [
+            {
+                "url": api.url("/items/drift"),
+                "params": {"n": 60},
+                "pagination": {"type": "page", "size": 10, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "concurrency": 4,
+        "export": {"format": "parquet"},
+        "columns": [
+            {"name": "extra_by_index", "column": 14},
+            {"name": "id_by_index", "column": 0},
+            {"name": "maybe_by_index", "column": 13},
+            {"name": "created", "source": "meta.created"},
+            {"name": "second_tag", "source": "tags.1"},
+        ],
+    }
     rows = read_export(run_job(spec).output, "parquet")
     expected = [drift_record(i, (i - 1) // 10 + 1) for i in range(1, 61)]
     assert [r["id_by_index"] for r in rows] == list(range(1, 61))
@@ -653,8 +952,14 @@ E2E_FILTERS = [
     ({"column": "quantity", "op": ">=", "value": "45"}, lambda r: r["quantity"] >= 45),
     ({"column": "meta.score", "op": "<", "value": 3}, lambda r: r["meta.score"] < 3),
     ({"column": "id", "op": "<=", "value": 10}, lambda r: r["id"] <= 10),
-    ({"column": "note", "op": "in", "value": ["note 1", "note 2", "note 5"]}, lambda r: r["note"] in ("note 1", "note 2")),
-    ({"column": "note", "op": "not_in", "value": ["note 1", "note 2"]}, lambda r: r["note"] not in ("note 1", "note 2")),
+    (
+        {"column": "note", "op": "in", "value": ["note 1", "note 2", "note 5"]},
+        lambda r: r["note"] in ("note 1", "note 2"),
+    ),
+    (
+        {"column": "note", "op": "not_in", "value": ["note 1", "note 2"]},
+        lambda r: r["note"] not in ("note 1", "note 2"),
+    ),
     ({"column": "name", "op": "contains", "value": "-1"}, lambda r: "-1" in r["name"]),
     ({"column": "tags", "op": "contains", "value": "red"}, lambda r: "red" in r["tags"]),
     ({"column": "sku", "op": "starts_with", "value": "SKU-0000002"}, lambda r: r["sku"].startswith("SKU-0000002")),
@@ -666,8 +971,7 @@ E2E_FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("item, predicate", E2E_FILTERS,
-                         ids=[f"{f['op']}-{f['column']}" for f, _ in E2E_FILTERS])
+@pytest.mark.parametrize("item, predicate", E2E_FILTERS, ids=[f"{f['op']}-{f['column']}" for f, _ in E2E_FILTERS])
 def test_each_filter_op_end_to_end(api, run_job, item, predicate):
     result = run_job(items(api, filters=[item]))
     expected = [r["id"] for r in flat_dataset(120) if predicate(r)]
@@ -676,9 +980,19 @@ def test_each_filter_op_end_to_end(api, run_job, item, predicate):
     assert all(r == flat(record(r["id"])) for r in rows[:5])  # whole records, untouched
 
 
-E2E_AGGS = [("sum", "price"), ("mean", "quantity"), ("min", "name"), ("max", "meta.score"), ("count", "note"),
-            ("count", None), ("n_unique", "quantity"), ("first", "note"), ("last", "note"), ("first", "tags"),
-            ("sum", "active")]
+E2E_AGGS = [
+    ("sum", "price"),
+    ("mean", "quantity"),
+    ("min", "name"),
+    ("max", "meta.score"),
+    ("count", "note"),
+    ("count", None),
+    ("n_unique", "quantity"),
+    ("first", "note"),
+    ("last", "note"),
+    ("first", "tags"),
+    ("sum", "active"),
+]
 
 
 @pytest.mark.parametrize("agg, column", E2E_AGGS, ids=[f"{a}-{c}" for a, c in E2E_AGGS])
@@ -694,18 +1008,32 @@ def test_each_aggregation_end_to_end(api, run_job, agg, column):
     for row, (key, members) in zip(rows, groups.items(), strict=True):
         values = [m[column] for m in members] if column else []
         present = [v for v in values if v is not None]
-        want = {"sum": lambda: sum(present), "mean": lambda: sum(present) / len(present), "min": lambda: min(present),
-                "max": lambda: max(present), "count": lambda: len(present) if column else len(members),
-                "n_unique": lambda: len(set(present)), "first": lambda: values[0], "last": lambda: values[-1]}[agg]()
+        want = {
+            "sum": lambda: sum(present),
+            "mean": lambda: sum(present) / len(present),
+            "min": lambda: min(present),
+            "max": lambda: max(present),
+            "count": lambda: len(present) if column else len(members),
+            "n_unique": lambda: len(set(present)),
+            "first": lambda: values[0],
+            "last": lambda: values[-1],
+        }[agg]()
         assert row["category"] == key
         assert math.isclose(row[name], want, rel_tol=1e-9) if isinstance(want, float) else row[name] == want
 
 
 def test_distinct_sort_and_limit_end_to_end(api, run_job):
-    result = run_job(items(api, n=150, fmt="json", columns=[{"name": "category"}, {"name": "q", "source": "quantity"},
-                                                             {"name": "id"}],
-                           distinct=["category", "q"], sort=[{"column": "q", "descending": True}, "category"],
-                           limit=7))
+    result = run_job(
+        items(
+            api,
+            n=150,
+            fmt="json",
+            columns=[{"name": "category"}, {"name": "q", "source": "quantity"}, {"name": "id"}],
+            distinct=["category", "q"],
+            sort=[{"column": "q", "descending": True}, "category"],
+            limit=7,
+        )
+    )
     seen, firsts = set(), []
     for r in dataset(150):
         if (r["category"], r["quantity"]) not in seen:
@@ -718,9 +1046,13 @@ def test_distinct_sort_and_limit_end_to_end(api, run_job):
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "ndjson", "xlsx", "parquet"])
 def test_an_empty_result_is_a_valid_file(api, run_job, fmt):
-    spec = items(api, n=60, fmt=fmt, columns=[{"name": "id"}, {"name": "when", "source": "meta.created", "type": "date"},
-                                             {"name": "tags"}],
-                 filters=[{"column": "id", "op": ">", "value": 1000}])
+    spec = items(
+        api,
+        n=60,
+        fmt=fmt,
+        columns=[{"name": "id"}, {"name": "when", "source": "meta.created", "type": "date"}, {"name": "tags"}],
+        filters=[{"column": "id", "op": ">", "value": 1000}],
+    )
     result = run_job(spec)
     assert result.rows == 0 and result.records == 60
     data = result.output.read_bytes()
@@ -732,6 +1064,7 @@ def test_an_empty_result_is_a_valid_file(api, run_job, fmt):
         assert data == b""
     elif fmt == "xlsx":
         import openpyxl
+
         sheet = openpyxl.load_workbook(result.output, read_only=True).worksheets[0]
         assert [list(r) for r in sheet.iter_rows(values_only=True)] == [["id", "when", "tags"]]
         assert xlsx_sheets(result.output) == {"items": []}
@@ -742,9 +1075,15 @@ def test_an_empty_result_is_a_valid_file(api, run_job, fmt):
 
 
 def test_on_cast_error_null_end_to_end(api, run_job):
-    spec = items(api, n=60, columns=[{"name": "id"}, {"name": "n", "source": "note", "type": "int",
-                                                       "on_cast_error": "null"},
-                                     {"name": "created", "source": "meta.created", "type": "datetime"}])
+    spec = items(
+        api,
+        n=60,
+        columns=[
+            {"name": "id"},
+            {"name": "n", "source": "note", "type": "int", "on_cast_error": "null"},
+            {"name": "created", "source": "meta.created", "type": "datetime"},
+        ],
+    )
     rows = read_export(run_job(spec).output, "parquet")
     assert [r["n"] for r in rows] == [None] * 60
     assert rows[0]["created"] == dt.datetime(2020, 1, 2, tzinfo=UTC)
@@ -754,22 +1093,30 @@ def test_a_bad_cast_fails_the_job_naming_column_and_value(api, run_job):
     spec = items(api, n=60, columns=[{"name": "id"}, {"name": "n", "source": "note", "type": "int"}])
     with pytest.raises(JobFailed) as info:
         run_job(spec)
-    assert info.value.message == ("source 'items': columns.1.type: column 'n' (from 'note'): 48 values cannot be read "
-                                  "as int, e.g. \"note 1\"; set \"on_cast_error\": \"null\" on the column to write "
-                                  "nulls for them instead")
+    assert info.value.message == (
+        "source 'items': columns.1.type: column 'n' (from 'note'): 48 values cannot be read "
+        'as int, e.g. "note 1"; set "on_cast_error": "null" on the column to write '
+        "nulls for them instead"
+    )
 
 
 # ====================================================================== the command line
 
-@pytest.mark.parametrize("shaping, field", [
-    (dict(filters=[{"column": "id", "op": "like", "value": 1}]), "filters.0.op"),
-    (dict(group_by={"keys": ["category"], "aggregations": [{"column": "price", "agg": "median"}]}),
-     "group_by.aggregations.0.agg"),
-    (dict(columns=[{"name": "id", "type": "integer"}]), "columns.0.type"),
-    (dict(columns=[{"name": "id"}, {"name": "id", "source": "sku"}]), "columns.1.name"),
-    (dict(columns=[{"name": "id"}], sort=["price"]), "sort.0.column"),
-    (dict(filters=[{"column": "id", "op": "in", "value": 3}]), "filters.0.value"),
-])
+
+@pytest.mark.parametrize(
+    "shaping, field",
+    [
+        (dict(filters=[{"column": "id", "op": "like", "value": 1}]), "filters.0.op"),
+        (
+            dict(group_by={"keys": ["category"], "aggregations": [{"column": "price", "agg": "median"}]}),
+            "group_by.aggregations.0.agg",
+        ),
+        (dict(columns=[{"name": "id", "type": "integer"}]), "columns.0.type"),
+        (dict(columns=[{"name": "id"}, {"name": "id", "source": "sku"}]), "columns.1.name"),
+        (dict(columns=[{"name": "id"}], sort=["price"]), "sort.0.column"),
+        (dict(filters=[{"column": "id", "op": "in", "value": 3}]), "filters.0.value"),
+    ],
+)
 def test_cli_invalid_shaping_exits_2_naming_the_field(api, cli, tmp_path, shaping, field):
     path = write_spec(tmp_path / "spec.json", items(api, fmt="csv", **shaping))
     for command in ("validate", "run"):
@@ -780,18 +1127,34 @@ def test_cli_invalid_shaping_exits_2_naming_the_field(api, cli, tmp_path, shapin
     assert api.log() == []  # nothing fetched
 
 
-@pytest.mark.parametrize("shaping, words", [
-    (dict(columns=[{"name": "id"}, {"name": "amount"}]),
-     "source 'items': columns.1.name: column 'amount' is not in the fetched data; the columns are: 'id', 'name', "
-     "'sku', 'price', 'quantity', 'category', 'active', 'tags', 'meta.created', 'meta.score', 'description', 'note'"),
-    (dict(sort=["total"]), "source 'items': sort.0.column: column 'total' is not in the fetched data; the columns "
-                           "are: 'id', 'name'"),
-    (dict(columns=[{"name": "x", "column": 12}]), "source 'items': columns.0.column: index 12 is past the last field"),
-    (dict(columns=[{"name": "when", "source": "name", "type": "date"}]),
-     "source 'items': columns.0.type: column 'when' (from 'name'): 120 values cannot be read as date, e.g. \"item-1\""),
-    (dict(filters=[{"column": "price", "op": ">", "value": "cheap"}]),
-     "source 'items': filters.0.value: \"cheap\" cannot be compared with column 'price' of type float"),
-])
+@pytest.mark.parametrize(
+    "shaping, words",
+    [
+        (
+            dict(columns=[{"name": "id"}, {"name": "amount"}]),
+            "source 'items': columns.1.name: column 'amount' is not in the fetched data; "
+            "the columns are: 'id', 'name', 'sku', 'price', 'quantity', 'category', 'active', 'tags', "
+            "'meta.created', 'meta.score', 'description', 'note'",
+        ),
+        (
+            dict(sort=["total"]),
+            "source 'items': sort.0.column: column 'total' is not in the fetched data; the columns are: 'id', 'name'",
+        ),
+        (
+            dict(columns=[{"name": "x", "column": 12}]),
+            "source 'items': columns.0.column: index 12 is past the last field",
+        ),
+        (
+            dict(columns=[{"name": "when", "source": "name", "type": "date"}]),
+            "source 'items': columns.0.type: column 'when' (from 'name'): "
+            '120 values cannot be read as date, e.g. "item-1"',
+        ),
+        (
+            dict(filters=[{"column": "price", "op": ">", "value": "cheap"}]),
+            "source 'items': filters.0.value: \"cheap\" cannot be compared with column 'price' of type float",
+        ),
+    ],
+)
 def test_cli_data_errors_exit_1_naming_the_column(api, cli, tmp_path, shaping, words):
     path = write_spec(tmp_path / "spec.json", items(api, fmt="csv", **shaping))
     run = cli("run", str(path), "-o", str(tmp_path / "out.csv"))
@@ -804,8 +1167,17 @@ def test_cli_data_errors_exit_1_naming_the_column(api, cli, tmp_path, shaping, w
 
 
 def test_cli_rows_count_after_shaping(api, cli, tmp_path):
-    path = write_spec(tmp_path / "spec.json", items(api, n=300, fmt="csv", filters=[
-        {"column": "category", "op": "==", "value": "music"}], sort=[{"column": "id", "descending": True}], limit=20))
+    path = write_spec(
+        tmp_path / "spec.json",
+        items(
+            api,
+            n=300,
+            fmt="csv",
+            filters=[{"column": "category", "op": "==", "value": "music"}],
+            sort=[{"column": "id", "descending": True}],
+            limit=20,
+        ),
+    )
     run = cli("run", str(path), "-o", str(tmp_path / "out.csv"))
     assert run.code == 0, run.stderr
     assert run.summary["rows"] == 20 and run.summary["records"] == 300

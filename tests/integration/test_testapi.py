@@ -1,4 +1,5 @@
 """Tests of the local test API itself (tests/testapi/): shapes, determinism, faults, log."""
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,17 @@ except ImportError:  # run as plain `pytest` without the repo root on sys.path
 from tests.testapi import creds, faults  # noqa: E402
 from tests.testapi.client import TestAPI  # noqa: E402
 from tests.testapi.records import (  # noqa: E402
-    BAD_UTF8, CSV_COLUMNS, csv_row, dataset, decode_cursor, drift_record, encode_cursor, events,
-    owner_records, record, records,
+    BAD_UTF8,
+    CSV_COLUMNS,
+    csv_row,
+    dataset,
+    decode_cursor,
+    drift_record,
+    encode_cursor,
+    events,
+    owner_records,
+    record,
+    records,
 )
 
 pytest_plugins = ["tests.testapi.fixtures"]
@@ -47,13 +57,21 @@ def ids(recs):
 
 # ---------------------------------------------------------------- records
 
+
 def test_record_shape():
     r = record(10)
     assert r == {
-        "id": 10, "name": "item-10", "sku": "SKU-00000010", "price": 12.5, "quantity": 10,
-        "category": "music", "active": True, "tags": ["sale"],
+        "id": 10,
+        "name": "item-10",
+        "sku": "SKU-00000010",
+        "price": 12.5,
+        "quantity": 10,
+        "category": "music",
+        "active": True,
+        "tags": ["sale"],
         "meta": {"created": "2020-01-11", "score": 10},
-        "description": "Test record 10 for pageferry.", "note": None,
+        "description": "Test record 10 for pageferry.",
+        "note": None,
     }
     assert record(3)["active"] is False and record(3)["tags"] == []
     assert record(11)["tags"] == ["eco", "green"]
@@ -67,6 +85,7 @@ def test_record_shape():
 
 # ---------------------------------------------------------------- pagination shapes
 
+
 def test_page_walk_and_meta(api, http):
     got, page = [], 1
     while True:
@@ -79,13 +98,17 @@ def test_page_walk_and_meta(api, http):
     assert page == 3 and got == dataset(250)
     assert http.get(api.url("/items/page", page=4, per_page=100, n=250)).json()["data"] == []
     assert http.get(api.url("/items/page", page=2, per_page=10, n=250, hide_total=1)).json()["meta"] == {
-        "page": 2, "per_page": 10}
+        "page": 2,
+        "per_page": 10,
+    }
     meta = http.get(api.url("/items/page", per_page=10, n=250, null_total=1)).json()["meta"]
     assert meta == {"page": 1, "per_page": 10, "total_pages": None, "total_records": None}
     default = http.get(api.url("/items/page")).json()
     assert ids(default["data"]) == list(range(1, 101)) and default["meta"]["total_records"] == 1000
     assert http.get(api.url("/items/page", n=0)).json() == {
-        "data": [], "meta": {"page": 1, "per_page": 100, "total_pages": 0, "total_records": 0}}
+        "data": [],
+        "meta": {"page": 1, "per_page": 100, "total_pages": 0, "total_records": 0},
+    }
 
 
 def test_offset(api, http):
@@ -204,8 +227,9 @@ def test_by_id_and_events(api, http):
     ev = http.get(api.url("/events", **{"from": "2024-02-27", "to": "2024-03-01"})).json()["data"]
     assert [e["day"] for e in ev] == ["2024-02-27", "2024-02-28", "2024-02-29", "2024-03-01"]
     assert ev == events(date(2024, 2, 27), date(2024, 3, 1)) and ev[0]["id"] == 20240227
-    assert http.get(api.url("/events", start="2024-01-01", end="2024-01-07")).json()["data"] == \
-        events(date(2024, 1, 1), date(2024, 1, 7))
+    assert http.get(api.url("/events", start="2024-01-01", end="2024-01-07")).json()["data"] == events(
+        date(2024, 1, 1), date(2024, 1, 7)
+    )
     assert http.get(api.url("/events", **{"from": "2024-01-02", "to": "2024-01-01"})).json()["data"] == []
     assert http.get(api.url("/events", **{"from": "nope", "to": "2024-01-01"})).status_code == 400
 
@@ -227,6 +251,7 @@ def test_misc_endpoints_and_errors(api, http):
 
 # ---------------------------------------------------------------- determinism
 
+
 def test_determinism(api, http):
     u = api.url("/items/page", page=3, per_page=50, n=1000)
     a, b = http.get(u).content, http.get(u).content
@@ -239,11 +264,14 @@ def test_determinism(api, http):
     # and across server processes
     with TestAPI() as other:
         assert http.get(other.url("/items/page", page=3, per_page=50, n=1000)).content == a
-        assert http.get(other.url("/items/csv", n=30, encoding="latin-1")).content == \
-            http.get(api.url("/items/csv", n=30, encoding="latin-1")).content
+        assert (
+            http.get(other.url("/items/csv", n=30, encoding="latin-1")).content
+            == http.get(api.url("/items/csv", n=30, encoding="latin-1")).content
+        )
 
 
 # ---------------------------------------------------------------- faults
+
 
 @pytest.mark.parametrize("kind", ["500", "503", "429"])
 def test_status_faults_then_success(api, http, kind):
@@ -297,16 +325,26 @@ def test_truncate_drop_badjson_slow(api, http):
 
     log = api.log()
     assert [(e["fault"], e["status"]) for e in log[1:]] == [
-        ("truncate", 200), (None, 200), ("drop", None), (None, 200),
-        ("badjson", 200), (None, 200), ("slow", 200), (None, 200)]
+        ("truncate", 200),
+        (None, 200),
+        ("drop", None),
+        (None, 200),
+        ("badjson", 200),
+        (None, 200),
+        ("slow", 200),
+        (None, 200),
+    ]
 
 
 def test_fail_rate_is_deterministic_and_predictable(api, http):
     common = dict(per_page=10, n=400, fail_rate=0.3, seed=7)
     urls = {p: api.url("/items/page", page=p, **common) for p in range(1, 41)}
     statuses = {p: http.get(u).status_code for p, u in urls.items()}
-    expected_fail = {p for p in urls if faults.is_failing(
-        faults.fault_key("/items/page", {"page": str(p), "per_page": "10", "n": "400"}), 0.3, 7)}
+    expected_fail = {
+        p
+        for p in urls
+        if faults.is_failing(faults.fault_key("/items/page", {"page": str(p), "per_page": "10", "n": "400"}), 0.3, 7)
+    }
     assert {p for p, s in statuses.items() if s == 500} == expected_fail
     assert 3 <= len(expected_fail) <= 25
     assert all(http.get(u).status_code == 200 for u in urls.values())  # 2nd attempt succeeds
@@ -348,6 +386,7 @@ def test_delay_does_not_block(api, http):
         with requests.Session() as s:
             s.trust_env = False
             results.append(s.get(u, timeout=5).status_code)
+
     threads = [threading.Thread(target=fetch) for _ in range(4)]
     for t in threads:
         t.start()
@@ -359,6 +398,7 @@ def test_delay_does_not_block(api, http):
 
 
 # ---------------------------------------------------------------- log, reset, stats
+
 
 def test_log_and_reset(api, http):
     t0 = time.time()
@@ -384,6 +424,7 @@ def test_in_flight_request_is_logged_on_arrival(api, http):
         with requests.Session() as s:
             s.trust_env = False
             s.get(api.url("/items/page", delay_ms=600), timeout=5)
+
     t = threading.Thread(target=slow)
     t.start()
     time.sleep(0.2)
@@ -395,19 +436,25 @@ def test_in_flight_request_is_logged_on_arrival(api, http):
 
 # ---------------------------------------------------------------- auth
 
-@pytest.mark.parametrize("path,kwargs", [
-    ("/auth/bearer", {"headers": {"Authorization": f"Bearer {creds.BEARER_TOKEN}"}}),
-    ("/auth/header", {"headers": {"X-Api-Key": creds.API_KEY}}),
-    ("/auth/query", {"params": {"api_key": creds.QUERY_KEY}}),
-    ("/auth/basic", {"auth": (creds.BASIC_USER, creds.BASIC_PASSWORD)}),
-])
+
+@pytest.mark.parametrize(
+    "path,kwargs",
+    [
+        ("/auth/bearer", {"headers": {"Authorization": f"Bearer {creds.BEARER_TOKEN}"}}),
+        ("/auth/header", {"headers": {"X-Api-Key": creds.API_KEY}}),
+        ("/auth/query", {"params": {"api_key": creds.QUERY_KEY}}),
+        ("/auth/basic", {"auth": (creds.BASIC_USER, creds.BASIC_PASSWORD)}),
+    ],
+)
 def test_static_auth(api, http, path, kwargs):
     u = api.url(path, page=2, per_page=3, n=10)
     denied = http.get(u)
     assert denied.status_code == 401 and denied.json()["error"] == "unauthorized"
     assert "WWW-Authenticate" in denied.headers
-    wrong = {k: ({kk: vv + "x" for kk, vv in v.items()} if isinstance(v, dict) else (v[0], v[1] + "x"))
-             for k, v in kwargs.items()}
+    wrong = {
+        k: ({kk: vv + "x" for kk, vv in v.items()} if isinstance(v, dict) else (v[0], v[1] + "x"))
+        for k, v in kwargs.items()
+    }
     assert http.get(u, **wrong).status_code == 401
     ok = http.get(u, **kwargs)
     assert ok.status_code == 200 and ok.json()["data"] == records(4, 7)
@@ -415,11 +462,17 @@ def test_static_auth(api, http, path, kwargs):
 
 def test_oauth2_token_expiry(api, http):
     token_url = api.url("/oauth/token", ttl=1)
-    assert http.post(token_url, data={"grant_type": "client_credentials", "client_id": "client-1",
-                                      "client_secret": "wrong"}).json() == {
-        "error": "invalid_client", "message": "wrong client_id or client_secret"}
-    r = http.post(token_url, data={"grant_type": "client_credentials", "client_id": creds.OAUTH_CLIENT_ID,
-                                   "client_secret": creds.OAUTH_CLIENT_SECRET})
+    assert http.post(
+        token_url, data={"grant_type": "client_credentials", "client_id": "client-1", "client_secret": "wrong"}
+    ).json() == {"error": "invalid_client", "message": "wrong client_id or client_secret"}
+    r = http.post(
+        token_url,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": creds.OAUTH_CLIENT_ID,
+            "client_secret": creds.OAUTH_CLIENT_SECRET,
+        },
+    )
     tok = r.json()
     assert r.status_code == 200 and tok["token_type"] == "bearer" and tok["expires_in"] == 1
     u = api.url("/auth/oauth2", per_page=2, n=4)
@@ -432,8 +485,11 @@ def test_oauth2_token_expiry(api, http):
     expired = http.get(u, headers=auth)
     assert expired.status_code == 401 and expired.json()["error"] == "invalid_token"
     # basic-auth client credentials, default ttl
-    tok2 = http.post(api.url("/oauth/token"), data={"grant_type": "client_credentials"},
-                     auth=(creds.OAUTH_CLIENT_ID, creds.OAUTH_CLIENT_SECRET)).json()
+    tok2 = http.post(
+        api.url("/oauth/token"),
+        data={"grant_type": "client_credentials"},
+        auth=(creds.OAUTH_CLIENT_ID, creds.OAUTH_CLIENT_SECRET),
+    ).json()
     assert tok2["expires_in"] == 3600 and tok2["access_token"] != tok["access_token"]
     auth2 = {"Authorization": f"Bearer {tok2['access_token']}"}
     assert http.get(u, headers=auth2).status_code == 200
@@ -446,6 +502,7 @@ def test_oauth2_token_expiry(api, http):
 
 
 # ---------------------------------------------------------------- hostile
+
 
 def test_redirects(api, http):
     with pytest.raises(requests.exceptions.TooManyRedirects):
@@ -480,9 +537,14 @@ def test_huge_can_be_aborted(api, http):
 
 # ---------------------------------------------------------------- process management
 
+
 def test_ready_line_and_start_classmethod():
-    proc = subprocess.Popen([sys.executable, "-m", "tests.testapi.server", "--port", "0", "--host", "127.0.0.1"],
-                            cwd=str(Path(__file__).resolve().parents[2]), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.testapi.server", "--port", "0", "--host", "127.0.0.1"],
+        cwd=str(Path(__file__).resolve().parents[2]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY ") and int(line.split()[1]) > 0

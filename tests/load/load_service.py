@@ -12,6 +12,7 @@ then, while they run:
    status and a normal close.
 Exit code 1 when p99 ≥ `--p99-ms`, any request failed, or a viewer missed the final status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,18 @@ from tests.testapi.client import TestAPI  # noqa: E402
 
 
 def slow_spec(api: TestAPI, name: str, pages: int) -> dict:
-    return {"name": name, "sources": [{"url": api.url("/items/page"), "params": {"n": pages * 20, "delay_ms": 100},
-                                       "pagination": {"type": "page", "size": 20, "total_pages": "meta.total_pages"}}],
-            "concurrency": 2, "export": {"format": "csv"}}
+    return {
+        "name": name,
+        "sources": [
+            {
+                "url": api.url("/items/page"),
+                "params": {"n": pages * 20, "delay_ms": 100},
+                "pagination": {"type": "page", "size": 20, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "concurrency": 2,
+        "export": {"format": "csv"},
+    }
 
 
 async def status_load(base: str, task_ids: list[str], rate: float, seconds: float) -> dict:
@@ -43,6 +53,7 @@ async def status_load(base: str, task_ids: list[str], rate: float, seconds: floa
     errors: list[str] = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
         async def one(i: int) -> None:
             url = f"{base}/api/export/status/{task_ids[i % len(task_ids)]}"
             started = time.perf_counter()
@@ -69,10 +80,17 @@ async def status_load(base: str, task_ids: list[str], rate: float, seconds: floa
         elapsed = time.perf_counter() - start
     latencies.sort()
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
-    return {"requests": total, "ok": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)),
-            "achieved_rate": round(total / elapsed, 1), "p50_ms": round(pct(0.50), 1),
-            "p99_ms": round(pct(0.99), 1), "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None}
+    return {
+        "requests": total,
+        "ok": len(latencies),
+        "errors": len(errors),
+        "error_kinds": sorted(set(errors)),
+        "achieved_rate": round(total / elapsed, 1),
+        "p50_ms": round(pct(0.50), 1),
+        "p99_ms": round(pct(0.99), 1),
+        "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+    }
 
 
 async def viewers(base: str, task_id: str, count: int, timeout: float) -> dict:
@@ -93,10 +111,14 @@ async def viewers(base: str, task_id: str, count: int, timeout: float) -> dict:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         outcomes = await asyncio.gather(*(view(session) for _ in range(count)), return_exceptions=True)
     good = [o for o in outcomes if not isinstance(o, BaseException)]
-    return {"viewers": count, "got_final": sum(1 for o in good if o[0]),
-            "closed_normally": sum(1 for o in good if o[2]),
-            "failed": [repr(o) for o in outcomes if isinstance(o, BaseException)][:3],
-            "messages_min": min((o[1] for o in good), default=0), "messages_max": max((o[1] for o in good), default=0)}
+    return {
+        "viewers": count,
+        "got_final": sum(1 for o in good if o[0]),
+        "closed_normally": sum(1 for o in good if o[2]),
+        "failed": [repr(o) for o in outcomes if isinstance(o, BaseException)][:3],
+        "messages_min": min((o[1] for o in good), default=0),
+        "messages_max": max((o[1] for o in good), default=0),
+    }
 
 
 def main() -> int:
@@ -128,8 +150,13 @@ def main() -> int:
             service.stop()
     report = {"status_load": load, "tasks_running_throughout": still_running, "websockets": seen}
     print(json.dumps(report, indent=2))
-    ok = (load["errors"] == 0 and load["p99_ms"] < args.p99_ms and still_running == args.tasks
-          and seen["got_final"] == args.viewers and seen["closed_normally"] == args.viewers)
+    ok = (
+        load["errors"] == 0
+        and load["p99_ms"] < args.p99_ms
+        and still_running == args.tasks
+        and seen["got_final"] == args.viewers
+        and seen["closed_normally"] == args.viewers
+    )
     print("PASS" if ok else "FAIL", file=sys.stderr)
     return 0 if ok else 1
 

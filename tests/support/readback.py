@@ -1,4 +1,5 @@
 """Read an export back into plain rows (list of dicts), whatever its format - for assertions."""
+
 from __future__ import annotations
 
 import csv
@@ -16,6 +17,7 @@ def _csv_rows(data: bytes, separator: str = ",") -> list[dict]:
 
 def _xlsx_rows(data: bytes) -> dict[str, list[dict]]:
     import openpyxl
+
     book = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
     sheets = {}
     for sheet in book.worksheets:

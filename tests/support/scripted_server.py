@@ -20,6 +20,7 @@ Every request is logged as a `Recorded`: method, target (path + query), path, qu
 it was sent completely, how many body bytes went out, and whether the client closed the
 connection before the reply was complete (`finished` is set then).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -47,8 +48,7 @@ class Reply:
     chunk_delay: float = 0.0
 
     @classmethod
-    def json(cls, doc: Any, status: int = 200, headers: dict | None = None, gzipped: bool = False,
-             **kw) -> "Reply":
+    def json(cls, doc: Any, status: int = 200, headers: dict | None = None, gzipped: bool = False, **kw) -> Reply:
         body = json.dumps(doc).encode()
         headers = {"Content-Type": "application/json", **(headers or {})}
         if gzipped:
@@ -57,24 +57,24 @@ class Reply:
         return cls(status, headers, body, **kw)
 
     @classmethod
-    def redirect(cls, location: str, status: int = 302) -> "Reply":
+    def redirect(cls, location: str, status: int = 302) -> Reply:
         return cls(status, {"Location": location})
 
 
 @dataclass
 class Recorded:
     method: str
-    target: str          # path + query, as sent
+    target: str  # path + query, as sent
     path: str
     query: str
-    headers: Any         # http.client.HTTPMessage: case-insensitive get / `in`
+    headers: Any  # http.client.HTTPMessage: case-insensitive get / `in`
     body: bytes
-    arrived: float       # time.monotonic()
+    arrived: float  # time.monotonic()
     completed: bool = False
     client_closed: bool = False
     bytes_sent: int = 0
     finished: threading.Event = field(default_factory=threading.Event)
-    client: tuple = ()   # the client's (address, port): one per connection
+    client: tuple = ()  # the client's (address, port): one per connection
 
     @property
     def host(self) -> str:
@@ -83,8 +83,8 @@ class Recorded:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    timeout = 10                      # no server thread waits forever on a stuck client
-    server: "_HTTPServer"
+    timeout = 10  # no server thread waits forever on a stuck client
+    server: _HTTPServer
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
@@ -94,8 +94,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
-        rec = Recorded(self.command, self.path, parts.path, parts.query, self.headers, body, time.monotonic(),
-                       client=tuple(self.client_address))
+        rec = Recorded(
+            self.command,
+            self.path,
+            parts.path,
+            parts.query,
+            self.headers,
+            body,
+            time.monotonic(),
+            client=tuple(self.client_address),
+        )
         reply = owner._next(rec)
         try:
             self._answer(reply, rec, owner._stopping)
@@ -145,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "ScriptedServer"
+    owner: ScriptedServer
 
     def handle_error(self, request, client_address):
         if isinstance(sys.exc_info()[1], OSError):
@@ -171,19 +179,23 @@ class ScriptedServer:
             self.scheme = "https"
         self.host = host
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name=f"scripted-server-{self.port}")
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name=f"scripted-server-{self.port}",
+        )
         self._thread.start()
 
     def url(self, target: str = "/", host: str | None = None) -> str:
         return f"{self.scheme}://{host or self.host}:{self.port}{target}"
 
-    def add(self, method: str, path: str, *replies: Reply) -> "ScriptedServer":
+    def add(self, method: str, path: str, *replies: Reply) -> ScriptedServer:
         with self._lock:
             self.script.setdefault((method.upper(), path), []).extend(replies)
         return self
 
-    def replace(self, method: str, path: str, *replies: Reply) -> "ScriptedServer":
+    def replace(self, method: str, path: str, *replies: Reply) -> ScriptedServer:
         with self._lock:
             self.script[(method.upper(), path)] = list(replies)
         return self
@@ -207,7 +219,7 @@ class ScriptedServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> ScriptedServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -1,9 +1,9 @@
 """Run the real service - gunicorn with gunicorn.conf.py - in a subprocess for tests."""
+
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +12,9 @@ from pathlib import Path
 import psutil
 import requests
 
+from tests.support.net import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServiceProcess:
@@ -26,8 +22,16 @@ class ServiceProcess:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-        self.env.update({"DATA_DIR": str(self.data_dir), "PORT": str(self.port), "BIND": f"127.0.0.1:{self.port}",
-                         "WEB_CONCURRENCY": str(workers), "WORKERS": "2", "PYTHONPATH": str(REPO)})
+        self.env.update(
+            {
+                "DATA_DIR": str(self.data_dir),
+                "PORT": str(self.port),
+                "BIND": f"127.0.0.1:{self.port}",
+                "WEB_CONCURRENCY": str(workers),
+                "WORKERS": "2",
+                "PYTHONPATH": str(REPO),
+            }
+        )
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"gunicorn-{self.port}.log"
@@ -36,11 +40,17 @@ class ServiceProcess:
         self.headers: dict = {}
 
     # ------------------------------------------------------------ life
-    def start(self, timeout: float = 30) -> "ServiceProcess":
+    def start(self, timeout: float = 30) -> ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=REPO,
-                                     env=self.env, stdout=log, stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -103,8 +113,9 @@ class ServiceProcess:
 
     def call(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {**self.headers, **kwargs.pop("headers", {})}
-        return self.session.request(method, self.url(path), headers=headers, timeout=kwargs.pop("timeout", 30),
-                                    **kwargs)
+        return self.session.request(
+            method, self.url(path), headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs
+        )
 
     def start_task(self, spec: dict, **kwargs) -> str:
         response = self.call("POST", "/api/export/start", json=spec, **kwargs)

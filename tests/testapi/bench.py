@@ -4,6 +4,7 @@ Starts the server (separate process), then runs an aiohttp client in another pro
 with ``--connections`` keep-alive connections, each issuing GETs back to back
 (``{i}`` in a URL becomes a running request number), and prints requests/s for a few scenarios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ async def _client(urls: list[str], connections: int, seconds: float) -> dict:
     errors = 0
     deadline = time.perf_counter() + seconds
     async with aiohttp.ClientSession(connector=conn, trust_env=False) as session:
+
         async def worker(w: int) -> None:
             nonlocal done, nbytes, errors
             i = w
@@ -37,17 +39,36 @@ async def _client(urls: list[str], connections: int, seconds: float) -> dict:
                 done += 1
                 nbytes += len(body)
                 i += connections
+
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(connections)))
         elapsed = time.perf_counter() - t0
-    return {"requests": done, "seconds": elapsed, "rps": done / elapsed,
-            "mb_per_s": nbytes / elapsed / 1e6, "errors": errors}
+    return {
+        "requests": done,
+        "seconds": elapsed,
+        "rps": done / elapsed,
+        "mb_per_s": nbytes / elapsed / 1e6,
+        "errors": errors,
+    }
 
 
 def run_client(urls: list[str], connections: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, "-m", "tests.testapi.bench", "--client",
-                          "--connections", str(connections), "--seconds", str(seconds), *urls],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.testapi.bench",
+            "--client",
+            "--connections",
+            str(connections),
+            "--seconds",
+            str(seconds),
+            *urls,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -64,16 +85,17 @@ def main() -> None:
     with TestAPI() as api:
         scenarios = {
             "100-record page, cached": [api.url("/items/page", page=1, per_page=100, n=1000)],
-            "100-record pages, cold (all distinct)": [
-                api.url("/items/page", per_page=100, n=10_000_000) + "&page={i}"],
+            "100-record pages, cold (all distinct)": [api.url("/items/page", per_page=100, n=10_000_000) + "&page={i}"],
             "1000-record page (240 KB), cached": [api.url("/items/page", page=1, per_page=1000, n=1000)],
             "small page (10 records), cached": [api.url("/items/page", page=1, per_page=10, n=1000)],
         }
         for name, urls in scenarios.items():
             api.reset()
             r = run_client(urls, args.connections, args.seconds)
-            print(f"{name:40s} {r['rps']:8.0f} req/s  {r['mb_per_s']:6.1f} MB/s  "
-                  f"({r['requests']} in {r['seconds']:.1f}s, {r['errors']} errors)")
+            print(
+                f"{name:40s} {r['rps']:8.0f} req/s  {r['mb_per_s']:6.1f} MB/s  "
+                f"({r['requests']} in {r['seconds']:.1f}s, {r['errors']} errors)"
+            )
 
 
 if __name__ == "__main__":

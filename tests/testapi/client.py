@@ -7,6 +7,7 @@
 
 Control calls use urllib with proxies disabled (no dependency on ``requests``).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -51,8 +52,14 @@ class TestAPI:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 20.0,
-                 cache_mb: int | None = None, extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout: float = 20.0,
+        cache_mb: int | None = None,
+        extra_args: list[str] | None = None,
+    ):
         self.host = host
         self.port = port
         self.startup_timeout = startup_timeout
@@ -66,12 +73,21 @@ class TestAPI:
 
     # ------------------------------------------------------------ lifecycle
     @_StartMethod
-    def start(self) -> "TestAPI":
+    def start(self) -> TestAPI:
         """Launch the server, wait for ``READY <port>`` (``startup_timeout`` s) and return self."""
         if self.proc is not None:
             return self
-        cmd = [sys.executable, "-m", "tests.testapi.server", "--host", self.host, "--port", str(self.port),
-               "--parent-pid", str(os.getpid())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.testapi.server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if self.cache_mb is not None:
             cmd += ["--cache-mb", str(self.cache_mb)]
         cmd += self.extra_args
@@ -81,8 +97,9 @@ class TestAPI:
         env["PYTHONUNBUFFERED"] = "1"
         self._stderr = tempfile.TemporaryFile(prefix="testapi-stderr-")
         self._stderr_final = None
-        self.proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._stderr)
+        self.proc = subprocess.Popen(
+            cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+        )
         lines: queue.Queue = queue.Queue()
 
         def pump(stream=self.proc.stdout):
@@ -150,7 +167,7 @@ class TestAPI:
         self._stderr.seek(0)
         return self._stderr.read().decode("utf-8", "replace")
 
-    def __enter__(self) -> "TestAPI":
+    def __enter__(self) -> TestAPI:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -191,7 +208,7 @@ class TestAPI:
     def warm(self, paths, timeout: float = 300.0) -> dict:
         """Pre-render ``paths`` (``"/items/page?page=1&n=..."``, or full URLs of this server) into
         the server's cache, so a timed run doesn't pay for rendering. Not logged."""
-        rel = [p[len(self.base_url):] if p.startswith(self.base_url) else p for p in paths]
+        rel = [p[len(self.base_url) :] if p.startswith(self.base_url) else p for p in paths]
         return self._call("POST", "/_warm", timeout=timeout, body=json.dumps({"paths": rel}).encode())
 
     def reset(self) -> None:

@@ -10,18 +10,27 @@ failing key gets a fault when ``a < fail_times`` (or always with ``fail_all=1``)
 Tests can call :func:`fault_key`, :func:`is_failing` and :func:`fault_kind` to
 predict exactly which requests fail and how.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlencode
 
 KINDS = ("500", "503", "429", "truncate", "drop", "slow", "badjson")
 MIXED_CYCLE = ("500", "503", "429", "truncate", "drop", "badjson")
-FAULT_PARAMS = frozenset({
-    "fail_rate", "fault", "fail_times", "fail_all", "seed",
-    "retry_after", "retry_after_date", "slow_ms",
-})
+FAULT_PARAMS = frozenset(
+    {
+        "fail_rate",
+        "fault",
+        "fail_times",
+        "fail_all",
+        "seed",
+        "retry_after",
+        "retry_after_date",
+        "slow_ms",
+    }
+)
 COMMON_PARAMS = FAULT_PARAMS | {"delay_ms"}
 
 
@@ -38,7 +47,7 @@ def _hash64(key: str, seed: str) -> int:
 
 def fraction(key: str, seed: str | int = 0) -> float:
     """A stable number in [0, 1) for (key, seed)."""
-    return _hash64(key, str(seed)) / 2.0 ** 64
+    return _hash64(key, str(seed)) / 2.0**64
 
 
 def is_failing(key: str, fail_rate: float, seed: str | int = 0) -> bool:

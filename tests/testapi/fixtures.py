@@ -7,6 +7,7 @@ Enable with ``pytest_plugins = ["tests.testapi.fixtures"]`` (in the root conftes
 - ``api`` (function): the same server, after ``reset()`` (empty log, fresh fault
   attempt counters and OAuth state).
 """
+
 from __future__ import annotations
 
 import pytest

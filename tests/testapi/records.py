@@ -7,6 +7,7 @@ agree by construction; the shape itself is pinned by tests/test_testapi.py).
 Ids are 1-based. ``record(i)`` is a pure function of ``i``; a page of a dataset
 of ``n`` records holds ids ``(page-1)*per_page + 1 .. min(page*per_page, n)``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,8 +22,7 @@ _CREATED = tuple((_EPOCH + timedelta(days=d)).isoformat() for d in range(_DAYS))
 # tags for i depend on i % 3, i % 6 and (i // 6) % 6, i.e. on i % 36:
 #   i % 3 == 0 -> [], 1 -> [TAGS[i % 6]], 2 -> [TAGS[i % 6], TAGS[(i // 6) % 6]]
 _TAGS = tuple(
-    () if r % 3 == 0 else (TAGS[r % 6],) if r % 3 == 1 else (TAGS[r % 6], TAGS[(r // 6) % 6])
-    for r in range(36)
+    () if r % 3 == 0 else (TAGS[r % 6],) if r % 3 == 1 else (TAGS[r % 6], TAGS[(r // 6) % 6]) for r in range(36)
 )
 
 
@@ -61,6 +61,7 @@ def dataset(n: int) -> list[dict]:
 
 # ---------------------------------------------------------------- paging math
 
+
 def total_pages(n: int, per_page: int) -> int:
     return math.ceil(n / per_page) if n > 0 else 0
 
@@ -85,6 +86,7 @@ def page_ids(page: int, per_page: int, n: int) -> list[int]:
 
 # ---------------------------------------------------------------- cursors
 
+
 def encode_cursor(offset: int) -> str:
     """Opaque cursor for a 0-based offset: url-safe base64 of ``off:<offset>``, unpadded."""
     return base64.urlsafe_b64encode(f"off:{offset}".encode()).decode().rstrip("=")
@@ -106,6 +108,7 @@ def decode_cursor(cursor: str) -> int:
 
 # ---------------------------------------------------------------- /items/drift
 
+
 def drift_record(i: int, page: int) -> dict:
     """Record ``i`` as served on page ``page`` of /items/drift.
 
@@ -121,6 +124,7 @@ def drift_record(i: int, page: int) -> dict:
 
 
 # ---------------------------------------------------------------- /items/by-id
+
 
 def owner_ids(owner: int, k: int = 3) -> list[int]:
     """Record ids belonging to ``owner``: ``owner*1000 + j`` for j = 1..k."""
@@ -139,10 +143,10 @@ def owner_records(owner: int, k: int = 3) -> list[dict]:
 
 # ---------------------------------------------------------------- /events
 
+
 def event(day: date) -> dict:
     """One record per day: ``{"day": "YYYY-MM-DD", "id": YYYYMMDD, "value": ordinal % 100}``."""
-    return {"day": day.isoformat(), "id": day.year * 10000 + day.month * 100 + day.day,
-            "value": day.toordinal() % 100}
+    return {"day": day.isoformat(), "id": day.year * 10000 + day.month * 100 + day.day, "value": day.toordinal() % 100}
 
 
 def events(start: date, end: date) -> list[dict]:

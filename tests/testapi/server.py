@@ -29,6 +29,7 @@ no uvloop; ``python -m tests.testapi.bench``: an aiohttp client in a separate pr
   pass): 1,000 x 1,000-record pages cost the server ~4.4 s CPU cold, ~0.25 s warm;
   2,000 x 100-record pages ~1.1 s cold, ~0.5 s warm.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -275,7 +276,7 @@ def render_drift(q, request) -> Rendered:
 def render_by_id(q, request) -> Rendered:
     path = request.path
     if path.startswith("/items/by-id/"):
-        raw = path[len("/items/by-id/"):]
+        raw = path[len("/items/by-id/") :]
         name = "{id}"
     else:
         raw = q.get("id", "")
@@ -312,6 +313,7 @@ def render_events(q, request) -> Rendered:
 def render_static(body: bytes, ctype: str = JSON):
     def render(q, request) -> Rendered:
         return 200, body, {"Content-Type": ctype}
+
     return render
 
 
@@ -475,8 +477,7 @@ async def oauth_token(request, q, entry) -> web.Response:
     token = "at-" + hashlib.sha256(f"{STATE.epoch}:{nth}:{time.time()}".encode()).hexdigest()[:24]
     STATE.tokens[token] = time.monotonic() + ttl
     entry["token_n"] = nth
-    body = {"access_token": token, "token_type": "bearer",
-            "expires_in": int(ttl) if ttl == int(ttl) else ttl}
+    body = {"access_token": token, "token_type": "bearer", "expires_in": int(ttl) if ttl == int(ttl) else ttl}
     if form.get("scope"):
         body["scope"] = form.get("scope")
     return _json(200, body, {"Cache-Control": "no-store"})
@@ -488,15 +489,18 @@ async def echo(request, q, entry) -> web.Response:
         parsed = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         parsed = None
-    return _json(200, {
-        "method": request.method,
-        "path": request.path,
-        "query": dict(q),
-        "query_list": [[k, v] for k, v in q.items()],
-        "headers": {str(k): v for k, v in request.headers.items()},
-        "body": raw.decode("utf-8", "replace"),
-        "json": parsed,
-    })
+    return _json(
+        200,
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(q),
+            "query_list": [[k, v] for k, v in q.items()],
+            "headers": {str(k): v for k, v in request.headers.items()},
+            "body": raw.decode("utf-8", "replace"),
+            "json": parsed,
+        },
+    )
 
 
 async def huge(request, q, entry) -> web.StreamResponse:
@@ -530,8 +534,9 @@ async def huge(request, q, entry) -> web.StreamResponse:
 
 
 async def redirect_loop(request, q, entry) -> web.Response:
-    return web.Response(status=302, headers={"Location": request.path_qs, "Content-Type": JSON},
-                        body=b'{"redirect":"loop"}')
+    return web.Response(
+        status=302, headers={"Location": request.path_qs, "Content-Type": JSON}, body=b'{"redirect":"loop"}'
+    )
 
 
 async def redirect(request, q, entry) -> web.Response:
@@ -547,8 +552,13 @@ async def hang(request, q, entry) -> web.Response:
     return _json(200, {"hung": True})
 
 
-AUTH_KINDS = {"/auth/bearer": "bearer", "/auth/header": "header", "/auth/query": "query",
-              "/auth/basic": "basic", "/auth/oauth2": "oauth2"}
+AUTH_KINDS = {
+    "/auth/bearer": "bearer",
+    "/auth/header": "header",
+    "/auth/query": "query",
+    "/auth/basic": "basic",
+    "/auth/oauth2": "oauth2",
+}
 
 SPECIAL = {
     "/oauth/token": oauth_token,
@@ -632,8 +642,16 @@ async def handle(request: web.BaseRequest) -> web.StreamResponse:
         return await control(request)
     state = STATE
     q = request.query
-    entry = {"t": time.time(), "method": request.method, "path": path, "query": dict(q),
-             "status": None, "fault": None, "attempt": None, "t_done": None}
+    entry = {
+        "t": time.time(),
+        "method": request.method,
+        "path": path,
+        "query": dict(q),
+        "status": None,
+        "fault": None,
+        "attempt": None,
+        "t_done": None,
+    }
     state.log.append(entry)
     task = asyncio.current_task()
     TASKS.add(task)
@@ -683,8 +701,7 @@ async def handle(request: web.BaseRequest) -> web.StreamResponse:
 
 async def ctl_log(request) -> web.Response:
     since = _int(request.query, "since", 0, 0)
-    return _json(200, {"requests": STATE.log[since:], "count": len(STATE.log),
-                       "tokens_issued": STATE.tokens_issued})
+    return _json(200, {"requests": STATE.log[since:], "count": len(STATE.log), "tokens_issued": STATE.tokens_issued})
 
 
 async def ctl_reset(request) -> web.Response:
@@ -705,13 +722,21 @@ async def ctl_stats(request) -> web.Response:
         if e["fault"]:
             by_fault[e["fault"]] = by_fault.get(e["fault"], 0) + 1
     c = STATE.cache
-    return _json(200, {
-        "requests": len(STATE.log), "by_path": by_path, "by_status": by_status, "faults": by_fault,
-        "tokens_issued": STATE.tokens_issued, "inflight": STATE.inflight,
-        "inflight_peak": STATE.inflight_peak,
-        "cache": {"entries": len(c.d), "bytes": c.bytes, "hits": c.hits, "misses": c.misses},
-        "uptime": time.time() - STATE.started, "pid": os.getpid(),
-    })
+    return _json(
+        200,
+        {
+            "requests": len(STATE.log),
+            "by_path": by_path,
+            "by_status": by_status,
+            "faults": by_fault,
+            "tokens_issued": STATE.tokens_issued,
+            "inflight": STATE.inflight,
+            "inflight_peak": STATE.inflight_peak,
+            "cache": {"entries": len(c.d), "bytes": c.bytes, "hits": c.hits, "misses": c.misses},
+            "uptime": time.time() - STATE.started,
+            "pid": os.getpid(),
+        },
+    )
 
 
 class _WarmRequest:
@@ -760,8 +785,7 @@ async def ctl_health(request) -> web.Response:
     return _json(200, {"ok": True})
 
 
-CONTROL = {"/_log": ctl_log, "/_reset": ctl_reset, "/_stats": ctl_stats, "/_health": ctl_health,
-           "/_warm": ctl_warm}
+CONTROL = {"/_log": ctl_log, "/_reset": ctl_reset, "/_stats": ctl_stats, "/_health": ctl_health, "/_warm": ctl_warm}
 
 
 # ------------------------------------------------------------------ main
@@ -814,8 +838,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m tests.testapi.server", description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 = pick a free port (printed as READY <port>)")
-    ap.add_argument("--parent-pid", type=int, default=None,
-                    help="exit when this process dies (default: the launching parent; 0 disables)")
+    ap.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process dies (default: the launching parent; 0 disables)",
+    )
     ap.add_argument("--cache-mb", type=int, default=512, help="rendered-body cache budget in MiB")
     args = ap.parse_args(argv)
     parent = os.getppid() if args.parent_pid is None else args.parent_pid

@@ -1,11 +1,19 @@
 """engine/pagination.py against the contract §1 pagination table and the "Details that
 clients rely on" (next_url/link requested as given)."""
+
 from __future__ import annotations
 
 import pytest
 
-from engine.plan.pagination import (PageRequest, addressable_request, is_last_addressable, is_sequential,
-                               next_token, sequential_request, total_pages)
+from engine.plan.pagination import (
+    PageRequest,
+    addressable_request,
+    is_last_addressable,
+    is_sequential,
+    next_token,
+    sequential_request,
+    total_pages,
+)
 from engine.spec.models import Pagination
 
 URL = "https://api.example.com/v1/orders"
@@ -17,6 +25,7 @@ def pag(**fields) -> Pagination:
 
 
 # ------------------------------------------------------------------ addressable requests
+
 
 def test_page_requests_with_defaults():
     p = pag(type="page")
@@ -68,9 +77,13 @@ def test_none_pagination_is_the_url_and_params_as_given():
 
 # ------------------------------------------------------------------ sequential requests
 
+
 def test_is_sequential():
-    assert [t for t in ("none", "page", "offset", "cursor", "next_url", "link") if is_sequential(pag(type=t))] == \
-        ["cursor", "next_url", "link"]
+    assert [t for t in ("none", "page", "offset", "cursor", "next_url", "link") if is_sequential(pag(type=t))] == [
+        "cursor",
+        "next_url",
+        "link",
+    ]
 
 
 def test_cursor_requests():
@@ -93,6 +106,7 @@ def test_next_url_and_link_are_requested_as_given(kind):
 
 # ------------------------------------------------------------------ next_token
 
+
 def test_cursor_next_token():
     p = pag(type="cursor")
     assert next_token(p, {"next_cursor": "abc"}, {}, URL) == "abc"
@@ -100,8 +114,18 @@ def test_cursor_next_token():
     assert next_token(deep, {"paging": {"cursors": {"after": "Z"}}}, {}, URL) == "Z"
 
 
-@pytest.mark.parametrize("doc", [{"next_cursor": None}, {"next_cursor": ""}, {}, {"other": "x"},
-                                 {"next_cursor": {"a": 1}}, {"next_cursor": [1]}, None])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"next_cursor": None},
+        {"next_cursor": ""},
+        {},
+        {"other": "x"},
+        {"next_cursor": {"a": 1}},
+        {"next_cursor": [1]},
+        None,
+    ],
+)
 def test_cursor_end_of_sequence(doc):
     assert next_token(pag(type="cursor"), doc, {}, URL) is None
 
@@ -129,12 +153,16 @@ def test_next_url_end_of_sequence(doc):
 
 def test_link_header_next():
     p = pag(type="link")
-    links = {"next": {"url": "https://api.example.com/v1/orders?page=2", "rel": "next"},
-             "last": {"url": "https://api.example.com/v1/orders?page=9", "rel": "last"}}
+    links = {
+        "next": {"url": "https://api.example.com/v1/orders?page=2", "rel": "next"},
+        "last": {"url": "https://api.example.com/v1/orders?page=9", "rel": "last"},
+    }
     assert next_token(p, None, links, URL) == "https://api.example.com/v1/orders?page=2"
     relative = {"next": {"url": "/v1/orders?page=3", "rel": "next"}}
-    assert next_token(p, None, relative, "https://api.example.com/v1/orders?page=2") == \
-        "https://api.example.com/v1/orders?page=3"
+    assert (
+        next_token(p, None, relative, "https://api.example.com/v1/orders?page=2")
+        == "https://api.example.com/v1/orders?page=3"
+    )
 
 
 def test_link_without_next_ends():
@@ -151,6 +179,7 @@ def test_addressable_types_have_no_token(kind):
 
 
 # ------------------------------------------------------------------ total_pages
+
 
 def test_total_pages_from_a_path():
     p = pag(type="page", total_pages="meta.total_pages")
@@ -190,6 +219,7 @@ def test_total_pages_falls_back_to_total_records():
 
 
 # ------------------------------------------------------------------ stop rules
+
 
 @pytest.mark.parametrize("kind", ["page", "offset"])
 def test_short_page_stops(kind):

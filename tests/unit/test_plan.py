@@ -1,6 +1,7 @@
 """The scheduler, driven by a fake API and fake workers that follow the real workers' rules:
 pieces complete in random order, some are lost (a killed process) or the run restarts from
 its ledger (resume) - and every page must still end up in exactly one shard."""
+
 from __future__ import annotations
 
 import random
@@ -16,9 +17,9 @@ from engine.spec.models import parse_spec
 
 @dataclass
 class FakeAPI:
-    pages: dict[int, int]                 # unit -> its number of pages (the last one is short)
-    totals: bool = False                  # page 1 tells the total
-    ends: dict[int, int] = field(default_factory=dict)   # the workers' shared "unit ends"
+    pages: dict[int, int]  # unit -> its number of pages (the last one is short)
+    totals: bool = False  # page 1 tells the total
+    ends: dict[int, int] = field(default_factory=dict)  # the workers' shared "unit ends"
     requests: int = 0
 
     def run(self, piece: Piece, sequential: bool, none: bool) -> PieceResult:
@@ -26,12 +27,12 @@ class FakeAPI:
         kept = []
         for span in piece.spans:
             for page in range(span.first, span.last + 1):
-                if page > self.ends.get(span.unit, 10 ** 9):
+                if page > self.ends.get(span.unit, 10**9):
                     continue  # the worker checks the shared end before each request
                 self.requests += 1
                 last = none or page >= self.pages[span.unit]
                 if last:
-                    self.ends[span.unit] = min(self.ends.get(span.unit, 10 ** 9), page)
+                    self.ends[span.unit] = min(self.ends.get(span.unit, 10**9), page)
                 kept.append((span.unit, page, last, self.pages[span.unit] if (page == 1 and self.totals) else None))
         for run in piece.runs:
             seen = []
@@ -43,7 +44,7 @@ class FakeAPI:
                     break
                 seen.append(f"t{run.unit}-{page + 1}")
             result.seen_tokens[run.unit] = seen
-        kept = [k for k in kept if k[1] <= self.ends.get(k[0], 10 ** 9)]
+        kept = [k for k in kept if k[1] <= self.ends.get(k[0], 10**9)]
         # segments: consecutive pages of a unit (or page 1 of consecutive units for `none`)
         segments: list[list] = []
         for item in kept:
@@ -67,19 +68,26 @@ class FakeAPI:
         return result
 
 
-def make(kind: str, units: int, max_pages: int | None = None, threads: int = 4, processes: int = 2,
-         ledger=()) -> Scheduler:
+def make(
+    kind: str, units: int, max_pages: int | None = None, threads: int = 4, processes: int = 2, ledger=()
+) -> Scheduler:
     pagination = {"type": kind} if kind in ("none", "cursor", "link") else {"type": kind, "size": 10}
-    source = {"url": "http://api.test/{id}", "pagination": pagination,
-              "ids": {"range": {"start": 0, "end": units}}}
+    source = {"url": "http://api.test/{id}", "pagination": pagination, "ids": {"range": {"start": 0, "end": units}}}
     if max_pages:
         source["max_pages"] = max_pages
     spec = parse_spec({"sources": [source]})
     return Scheduler(spec, [FanOut(spec.sources[0])], threads, list(ledger), processes)
 
 
-def drive(scheduler: Scheduler, api: FakeAPI, kind: str, rng: random.Random, in_flight_max: int = 4,
-          lose: float = 0.0, stop_after: int | None = None) -> list[ShardInfo]:
+def drive(
+    scheduler: Scheduler,
+    api: FakeAPI,
+    kind: str,
+    rng: random.Random,
+    in_flight_max: int = 4,
+    lose: float = 0.0,
+    stop_after: int | None = None,
+) -> list[ShardInfo]:
     shards: list[ShardInfo] = []
     in_flight: list[Piece] = []
     settled = 0
@@ -152,8 +160,8 @@ def test_known_total_is_split_across_processes():
     pieces = []
     while (piece := scheduler.next_piece()) is not None:
         pieces.append(piece)
-    assert sum(p.pages for p in pieces) == 199          # pages 2..200, each once
-    assert len(pieces) >= 4 * 2 - 1                      # enough pieces for both processes
+    assert sum(p.pages for p in pieces) == 199  # pages 2..200, each once
+    assert len(pieces) >= 4 * 2 - 1  # enough pieces for both processes
     assert max(p.pages for p in pieces) <= 50
 
 

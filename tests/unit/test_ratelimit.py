@@ -1,6 +1,7 @@
 """The job's rate limiter, simulated with a fake clock: concurrent callers, random latencies,
 arrivals anywhere between the send and the response - no window of `per` seconds may ever
 see more than `requests` arrivals, and the limit must still be nearly reached."""
+
 from __future__ import annotations
 
 import bisect
@@ -27,8 +28,7 @@ def limiter(requests, per=1.0, burst=None, clock=None):
     return RateLimiter(SharedLimiterState(CTX, requests), requests, per, burst, clock or Clock())
 
 
-def simulate(lim: RateLimiter, clock: Clock, callers: int, sends: int, latency, seed: int = 1,
-             answer: bool = True):
+def simulate(lim: RateLimiter, clock: Clock, callers: int, sends: int, latency, seed: int = 1, answer: bool = True):
     """Discrete-event run: each caller asks for a slot, sends, waits `latency()` for the answer,
     repeats. Returns (send times, arrival times); an arrival lies anywhere in [send, answer]."""
     rng = random.Random(seed)
@@ -97,7 +97,7 @@ def test_burst_one_spaces_sends_evenly():
     lim = limiter(20, 1.0, burst=1, clock=clock)
     sent, _ = simulate(lim, clock, callers=8, sends=100, latency=lambda r: 0.001)
     gaps = [b - a for a, b in zip(sent, sent[1:])]
-    assert min(gaps) >= 0.75 * (1.0 / 20) - 1e-9   # a quarter interval of catch-up at most
+    assert min(gaps) >= 0.75 * (1.0 / 20) - 1e-9  # a quarter interval of catch-up at most
     assert max_in_window(sent, 1.0) <= 20
 
 

@@ -1,5 +1,6 @@
 """engine/secrets.py: `${NAME}` resolution and redaction (contract §1: secrets show as "***",
 redaction keeps the shape)."""
+
 from __future__ import annotations
 
 import base64
@@ -7,8 +8,8 @@ import base64
 import pytest
 
 from engine.errors import SpecError
-from engine.spec.redact import Redactor, env_references, resolve
 from engine.spec.models import parse_spec, spec_to_json
+from engine.spec.redact import Redactor, env_references, resolve
 
 URL = "https://api.example.com/v1/orders"
 
@@ -19,6 +20,7 @@ def spec_with(**source):
 
 # ------------------------------------------------------------------ resolve
 
+
 def test_whole_value_reference_is_substituted():
     spec = spec_with(auth={"type": "bearer", "token": "${TOKEN}"})
     resolved, _ = resolve(spec, {"TOKEN": "t0ps3cret"})
@@ -26,9 +28,17 @@ def test_whole_value_reference_is_substituted():
 
 
 def test_embedded_references_are_substituted():
-    spec = parse_spec({"sources": [{"url": "https://${HOST}/v1/${KIND}?x=1",
-                                    "headers": {"X-Tenant": "tenant-${TENANT}-prod"},
-                                    "params": {"q": "${Q}"}}]})
+    spec = parse_spec(
+        {
+            "sources": [
+                {
+                    "url": "https://${HOST}/v1/${KIND}?x=1",
+                    "headers": {"X-Tenant": "tenant-${TENANT}-prod"},
+                    "params": {"q": "${Q}"},
+                }
+            ]
+        }
+    )
     resolved, _ = resolve(spec, {"HOST": "api.example.com", "KIND": "orders", "TENANT": "42", "Q": "open"})
     src = resolved.sources[0]
     assert src.url == "https://api.example.com/v1/orders?x=1"
@@ -51,8 +61,12 @@ def test_resolved_spec_is_validated_again():
 
 
 def test_missing_variable_names_field_and_variable():
-    spec = parse_spec({"sources": [{"url": URL, "auth": {"type": "basic", "username": "u", "password": "${PW}"}}],
-                       "webhook": {"url": "https://hooks.example.com/x", "secret": "${HOOK_SECRET}"}})
+    spec = parse_spec(
+        {
+            "sources": [{"url": URL, "auth": {"type": "basic", "username": "u", "password": "${PW}"}}],
+            "webhook": {"url": "https://hooks.example.com/x", "secret": "${HOOK_SECRET}"},
+        }
+    )
     with pytest.raises(SpecError) as info:
         resolve(spec, {})
     details = [(d.field, d.message) for d in info.value.details]
@@ -62,8 +76,12 @@ def test_missing_variable_names_field_and_variable():
 
 
 def test_env_references():
-    spec = parse_spec({"sources": [{"url": "https://${HOST}/x", "auth": {"type": "bearer", "token": "${T}"}}],
-                       "webhook": {"url": "https://h.example.com", "secret": "a${S}b${T}"}})
+    spec = parse_spec(
+        {
+            "sources": [{"url": "https://${HOST}/x", "auth": {"type": "bearer", "token": "${T}"}}],
+            "webhook": {"url": "https://h.example.com", "secret": "a${S}b${T}"},
+        }
+    )
     assert env_references(spec) == {"HOST", "T", "S"}
 
 
@@ -81,6 +99,7 @@ def test_unresolved_spec_is_what_spec_to_json_keeps():
 
 # ------------------------------------------------------------------ Redactor from resolve
 
+
 def test_resolved_secrets_are_scrubbed_from_text():
     spec = spec_with(auth={"type": "bearer", "token": "${TOKEN}"})
     _, redactor = resolve(spec, {"TOKEN": "t0ps3cret"})
@@ -89,9 +108,12 @@ def test_resolved_secrets_are_scrubbed_from_text():
 
 
 def test_literal_secrets_count_too():
-    spec = parse_spec({"sources": [{"url": URL, "auth": {"type": "header", "name": "X-Api-Key",
-                                                           "value": "literal-key-123"}}],
-                       "webhook": {"url": "https://h.example.com", "secret": "hook-secret"}})
+    spec = parse_spec(
+        {
+            "sources": [{"url": URL, "auth": {"type": "header", "name": "X-Api-Key", "value": "literal-key-123"}}],
+            "webhook": {"url": "https://h.example.com", "secret": "hook-secret"},
+        }
+    )
     _, redactor = resolve(spec, {})
     assert redactor.text("sent literal-key-123 and hook-secret") == "sent *** and ***"
 
@@ -112,8 +134,9 @@ def test_query_param_auth_masked_in_urls():
     assert "page=2" in masked and "key=***" in masked
 
 
-@pytest.mark.parametrize("name", ["api_key", "apikey", "access_token", "token", "client_secret", "signature",
-                                  "password", "Auth"])
+@pytest.mark.parametrize(
+    "name", ["api_key", "apikey", "access_token", "token", "client_secret", "signature", "password", "Auth"]
+)
 def test_sensitive_query_params_masked_even_when_not_known(name):
     masked = Redactor().url(f"{URL}?page=3&{name}=whatever123")
     assert "whatever123" not in masked
@@ -141,31 +164,59 @@ def test_longest_secret_wins():
 
 def test_data_scrubs_every_string():
     redactor = Redactor({"s3cr3t-v"})
-    value = {"error": {"message": "bad s3cr3t-v", "pages": [{"url": "https://x/?k=s3cr3t-v", "status": 401}]},
-             "n": 3, "ok": True, "none": None, "tuple": ("s3cr3t-v",)}
-    assert redactor.data(value) == {"error": {"message": "bad ***", "pages": [{"url": "https://x/?k=***",
-                                                                               "status": 401}]},
-                                    "n": 3, "ok": True, "none": None, "tuple": ["***"]}
+    value = {
+        "error": {"message": "bad s3cr3t-v", "pages": [{"url": "https://x/?k=s3cr3t-v", "status": 401}]},
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "tuple": ("s3cr3t-v",),
+    }
+    assert redactor.data(value) == {
+        "error": {"message": "bad ***", "pages": [{"url": "https://x/?k=***", "status": 401}]},
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "tuple": ["***"],
+    }
 
 
 # ------------------------------------------------------------------ Redactor.spec
 
 FULL = {
     "sources": [
-        {"name": "a", "url": URL, "headers": {"Authorization": "Bearer xyz-123", "X-Api-Key": "${K}",
-                                              "Accept": "application/json", "Cookie": "sid=1234"},
-         "params": {"api_key": "p-1234", "status": "open"},
-         "auth": {"type": "bearer", "token": "${TOKEN}"}},
+        {
+            "name": "a",
+            "url": URL,
+            "headers": {
+                "Authorization": "Bearer xyz-123",
+                "X-Api-Key": "${K}",
+                "Accept": "application/json",
+                "Cookie": "sid=1234",
+            },
+            "params": {"api_key": "p-1234", "status": "open"},
+            "auth": {"type": "bearer", "token": "${TOKEN}"},
+        },
         {"name": "b", "url": URL, "auth": {"type": "basic", "username": "alice", "password": "pw-1234"}},
-        {"name": "c", "url": URL, "auth": {"type": "oauth2", "token_url": "https://auth.example.com/t",
-                                           "client_id": "cid", "client_secret": "cs-1234", "scope": "read"}},
+        {
+            "name": "c",
+            "url": URL,
+            "auth": {
+                "type": "oauth2",
+                "token_url": "https://auth.example.com/t",
+                "client_id": "cid",
+                "client_secret": "cs-1234",
+                "scope": "read",
+            },
+        },
         {"name": "d", "url": URL, "auth": {"type": "header", "name": "X-Key", "value": "hv-1234"}},
         {"name": "e", "url": URL, "auth": {"type": "query", "name": "key", "value": "qv-1234"}},
     ],
     "export": {"format": "zip"},
     "webhook": {"url": "https://hooks.example.com/done", "secret": "${HOOK}"},
-    "deliver": [{"type": "s3", "url": "s3://bucket/x/", "access_key": "AK-1234", "secret_key": "SK-1234"},
-                {"type": "ftp", "host": "ftp.example.com", "username": "me", "password": "fp-1234"}],
+    "deliver": [
+        {"type": "s3", "url": "s3://bucket/x/", "access_key": "AK-1234", "secret_key": "SK-1234"},
+        {"type": "ftp", "host": "ftp.example.com", "username": "me", "password": "fp-1234"},
+    ],
 }
 
 
@@ -174,8 +225,13 @@ def test_spec_redaction_keeps_the_shape():
     s = red["sources"]
     assert s[0]["auth"] == {"type": "bearer", "token": "***"}
     assert s[1]["auth"] == {"type": "basic", "username": "alice", "password": "***"}
-    assert s[2]["auth"] == {"type": "oauth2", "token_url": "https://auth.example.com/t", "client_id": "cid",
-                            "client_secret": "***", "scope": "read"}
+    assert s[2]["auth"] == {
+        "type": "oauth2",
+        "token_url": "https://auth.example.com/t",
+        "client_id": "cid",
+        "client_secret": "***",
+        "scope": "read",
+    }
     assert s[3]["auth"] == {"type": "header", "name": "X-Key", "value": "***"}
     assert s[4]["auth"] == {"type": "query", "name": "key", "value": "***"}
     assert red["webhook"]["secret"] == "***" and red["webhook"]["url"] == "https://hooks.example.com/done"
@@ -185,8 +241,7 @@ def test_spec_redaction_keeps_the_shape():
 
 def test_spec_redaction_masks_sensitive_headers_and_params():
     red = Redactor().spec(spec_to_json(parse_spec(FULL)))["sources"][0]
-    assert red["headers"] == {"Authorization": "***", "X-Api-Key": "***", "Accept": "application/json",
-                              "Cookie": "***"}
+    assert red["headers"] == {"Authorization": "***", "X-Api-Key": "***", "Accept": "application/json", "Cookie": "***"}
     assert red["params"] == {"api_key": "***", "status": "open"}
 
 

@@ -1,12 +1,14 @@
-"""engine/backoff.py: exponential backoff with jitter, and Retry-After (contract §1 `retry`)."""
+"""engine/fetch/retry.py: exponential backoff with jitter, Retry-After, and the one retry policy."""
+
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 
 import pytest
 
-from engine.fetch.retry import backoff_delay, parse_retry_after
+from engine.fetch.retry import FetchError, RetryPolicy, backoff_delay, parse_retry_after, retrying
 from engine.spec.models import Retry
 
 
@@ -28,7 +30,7 @@ def test_exponential_growth_without_jitter_at_the_top():
 
 def test_capped_at_max_backoff():
     policy = Retry(backoff=0.5, max_backoff=30)
-    assert backoff_delay(policy, 7, EdgeRng("high")) == 30.0   # 32 capped
+    assert backoff_delay(policy, 7, EdgeRng("high")) == 30.0  # 32 capped
     assert backoff_delay(policy, 20, EdgeRng("high")) == 30.0
     assert backoff_delay(Retry(backoff=1, max_backoff=3), 3, EdgeRng("high")) == 3.0
 
@@ -69,8 +71,8 @@ def test_default_rng_is_used_when_none_given():
 
 # ------------------------------------------------------------------ Retry-After
 
-@pytest.mark.parametrize("value, seconds", [("3", 3.0), (" 120 ", 120.0), ("0", 0.0), ("1.5", 1.5),
-                                            ("-4", 0.0)])
+
+@pytest.mark.parametrize("value, seconds", [("3", 3.0), (" 120 ", 120.0), ("0", 0.0), ("1.5", 1.5), ("-4", 0.0)])
 def test_retry_after_seconds(value, seconds):
     assert parse_retry_after(value) == seconds
 
@@ -91,3 +93,61 @@ def test_retry_after_http_date_in_the_past_is_zero():
 @pytest.mark.parametrize("value", [None, "", "soon", "Wed, 99 Foo 2015", "12 seconds", "  "])
 def test_retry_after_garbage_is_none(value):
     assert parse_retry_after(value) is None
+
+
+# ------------------------------------------------------------------ RetryPolicy + retrying
+
+
+def test_policy_gives_up_on_non_retryable_errors_and_after_the_last_attempt():
+    policy = RetryPolicy(Retry(attempts=3, backoff=1, max_backoff=10), rng=EdgeRng("high"))
+    assert policy.delay(1, FetchError("HTTP 503", True, 503)) == 1.0
+    assert policy.delay(2, FetchError("HTTP 503", True, 503)) == 2.0
+    assert policy.delay(3, FetchError("HTTP 503", True, 503)) is None  # attempts used up
+    assert policy.delay(1, FetchError("HTTP 404", False, 404)) is None  # not retryable
+    assert policy.delay(1, ValueError("not a FetchError")) is None
+
+
+def test_policy_waits_at_least_retry_after_capped():
+    policy = RetryPolicy(Retry(attempts=5, backoff=1, max_backoff=10), rng=EdgeRng("high"))
+    assert policy.delay(1, FetchError("HTTP 429", True, 429, retry_after=7)) == 7.0
+    assert policy.delay(3, FetchError("HTTP 429", True, 429, retry_after=0.5)) == 4.0  # backoff is longer
+    assert policy.delay(1, FetchError("HTTP 429", True, 429, retry_after=86400)) == 600.0
+
+
+def test_retrying_drives_attempts_sleeps_and_hooks():
+    failures = [FetchError("HTTP 503", True, 503), FetchError("HTTP 429", True, 429, retry_after=3)]
+    calls, slept, hooked = [], [], []
+
+    async def attempt():
+        calls.append(1)
+        if failures:
+            raise failures.pop(0)
+        return "page"
+
+    async def sleep(seconds):
+        slept.append(seconds)
+
+    policy = RetryPolicy(Retry(attempts=3, backoff=0.5, max_backoff=1), rng=EdgeRng("high"))
+    result = asyncio.run(retrying(policy, attempt, sleep, lambda error, wait: hooked.append((error.status, wait))))
+    assert result == "page" and len(calls) == 3
+    assert slept == [0.5, 3.0] and hooked == [(503, 0.5), (429, 3.0)]
+
+
+def test_retrying_raises_the_last_error_and_stops_when_sleep_raises():
+    async def attempt():
+        raise FetchError("HTTP 502", True, 502)
+
+    async def no_sleep(seconds):
+        pass
+
+    with pytest.raises(FetchError, match="HTTP 502"):
+        asyncio.run(retrying(RetryPolicy(Retry(attempts=2)), attempt, no_sleep))
+
+    class Stop(Exception):
+        pass
+
+    async def cancelled_sleep(seconds):
+        raise Stop
+
+    with pytest.raises(Stop):
+        asyncio.run(retrying(RetryPolicy(Retry(attempts=5)), attempt, cancelled_sleep))

@@ -1,6 +1,7 @@
 """Schedules (issue 9): cron arithmetic, exactly-once firing across workers and restarts (with
 an injected clock against the real SQLite store, and end to end on real gunicorn with two
 workers and an every-second cron), the API's validation, and the run summary."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,8 +13,10 @@ import pytest
 
 from config import load_settings
 from service import create_app
-from service.schedules import STALE, ScheduleClock, check_cron, check_timezone, next_after, plan_runs
+from service.background.schedule_clock import STALE, ScheduleClock
+from service.cron import check_cron, check_timezone, next_after, plan_runs
 from service.store import SQLiteTaskStore
+from tests.support.net import wait_for
 from tests.support.service_process import ServiceProcess
 
 
@@ -22,11 +25,11 @@ def ts(text: str) -> float:
 
 
 def iso_z(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ------------------------------------------------------------------ cron arithmetic
+
 
 def test_cron_and_timezone_checks():
     for good in ("23 22 * * *", "*/5 * * * 1-5", "* * * * * */10", "@daily"):
@@ -61,6 +64,7 @@ def test_missed_due_times_run_one_by_one_when_caught_up_else_once():
 
 # ------------------------------------------------------------------ exactly once (injected clock, real store)
 
+
 class FakeClock:
     def __init__(self, now: float):
         self.now = now
@@ -77,9 +81,16 @@ class FakeClock:
 
 def add_schedule(store, cron: str, now: float, spec: dict | None = None) -> str:
     schedule_id = "sch_0123456789ab"
-    store.create_schedule({"id": schedule_id, "cron": cron, "timezone": "UTC", "created_at": now,
-                           "spec": spec or {"name": "nightly", "sources": [{"url": "http://x.invalid/"}]},
-                           "next_run": next_after(cron, "UTC", now)})
+    store.create_schedule(
+        {
+            "id": schedule_id,
+            "cron": cron,
+            "timezone": "UTC",
+            "created_at": now,
+            "spec": spec or {"name": "nightly", "sources": [{"url": "http://x.invalid/"}]},
+            "next_run": next_after(cron, "UTC", now),
+        }
+    )
     return schedule_id
 
 
@@ -137,6 +148,7 @@ def test_a_short_restart_catches_up_each_run_a_long_downtime_runs_once(tmp_path)
 
 # ------------------------------------------------------------------ the API (validation; Flask's test client)
 
+
 @pytest.fixture
 def client(tmp_path):
     settings = load_settings({"DATA_DIR": str(tmp_path / "data")})
@@ -152,13 +164,26 @@ BAD_SCHEDULES = [
     ({"cron": "0 * * * *"}, "spec"),
     ({"cron": "0 * * * *", "spec": "orders"}, "spec"),
     ({"cron": "0 * * * *", "spec": {"sources": [{"url": "ftp://a.example/"}]}}, "spec.sources.0.url"),
-    ({"cron": "0 * * * *", "spec": {"sources": [{"url": "http://a.example/"}], "export": {"format": "pdf"}}},
-     "spec.export.format"),
-    ({"cron": "0 * * * *", "spec": {"sources": [{"url": "http://a.example/",
-                                                  "auth": {"type": "bearer", "token": "${NOT_SET_ANYWHERE}"}}]}},
-     "spec.sources.0.auth.token"),
-    ({"cron": "0 * * * *", "spec": {"sources": [{"url": "http://a.example/{id}", "ids": {"file": "ids.csv"},
-                                                  "params": {}}]}}, "spec.sources.0.ids.file"),
+    (
+        {"cron": "0 * * * *", "spec": {"sources": [{"url": "http://a.example/"}], "export": {"format": "pdf"}}},
+        "spec.export.format",
+    ),
+    (
+        {
+            "cron": "0 * * * *",
+            "spec": {
+                "sources": [{"url": "http://a.example/", "auth": {"type": "bearer", "token": "${NOT_SET_ANYWHERE}"}}]
+            },
+        },
+        "spec.sources.0.auth.token",
+    ),
+    (
+        {
+            "cron": "0 * * * *",
+            "spec": {"sources": [{"url": "http://a.example/{id}", "ids": {"file": "ids.csv"}, "params": {}}]},
+        },
+        "spec.sources.0.ids.file",
+    ),
     ({"cron": "0 * * * *", "spec": {"sources": [{"url": "http://a.example/"}]}, "every": "day"}, "every"),
 ]
 
@@ -180,11 +205,15 @@ def test_schedule_requests_that_are_not_json_or_unknown(client):
 
 
 def test_create_list_delete_a_schedule(client):
-    spec = {"name": "orders", "sources": [{"url": "https://api.example.com/orders",
-                                           "auth": {"type": "bearer", "token": "literal-token-123"}},
-                                          {"url": "https://api.example.com/refunds",
-                                           "auth": {"type": "bearer", "token": "${ORDERS_TOKEN}"}}],
-            "export": {"format": "zip"}, "webhook": {"url": "https://hooks.example.com/x", "secret": "hook-s3cret"}}
+    spec = {
+        "name": "orders",
+        "sources": [
+            {"url": "https://api.example.com/orders", "auth": {"type": "bearer", "token": "literal-token-123"}},
+            {"url": "https://api.example.com/refunds", "auth": {"type": "bearer", "token": "${ORDERS_TOKEN}"}},
+        ],
+        "export": {"format": "zip"},
+        "webhook": {"url": "https://hooks.example.com/x", "secret": "hook-s3cret"},
+    }
     before = time.time()
     r = client.post("/api/export/schedules", json={"cron": "23 22 * * *", "spec": spec, "timezone": "Europe/Berlin"})
     assert r.status_code == 201, r.json
@@ -213,20 +242,11 @@ def test_schedules_need_the_api_token(tmp_path):
 
 # ------------------------------------------------------------------ end to end: real gunicorn, two workers
 
+
 def scheduled_tasks(service, schedule_id: str) -> list[dict]:
     r = service.call("GET", f"/api/export/tasks?limit=1000&schedule_id={schedule_id}")
     assert r.status_code == 200
     return r.json()["tasks"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_every_second_schedule_on_two_workers_and_a_restart(api, tmp_path):
@@ -238,17 +258,27 @@ def test_every_second_schedule_on_two_workers_and_a_restart(api, tmp_path):
         r = first.call("POST", "/api/export/schedules", json={"cron": "* * * * * *", "spec": spec, "timezone": "UTC"})
         assert r.status_code == 201, r.text
         schedule_id = r.json()["schedule_id"]
-        wait_for(lambda: len(scheduled_tasks(first, schedule_id)) >= 3, 30, "three scheduled runs")
+        wait_for(
+            lambda: len(scheduled_tasks(first, schedule_id)) >= 3, 30, interval=0.2, message="three scheduled runs"
+        )
     finally:
         first.stop()
     time.sleep(1.0)  # a couple of due times pass while nothing runs
     second = ServiceProcess(data, workers=2, port=first.port).start()
     try:
-        wait_for(lambda: len(scheduled_tasks(second, schedule_id)) >= 8, 40, "runs after the restart")
+        wait_for(
+            lambda: len(scheduled_tasks(second, schedule_id)) >= 8, 40, interval=0.2, message="runs after the restart"
+        )
         assert second.call("DELETE", f"/api/export/schedules/{schedule_id}").status_code == 200
         deleted_at = time.time()
-        tasks = wait_for(lambda: (lambda ts_: ts_ if all(t["status"] == "completed" for t in ts_) else None)(
-            scheduled_tasks(second, schedule_id)), 90, "every scheduled run to complete")
+        tasks = wait_for(
+            lambda: (lambda ts_: ts_ if all(t["status"] == "completed" for t in ts_) else None)(
+                scheduled_tasks(second, schedule_id)
+            ),
+            90,
+            interval=0.2,
+            message="every scheduled run to complete",
+        )
         time.sleep(1.5)
         assert len(scheduled_tasks(second, schedule_id)) == len(tasks)  # nothing fires after the delete
         # every due time between the first and the last run exactly once: no duplicate, no gap,
@@ -270,8 +300,11 @@ def test_every_second_schedule_on_two_workers_and_a_restart(api, tmp_path):
         status = second.status(tasks[0]["task_id"])
         assert status["schedule_id"] == schedule_id and status["summary"] == tasks[0]["summary"]
         # the summary is one structured JSON log line per run
-        lines = [json.loads(line) for line in second.log_path.read_text().splitlines()
-                 if line.startswith("{") and '"run_summary"' in line]
+        lines = [
+            json.loads(line)
+            for line in second.log_path.read_text().splitlines()
+            if line.startswith("{") and '"run_summary"' in line
+        ]
         logged = {line["task_id"]: line for line in lines if line.get("schedule_id") == schedule_id}
         assert set(logged) >= {t["task_id"] for t in tasks[:3]}
         assert logged[tasks[0]["task_id"]]["sources"][0]["rows"] == 20

@@ -1,5 +1,6 @@
 """The service as deployed: real gunicorn (2 workers, gthread), real websockets, the local
 test API as the source."""
+
 from __future__ import annotations
 
 import io
@@ -9,39 +10,14 @@ import time
 import zipfile
 
 import psutil
-import pytest
 import requests
 import websocket
 
 from tests.support.readback import rows_of
+from tests.support.specs import page_spec
 from tests.testapi.records import record
-from tests.support.service_process import ServiceProcess
 
-
-@pytest.fixture
-def service_factory(tmp_path):
-    started: list[ServiceProcess] = []
-
-    def make(env: dict | None = None, data_dir=None, **kwargs) -> ServiceProcess:
-        service = ServiceProcess(data_dir or tmp_path / f"data{len(started)}", env, **kwargs).start()
-        started.append(service)
-        return service
-    yield make
-    for service in started:
-        service.stop()
-        service.kill_group()
-
-
-@pytest.fixture
-def service(service_factory):
-    return service_factory()
-
-
-def page_spec(api, n=500, size=50, fmt="csv", **params) -> dict:
-    return {"name": "items", "sources": [{"url": api.url("/items/page"), "params": {"n": n, **params},
-                                          "pagination": {"type": "page", "size": size,
-                                                         "total_pages": "meta.total_pages"}}],
-            "concurrency": 4, "export": {"format": fmt}}
+# `service` and `service_factory` (real gunicorn, one test long) come from tests/conftest.py.
 
 
 def ids_of(content: bytes, fmt: str = "csv") -> list[int]:
@@ -50,14 +26,24 @@ def ids_of(content: bytes, fmt: str = "csv") -> list[int]:
 
 # ------------------------------------------------------------------ the seed flow
 
+
 def test_seed_flow_end_to_end(api, service):
     base = "/api/export"
     assert service.call("POST", f"{base}/inputs", json={"name": "ident", "column": 0, "change_order": 1}).ok
     r = service.call("POST", f"{base}/bulk-inputs", json=[{"name": "label", "source": "name", "change_order": 2}])
     assert r.status_code == 200 and [i["name"] for i in r.json()["inputs"]] == ["ident", "label"]
-    r = service.call("POST", f"{base}/configure", json={
-        "source_url": api.url("/items/page"), "file_type": "zip", "rate_limit": 50, "page_limit": 100,
-        "pagination": {"type": "page", "size": 100}, "params": {"n": 730}})
+    r = service.call(
+        "POST",
+        f"{base}/configure",
+        json={
+            "source_url": api.url("/items/page"),
+            "file_type": "zip",
+            "rate_limit": 50,
+            "page_limit": 100,
+            "pagination": {"type": "page", "size": 100},
+            "params": {"n": 730},
+        },
+    )
     assert r.status_code == 200, r.text
     r = service.call("POST", f"{base}/start")
     assert r.status_code == 202
@@ -69,7 +55,7 @@ def test_seed_flow_end_to_end(api, service):
     assert final["result"]["rows"] == 730 and final["progress"]["percent"] == 100.0
     download = requests.get(body["download_url"], timeout=30)
     assert download.status_code == 200 and download.headers["Content-Type"] == "application/zip"
-    assert 'filename=export.zip' in download.headers["Content-Disposition"]
+    assert "filename=export.zip" in download.headers["Content-Disposition"]
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
         assert sorted(archive.namelist()) == ["export.csv", "manifest.json"]
         rows = rows_of(archive.read("export.csv"), "csv")
@@ -84,16 +70,37 @@ def test_seed_flow_end_to_end(api, service):
 def test_full_spec_start_and_status_shape(api, service):
     task_id = service.start_task(page_spec(api, n=300, fmt="ndjson"))
     status = service.wait(task_id)
-    assert set(status) >= {"task_id", "status", "phase", "progress", "sources", "created_at", "started_at",
-                           "finished_at", "partial", "error", "result"}
-    assert set(status["progress"]) == {"pages_done", "pages_total", "rows", "bytes", "requests", "retries",
-                                       "rate", "percent", "eta_seconds"}
+    assert set(status) >= {
+        "task_id",
+        "status",
+        "phase",
+        "progress",
+        "sources",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "partial",
+        "error",
+        "result",
+    }
+    assert set(status["progress"]) == {
+        "pages_done",
+        "pages_total",
+        "rows",
+        "bytes",
+        "requests",
+        "retries",
+        "rate",
+        "percent",
+        "eta_seconds",
+    }
     assert status["sources"] == [{"name": "items", "pages_done": 6, "pages_total": 6, "rows": 300}]
     assert status["result"]["filename"] == "items.ndjson" and status["result"]["rows"] == 300
     content = service.download(task_id)
     assert content.headers["Content-Type"] == "application/x-ndjson"
     assert ids_of(content.content, "ndjson") == list(range(1, 301))
     import hashlib
+
     assert hashlib.sha256(content.content).hexdigest() == status["result"]["sha256"]
 
 
@@ -112,6 +119,7 @@ def test_any_worker_answers_for_any_task(api, service):
 
 
 # ------------------------------------------------------------------ websockets
+
 
 def ws_messages(service, task_id, timeout=60):
     ws = websocket.create_connection(service.url(f"/api/export/ws/{task_id}").replace("http", "ws"), timeout=timeout)
@@ -168,6 +176,7 @@ def test_websocket_on_a_finished_task_and_an_unknown_one(api, service):
 
 # ------------------------------------------------------------------ cancel, queue, timeouts, expiry
 
+
 def test_cancel_a_running_task_within_two_seconds(api, service):
     task_id = service.start_task(page_spec(api, n=4000, size=20, delay_ms=100))
     service.wait(task_id, until=("running",))
@@ -221,8 +230,9 @@ def test_result_ttl_expiry_gives_410(api, service_factory):
 
 def test_sweeper_removes_expired_results_and_orphans(api, tmp_path):
     from config import load_settings
-    from service.runner import TaskRunner
+    from service.background.runner import TaskRunner
     from service.store import SQLiteTaskStore
+
     settings = load_settings({"DATA_DIR": str(tmp_path / "d"), "RESULT_TTL": "1"})
     store = SQLiteTaskStore(settings.db_path)
     store.create_task({"id": "task_aaaaaaaaaaaa", "spec": {}, "created_at": time.time() - 100})
@@ -233,6 +243,7 @@ def test_sweeper_removes_expired_results_and_orphans(api, tmp_path):
     orphan = settings.work_dir / "task_bbbbbbbbbbbb"
     orphan.mkdir(parents=True)
     import os
+
     os.utime(orphan, (time.time() - 120, time.time() - 120))
     removed = TaskRunner(settings, store).sweep()
     assert removed["results"] == 1 and removed["work"] == 1
@@ -241,6 +252,7 @@ def test_sweeper_removes_expired_results_and_orphans(api, tmp_path):
 
 
 # ------------------------------------------------------------------ restarts
+
 
 def test_sigkill_mid_task_then_restart_resumes_with_identical_output(api, service_factory, tmp_path):
     spec = page_spec(api, n=3000, size=20, delay_ms=60)
@@ -287,18 +299,26 @@ def test_clean_shutdown_hands_tasks_back_for_the_next_start(api, service_factory
 
 # ------------------------------------------------------------------ profiles
 
+
 def test_two_profiles_editing_at_once_keep_their_own_inputs(service):
     def edit(profile: str, n: int):
         for i in range(n):
-            r = service.call("POST", "/api/export/inputs", headers={"X-Profile": profile},
-                             json={"name": f"{profile}-{i}", "column": i})
+            r = service.call(
+                "POST",
+                "/api/export/inputs",
+                headers={"X-Profile": profile},
+                json={"name": f"{profile}-{i}", "column": i},
+            )
             assert r.status_code == 200
+
     threads = [threading.Thread(target=edit, args=(p, 15)) for p in ("alice", "bob")]
     [t.start() for t in threads]
     [t.join() for t in threads]
     for profile in ("alice", "bob"):
-        names = [i["name"] for i in service.call("GET", "/api/export/inputs-list",
-                                                  headers={"X-Profile": profile}).json()["inputs"]]
+        names = [
+            i["name"]
+            for i in service.call("GET", "/api/export/inputs-list", headers={"X-Profile": profile}).json()["inputs"]
+        ]
         assert names == [f"{profile}-{i}" for i in range(15)]
     assert service.call("GET", "/api/export/inputs-list").json()["inputs"] == []  # the default profile
     r = service.call("DELETE", "/api/export/inputs-clear", headers={"X-Profile": "alice"})
@@ -307,8 +327,11 @@ def test_two_profiles_editing_at_once_keep_their_own_inputs(service):
 
 
 def test_start_snapshots_the_profile(api, service):
-    service.call("POST", "/api/export/configure", json={"source_url": api.url("/items/page"), "params": {"n": 50},
-                                                         "file_type": "json"})
+    service.call(
+        "POST",
+        "/api/export/configure",
+        json={"source_url": api.url("/items/page"), "params": {"n": 50}, "file_type": "json"},
+    )
     r = service.call("POST", "/api/export/start")
     task_id = r.json()["task_id"]
     service.call("POST", "/api/export/configure", json={"file_type": "csv", "params": {"n": 7}})
@@ -317,9 +340,17 @@ def test_start_snapshots_the_profile(api, service):
 
 
 def test_inputs_list_is_in_output_order(service):
-    service.call("POST", "/api/export/bulk-inputs", json={"inputs": [
-        {"name": "c", "column": 2, "change_order": 3}, {"name": "a", "column": 0, "change_order": 1},
-        {"name": "b", "column": 1, "change_order": 2}]})
+    service.call(
+        "POST",
+        "/api/export/bulk-inputs",
+        json={
+            "inputs": [
+                {"name": "c", "column": 2, "change_order": 3},
+                {"name": "a", "column": 0, "change_order": 1},
+                {"name": "b", "column": 1, "change_order": 2},
+            ]
+        },
+    )
     service.call("POST", "/api/export/inputs", json={"name": "a", "column": 5, "change_order": 4})  # update by name
     inputs = service.call("GET", "/api/export/inputs-list").json()["inputs"]
     assert [i["name"] for i in inputs] == ["b", "c", "a"] and inputs[-1]["column"] == 5
@@ -337,15 +368,31 @@ BAD_REQUESTS = [
     ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x"}], "concurrency": -1}}, 400),
     ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x"}], "export": {"format": "pdf"}}}, 400),
     ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x"}], "surprise": 1}}, 400),
-    ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x", "auth": {"type": "bearer",
-                                                                                     "token": "${NOPE_X}"}}]}}, 400),
-    ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x", "ids": {"file": "ids.csv"},
-                                                         "params": {}}]}}, 400),
-    ("POST", "/api/export/start", {"json": {"sources": [{"url": "http://x", "auth": {"type": "bearer",
-                                                                                     "token": "${API_TOKEN}"}}]}}, 400),
+    (
+        "POST",
+        "/api/export/start",
+        {"json": {"sources": [{"url": "http://x", "auth": {"type": "bearer", "token": "${NOPE_X}"}}]}},
+        400,
+    ),
+    (
+        "POST",
+        "/api/export/start",
+        {"json": {"sources": [{"url": "http://x", "ids": {"file": "ids.csv"}, "params": {}}]}},
+        400,
+    ),
+    (
+        "POST",
+        "/api/export/start",
+        {"json": {"sources": [{"url": "http://x", "auth": {"type": "bearer", "token": "${API_TOKEN}"}}]}},
+        400,
+    ),
     # (the server answers 413 without reading the body: this connection is not reused after it)
-    ("POST", "/api/export/start", {"data": b"x" * (2 * 1024 * 1024),
-                                   "headers": {"Content-Type": "application/json", "Connection": "close"}}, 413),
+    (
+        "POST",
+        "/api/export/start",
+        {"data": b"x" * (2 * 1024 * 1024), "headers": {"Content-Type": "application/json", "Connection": "close"}},
+        413,
+    ),
     ("POST", "/api/export/start", {"files": {"other": ("a.txt", b"x")}}, 400),
     ("POST", "/api/export/start", {"files": {"spec": (None, "{bad")}}, 400),
     ("POST", "/api/export/start", {}, 400),  # no body, nothing configured
@@ -357,7 +404,12 @@ BAD_REQUESTS = [
     ("POST", "/api/export/inputs", {"json": {"name": "x", "type": "money"}}, 400),
     ("POST", "/api/export/inputs", {"json": {"name": "x", "colour": 1}}, 400),
     ("POST", "/api/export/inputs", {"json": ["x"]}, 400),
-    ("POST", "/api/export/inputs", {"data": "name=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415),
+    (
+        "POST",
+        "/api/export/inputs",
+        {"data": "name=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        415,
+    ),
     ("POST", "/api/export/bulk-inputs", {"json": {"inputs": "x"}}, 400),
     ("POST", "/api/export/bulk-inputs", {"json": [{"name": "a"}, {"name": "a"}]}, 400),
     ("POST", "/api/export/configure", {"json": {"file_type": "pdf"}}, 400),
@@ -393,8 +445,9 @@ def test_bad_requests_get_4xx_json_never_5xx(service_factory):
 
 
 def test_validation_errors_name_the_field(service):
-    r = service.call("POST", "/api/export/start", json={"sources": [{"url": "http://x",
-                                                                      "pagination": {"type": "page", "size": 0}}]})
+    r = service.call(
+        "POST", "/api/export/start", json={"sources": [{"url": "http://x", "pagination": {"type": "page", "size": 0}}]}
+    )
     assert r.status_code == 400 and r.json()["details"][0]["field"] == "sources.0.pagination.size"
     r = service.call("POST", "/api/export/configure", json={"page_limit": -5})
     assert r.json()["details"][0]["field"] == "page_limit"
@@ -413,6 +466,7 @@ def test_api_token(api, service_factory):
 
 
 # ------------------------------------------------------------------ listing, health, metrics
+
 
 def test_tasks_listing_newest_first_with_filters(api, service):
     ids = [service.start_task(page_spec(api, n=20)) for _ in range(3)]

@@ -1,5 +1,6 @@
 """Issue 4, service side: an `ids.file` CSV uploaded beside the spec (multipart), and secrets
 that never leak through anything the service shows or stores."""
+
 from __future__ import annotations
 
 import csv
@@ -9,9 +10,8 @@ import json
 import pytest
 
 from engine.plan.fanout import ID_COLUMN
-from tests.support.readback import rows_of
-from tests.webservice.test_service import service_factory  # noqa: F401  (fixture)
 from tests.integration.test_sources import CANARY, all_bytes_under, leak_spec, secret_forms
+from tests.support.readback import rows_of
 
 
 def url_list(urls: list[str], column: str = "url") -> bytes:
@@ -23,15 +23,19 @@ def url_list(urls: list[str], column: str = "url") -> bytes:
 
 
 def url_spec(column: str = "url") -> dict:
-    return {"name": "urls", "sources": [{"url": "{id}", "ids": {"file": "urls.csv", "column": column}}],
-            "concurrency": 8, "export": {"format": "csv"}}
+    return {
+        "name": "urls",
+        "sources": [{"url": "{id}", "ids": {"file": "urls.csv", "column": column}}],
+        "concurrency": 8,
+        "export": {"format": "csv"},
+    }
 
 
 def start_multipart(service, spec: dict, files: dict):
     return service.call("POST", "/api/export/start", data={"spec": json.dumps(spec)}, files=files)
 
 
-def test_multipart_upload_of_500_urls_fetches_each_once(api, service_factory):  # noqa: F811
+def test_multipart_upload_of_500_urls_fetches_each_once(api, service_factory):
     service = service_factory()
     urls = [api.url(f"/items/by-id/{owner}") for owner in range(1, 501)]
     api.reset()
@@ -48,22 +52,27 @@ def test_multipart_upload_of_500_urls_fetches_each_once(api, service_factory):  
     assert [int(r["owner"]) for r in rows] == [owner for owner in range(1, 501) for _ in range(3)]
 
 
-@pytest.mark.parametrize("content, field_message", [
-    (b"", "empty"),
-    (b"n,link\n1,http://x/\n", "column"),
-    ("url\nhttp://127.0.0.1/caf\u00e9\n".encode("latin-1"), "UTF-8"),
-])
-def test_bad_uploads_are_4xx_naming_the_problem(api, service_factory, content, field_message):  # noqa: F811
+@pytest.mark.parametrize(
+    "content, field, field_message",
+    [
+        (b"", "sources.0.ids.file", "empty"),
+        (b"n,link\n1,http://x/\n", "sources.0.ids.column", "column"),  # the column to change, not the file
+        ("url\nhttp://127.0.0.1/caf\u00e9\n".encode("latin-1"), "sources.0.ids.file", "UTF-8"),
+    ],
+)
+def test_bad_uploads_are_4xx_naming_the_problem(api, service_factory, content, field, field_message):
     service = service_factory()
     response = start_multipart(service, url_spec(), {"urls.csv": ("urls.csv", content, "text/csv")})
     assert response.status_code == 400, response.text
     body = response.json()
-    assert body["details"][0]["field"] == "sources.0.ids.file"
-    assert field_message.lower() in body["details"][0]["message"].lower() or \
-        field_message.lower() in body["message"].lower(), body
+    assert body["details"][0]["field"] == field
+    assert (
+        field_message.lower() in body["details"][0]["message"].lower()
+        or field_message.lower() in body["message"].lower()
+    ), body
 
 
-def test_missing_upload_and_missing_spec_field(api, service_factory):  # noqa: F811
+def test_missing_upload_and_missing_spec_field(api, service_factory):
     service = service_factory()
     # a multipart body with the spec as its only part
     missing = service.call("POST", "/api/export/start", files={"spec": (None, json.dumps(url_spec()))})
@@ -73,7 +82,7 @@ def test_missing_upload_and_missing_spec_field(api, service_factory):  # noqa: F
     assert no_spec.status_code == 400 and no_spec.json()["details"][0]["field"] == "spec"
 
 
-def test_upload_over_max_file_size_is_413(api, service_factory):  # noqa: F811
+def test_upload_over_max_file_size_is_413(api, service_factory):
     service = service_factory({"MAX_FILE_SIZE": "1"})
     big = url_list([api.url("/items/by-id/1")] * 40_000)  # ~1.4 MiB
     assert len(big) > 1024 * 1024
@@ -82,7 +91,7 @@ def test_upload_over_max_file_size_is_413(api, service_factory):  # noqa: F811
     assert response.json()["error"] == "payload_too_large"
 
 
-def test_secrets_never_leak_through_the_service(api, service_factory, tmp_path):  # noqa: F811
+def test_secrets_never_leak_through_the_service(api, service_factory, tmp_path):
     service = service_factory({"PF_CANARY": CANARY, "LOG_LEVEL": "DEBUG"}, data_dir=tmp_path / "data")
     forms = secret_forms(CANARY, "someone")
 
@@ -117,10 +126,13 @@ def test_secrets_never_leak_through_the_service(api, service_factory, tmp_path):
     assert not leaks
     # stored specs keep the reference, not the value
     store = next(data for name, data in texts.items() if name.endswith("pageferry.sqlite3"))
-    assert b"${PF_CANARY}" in store or b"${PF_CANARY}" in texts.get(str(tmp_path / "data" / "pageferry.sqlite3-wal"), b"")
+    assert b"${PF_CANARY}" in store or b"${PF_CANARY}" in texts.get(
+        str(tmp_path / "data" / "pageferry.sqlite3-wal"), b""
+    )
 
 
 def _zip_member(content: bytes, name: str) -> bytes:
     import zipfile
+
     with zipfile.ZipFile(io.BytesIO(content)) as archive:
         return archive.read(name)

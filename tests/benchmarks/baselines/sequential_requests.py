@@ -3,6 +3,7 @@ another, records collected, a Polars frame at the end.
 
     python -m tests.benchmarks.baselines.sequential_requests URL PAGES PER_PAGE N OUT.parquet
 """
+
 import sys
 
 import polars as pl

@@ -1,16 +1,8 @@
-"""The task store: everything the service must remember across restarts and share between
-gunicorn workers - tasks (with their progress snapshots, cancel requests and leases),
-profiles of stored inputs/configuration, and schedules.
+"""`SQLiteTaskStore`: one file under DATA_DIR in WAL mode, so readers never block the writer.
+Claims run in `BEGIN IMMEDIATE` transactions, so two workers never claim the same task; a
+claim is a lease (`owner` = host:pid:instance) that the runner renews, and a task whose lease
+lapsed or whose owner process is gone is claimed again and resumes from its shards."""
 
-`TaskStore` is the interface; `SQLiteTaskStore` the embedded default (one file under
-DATA_DIR, WAL mode, so readers never block the writer). Claims are made inside
-`BEGIN IMMEDIATE` transactions, so two workers never claim the same task.
-
-Leases: a running task belongs to one runner (`owner` = host:pid:instance) until
-`lease_until`; the runner renews it every second. A task whose lease ran out - or whose
-owner process is gone from this host - is claimed again by any runner and resumes from its
-shards.
-"""
 from __future__ import annotations
 
 import json
@@ -19,82 +11,35 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any
 
-FINAL = ("completed", "failed", "cancelled")
+from service.store import TaskStatus
+
 HOST = socket.gethostname()
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    phase TEXT,
-    name TEXT,
-    spec TEXT NOT NULL,               -- the job spec as submitted (${NAME} references kept)
-    profile TEXT,
-    schedule_id TEXT,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    progress TEXT,                    -- JSON: {"phase", "progress", "sources"}
-    result TEXT,                      -- JSON, when completed
-    error TEXT,                       -- JSON, when failed
-    extra TEXT,                       -- JSON: webhook/deliveries/summary outcomes
-    partial INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0,
-    runs INTEGER NOT NULL DEFAULT 0,  -- how many times a runner claimed it (restarts resume)
-    expired INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status, created_at);
-CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at);
-CREATE TABLE IF NOT EXISTS profiles (
-    name TEXT PRIMARY KEY,
-    inputs TEXT NOT NULL DEFAULT '[]',
-    configuration TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS schedules (
-    id TEXT PRIMARY KEY,
-    cron TEXT NOT NULL,
-    timezone TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    next_run REAL NOT NULL,
-    last_run REAL,
-    last_task_id TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks(schedule_id, created_at);
-CREATE TABLE IF NOT EXISTS webhooks (  -- outbox: one row per finished task whose spec has a webhook
-    task_id TEXT PRIMARY KEY,
-    due REAL NOT NULL,                 -- next attempt not before
-    attempts INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0,
-    owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks(done, due);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL);
-"""
-# Columns added after a table first shipped: (table, column, declaration).
-MIGRATIONS = [("schedules", "base_url", "TEXT")]
+SCHEMA = (Path(__file__).parent / "schema.sql").read_text(encoding="utf-8")
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in script.split(";") if s.strip()]
+
+
+def _adopt_unversioned(db: sqlite3.Connection) -> None:
+    """0 -> 1: schema.sql. A database made before the store kept `user_version` has some of
+    its tables already, and its `schedules` may lack `base_url` (added later, by ALTER)."""
+    for statement in _statements(SCHEMA):
+        db.execute(statement)
+    if "base_url" not in {r["name"] for r in db.execute("PRAGMA table_info(schedules)")}:
+        db.execute("ALTER TABLE schedules ADD COLUMN base_url TEXT")
+
+
+# MIGRATIONS[n] takes a database from user_version n to n + 1, a new one included (step 0
+# creates schema.sql). Append a step for a change; never edit schema.sql or a step once shipped.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_adopt_unversioned]
+SCHEMA_VERSION = len(MIGRATIONS)
 WEBHOOK_PENDING = {"delivered": False, "attempts": 0, "error": None, "pending": True}
-
-
-class TaskStore(Protocol):
-    """What the service needs from a store (SQLite here; PostgreSQL can follow)."""
-
-    def create_task(self, task: dict) -> None: ...
-    def get_task(self, task_id: str) -> dict | None: ...
-    def list_tasks(self, limit: int, status: str | None = None) -> list[dict]: ...
-    def claim(self, owner: str, max_running: int, lease: float, alive: Any) -> dict | None: ...
-    def renew(self, owner: str, task_ids: Iterable[str], lease: float) -> None: ...
-    def release(self, owner: str) -> None: ...
-    def save_progress(self, task_id: str, owner: str, progress: dict) -> None: ...
-    def finish(self, task_id: str, owner: str | None, status: str, **fields: Any) -> bool: ...
-    def request_cancel(self, task_id: str) -> str | None: ...
-    def cancel_requests(self, task_ids: Iterable[str]) -> set[str]: ...
 
 
 def _json(value: Any) -> str | None:
@@ -137,15 +82,10 @@ class SQLiteTaskStore:
         self._local = threading.local()
         with self._connection() as db:
             # Every gunicorn worker opens the store at start: create and migrate under one
-            # write lock, or two workers both see a column missing and the second ALTER fails.
+            # write lock, so a second worker finds the first one's user_version.
             db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                for table, column, declaration in MIGRATIONS:
-                    if column not in {r["name"] for r in db.execute(f"PRAGMA table_info({table})")}:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                _migrate(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -196,8 +136,10 @@ class SQLiteTaskStore:
     def list_tasks(self, limit: int, status: str | None = None, schedule_id: str | None = None) -> list[dict]:
         where = [(k, v) for k, v in (("status", status), ("schedule_id", schedule_id)) if v]
         clause = ("WHERE " + " AND ".join(f"{k} = ?" for k, _ in where)) if where else ""
-        rows = self._connection().execute(f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                                          [v for _, v in where] + [limit])
+        rows = self._connection().execute(
+            f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            [v for _, v in where] + [limit],
+        )
         return [_row(r) for r in rows.fetchall()]
 
     def claim(self, owner: str, max_running: int, lease: float, alive=owner_alive) -> dict | None:
@@ -205,21 +147,30 @@ class SQLiteTaskStore:
         else the oldest queued task if fewer than `max_running` tasks are running."""
         now = time.time()
         with self._write() as db:
-            for row in db.execute("SELECT id, owner, lease_until FROM tasks WHERE status = 'running' "
-                                  "AND owner IS NOT ? ORDER BY created_at", (owner,)).fetchall():
+            for row in db.execute(
+                "SELECT id, owner, lease_until FROM tasks WHERE status = 'running' "
+                "AND owner IS NOT ? ORDER BY created_at",
+                (owner,),
+            ).fetchall():
                 if row["lease_until"] < now or not alive(row["owner"]):
-                    db.execute("UPDATE tasks SET owner = ?, lease_until = ?, runs = runs + 1 WHERE id = ?",
-                               (owner, now + lease, row["id"]))
+                    db.execute(
+                        "UPDATE tasks SET owner = ?, lease_until = ?, runs = runs + 1 WHERE id = ?",
+                        (owner, now + lease, row["id"]),
+                    )
                     return _row(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
             running = db.execute("SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()[0]
             if running >= max_running:
                 return None
-            row = db.execute("SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1").fetchone()
+            row = db.execute(
+                "SELECT id FROM tasks WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE tasks SET status = 'running', phase = 'fetching', owner = ?, lease_until = ?, "
-                       "started_at = coalesce(started_at, ?), runs = runs + 1 WHERE id = ?",
-                       (owner, now + lease, now, row["id"]))
+            db.execute(
+                "UPDATE tasks SET status = 'running', phase = 'fetching', owner = ?, lease_until = ?, "
+                "started_at = coalesce(started_at, ?), runs = runs + 1 WHERE id = ?",
+                (owner, now + lease, now, row["id"]),
+            )
             return _row(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
 
     def renew(self, owner: str, task_ids: Iterable[str], lease: float) -> None:
@@ -227,8 +178,10 @@ class SQLiteTaskStore:
         if not ids:
             return
         with self._write() as db:
-            db.executemany("UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
-                           [(time.time() + lease, i, owner) for i in ids])
+            db.executemany(
+                "UPDATE tasks SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                [(time.time() + lease, i, owner) for i in ids],
+            )
 
     def release(self, owner: str) -> None:
         """Give up every lease of `owner` now (a clean shutdown): others resume them at once."""
@@ -237,14 +190,20 @@ class SQLiteTaskStore:
 
     def save_progress(self, task_id: str, owner: str, progress: dict) -> None:
         with self._write() as db:
-            db.execute("UPDATE tasks SET progress = ?, phase = ? WHERE id = ? AND owner = ? AND status = 'running'",
-                       (_json(progress), progress.get("phase"), task_id, owner))
+            db.execute(
+                "UPDATE tasks SET progress = ?, phase = ? WHERE id = ? AND owner = ? AND status = 'running'",
+                (_json(progress), progress.get("phase"), task_id, owner),
+            )
 
-    def finish(self, task_id: str, owner: str | None, status: str, **fields: Any) -> bool:
+    def finish(self, task_id: str, owner: str | None, status: TaskStatus, **fields: Any) -> bool:
         """Move a task to a final status (only from queued/running; by its owner when given)."""
-        assert status in FINAL
-        values = {"status": status, "finished_at": fields.pop("finished_at", time.time()), "phase": None,
-                  "cancel_requested": 0}
+        assert TaskStatus(status).is_final
+        values = {
+            "status": TaskStatus(status).value,
+            "finished_at": fields.pop("finished_at", time.time()),
+            "phase": None,
+            "cancel_requested": 0,
+        }
         for key in ("result", "error", "extra", "progress"):
             if key in fields:
                 values[key] = _json(fields.pop(key))
@@ -266,34 +225,40 @@ class SQLiteTaskStore:
             merged = {**(json.loads(row["extra"]) if row and row["extra"] else {}), **extra}
             db.execute("UPDATE tasks SET extra = ? WHERE id = ?", (_json(merged), task_id))
 
-    def request_cancel(self, task_id: str) -> str | None:
+    def request_cancel(self, task_id: str) -> TaskStatus | None:
         """Cancel a queued task at once, flag a running one. Returns the status found first."""
         with self._write() as db:
             row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if row is None:
                 return None
-            if row["status"] == "queued":
-                db.execute("UPDATE tasks SET status = 'cancelled', finished_at = ?, phase = NULL, "
-                           "error = ? WHERE id = ?",
-                           (time.time(), _json({"message": "cancelled before it started", "pages": []}), task_id))
+            found = TaskStatus(row["status"])
+            if found is TaskStatus.QUEUED:
+                db.execute(
+                    "UPDATE tasks SET status = 'cancelled', finished_at = ?, phase = NULL, error = ? WHERE id = ?",
+                    (time.time(), _json({"message": "cancelled before it started", "pages": []}), task_id),
+                )
                 _enqueue_webhook(db, task_id)
-            elif row["status"] == "running":
+            elif found is TaskStatus.RUNNING:
                 db.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
-            return row["status"]
+            return found
 
     def cancel_requests(self, task_ids: Iterable[str]) -> set[str]:
         ids = list(task_ids)
         if not ids:
             return set()
         marks = ",".join("?" * len(ids))
-        rows = self._connection().execute(
-            f"SELECT id FROM tasks WHERE cancel_requested = 1 AND id IN ({marks})", ids).fetchall()
+        rows = (
+            self._connection()
+            .execute(f"SELECT id FROM tasks WHERE cancel_requested = 1 AND id IN ({marks})", ids)
+            .fetchall()
+        )
         return {r["id"] for r in rows}
 
     def expired_results(self, ttl: float) -> list[dict]:
         cutoff = time.time() - ttl
         rows = self._connection().execute(
-            "SELECT * FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?", (cutoff,))
+            "SELECT * FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?", (cutoff,)
+        )
         return [_row(r) for r in rows.fetchall()]
 
     def mark_expired(self, task_id: str) -> None:
@@ -340,15 +305,19 @@ class SQLiteTaskStore:
         """Read-modify-write a profile atomically: `change(profile) -> profile`."""
         with self._write() as db:
             row = db.execute("SELECT * FROM profiles WHERE name = ?", (name,)).fetchone()
-            current = ({"inputs": json.loads(row["inputs"]), "configuration": json.loads(row["configuration"])}
-                       if row else {"inputs": [], "configuration": {}})
+            current = (
+                {"inputs": json.loads(row["inputs"]), "configuration": json.loads(row["configuration"])}
+                if row
+                else {"inputs": [], "configuration": {}}
+            )
             updated = change(current)
-            db.execute("INSERT INTO profiles (name, inputs, configuration) VALUES (?, ?, ?) "
-                       "ON CONFLICT(name) DO UPDATE SET inputs = excluded.inputs, "
-                       "configuration = excluded.configuration",
-                       (name, _json(updated["inputs"]), _json(updated["configuration"])))
+            db.execute(
+                "INSERT INTO profiles (name, inputs, configuration) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET inputs = excluded.inputs, "
+                "configuration = excluded.configuration",
+                (name, _json(updated["inputs"]), _json(updated["configuration"])),
+            )
             return updated
-
 
     # ------------------------------------------------------------ webhooks (outbox)
     def claim_webhooks(self, owner: str, limit: int, margin: float) -> list[dict]:
@@ -356,19 +325,30 @@ class SQLiteTaskStore:
         timeout (connect + read) plus `margin`. A claim counts as an attempt: one whose sender
         died is not retried forever."""
         now = time.time()
-        if limit < 1 or self._connection().execute(
-                "SELECT 1 FROM webhooks WHERE done = 0 AND due <= ? AND lease_until < ? LIMIT 1",
-                (now, now)).fetchone() is None:
+        if (
+            limit < 1
+            or self._connection()
+            .execute("SELECT 1 FROM webhooks WHERE done = 0 AND due <= ? AND lease_until < ? LIMIT 1", (now, now))
+            .fetchone()
+            is None
+        ):
             return []
         with self._write() as db:
-            rows = db.execute("SELECT task_id FROM webhooks WHERE done = 0 AND due <= ? AND lease_until < ? "
-                              "ORDER BY due LIMIT ?", (now, now, limit)).fetchall()
+            rows = db.execute(
+                "SELECT task_id FROM webhooks WHERE done = 0 AND due <= ? AND lease_until < ? ORDER BY due LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
             claimed = []
             for row in rows:
-                db.execute("UPDATE webhooks SET owner = ?, attempts = attempts + 1, lease_until = ? + ? + 2 * coalesce("
-                           "(SELECT json_extract(spec, '$.webhook.timeout') FROM tasks WHERE id = webhooks.task_id), 10) "
-                           "WHERE task_id = ?", (owner, now, margin, row["task_id"]))
-                claimed.append(dict(db.execute("SELECT * FROM webhooks WHERE task_id = ?", (row["task_id"],)).fetchone()))
+                db.execute(
+                    "UPDATE webhooks SET owner = ?, attempts = attempts + 1, lease_until = ? + ? + 2 * coalesce("
+                    "(SELECT json_extract(spec, '$.webhook.timeout') FROM tasks WHERE id = webhooks.task_id), 10) "
+                    "WHERE task_id = ?",
+                    (owner, now, margin, row["task_id"]),
+                )
+                claimed.append(
+                    dict(db.execute("SELECT * FROM webhooks WHERE task_id = ?", (row["task_id"],)).fetchone())
+                )
             return claimed
 
     def settle_webhook(self, task_id: str, owner: str, outcome: dict, retry_at: float | None) -> bool:
@@ -376,23 +356,38 @@ class SQLiteTaskStore:
         attempt's time. The task's status shows `outcome` as its `webhook` section."""
         with self._write() as db:
             if retry_at is None:
-                changed = db.execute("UPDATE webhooks SET done = 1, owner = NULL, lease_until = 0 "
-                                     "WHERE task_id = ? AND owner = ?", (task_id, owner)).rowcount
+                changed = db.execute(
+                    "UPDATE webhooks SET done = 1, owner = NULL, lease_until = 0 WHERE task_id = ? AND owner = ?",
+                    (task_id, owner),
+                ).rowcount
             else:
-                changed = db.execute("UPDATE webhooks SET due = ?, owner = NULL, lease_until = 0 "
-                                     "WHERE task_id = ? AND owner = ?", (retry_at, task_id, owner)).rowcount
+                changed = db.execute(
+                    "UPDATE webhooks SET due = ?, owner = NULL, lease_until = 0 WHERE task_id = ? AND owner = ?",
+                    (retry_at, task_id, owner),
+                ).rowcount
             if changed:
-                db.execute("UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) "
-                           "WHERE id = ?", (_json(outcome), task_id))
+                db.execute(
+                    "UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) WHERE id = ?",
+                    (_json(outcome), task_id),
+                )
             return bool(changed)
 
     # ------------------------------------------------------------ schedules
     def create_schedule(self, schedule: dict) -> None:
         with self._write() as db:
-            db.execute("INSERT INTO schedules (id, cron, timezone, spec, created_at, next_run, base_url) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (schedule["id"], schedule["cron"], schedule["timezone"], _json(schedule["spec"]),
-                        schedule.get("created_at", time.time()), schedule["next_run"], schedule.get("base_url")))
+            db.execute(
+                "INSERT INTO schedules (id, cron, timezone, spec, created_at, next_run, base_url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    schedule["id"],
+                    schedule["cron"],
+                    schedule["timezone"],
+                    _json(schedule["spec"]),
+                    schedule.get("created_at", time.time()),
+                    schedule["next_run"],
+                    schedule.get("base_url"),
+                ),
+            )
 
     def get_schedule(self, schedule_id: str) -> dict | None:
         row = self._connection().execute("SELECT * FROM schedules WHERE id = ?", (schedule_id,)).fetchone()
@@ -430,38 +425,67 @@ class SQLiteTaskStore:
                 schedule = _schedule(row)
                 runs, next_run = plan(schedule, now, caught_up)
                 tasks = [make_task(schedule, due, missed) for due, missed in runs]
-                moved = db.execute("UPDATE schedules SET next_run = ?, last_run = ?, last_task_id = ? "
-                                   "WHERE id = ? AND next_run = ?",
-                                   (next_run, runs[-1][0] if runs else row["last_run"],
-                                    tasks[-1]["id"] if tasks else row["last_task_id"], row["id"], row["next_run"]))
+                moved = db.execute(
+                    "UPDATE schedules SET next_run = ?, last_run = ?, last_task_id = ? WHERE id = ? AND next_run = ?",
+                    (
+                        next_run,
+                        runs[-1][0] if runs else row["last_run"],
+                        tasks[-1]["id"] if tasks else row["last_task_id"],
+                        row["id"],
+                        row["next_run"],
+                    ),
+                )
                 if moved.rowcount != 1:
                     continue
                 for task in tasks:
                     _insert_task(db, task)
                 fired.extend(tasks)
-            db.execute("INSERT INTO meta (key, value) VALUES ('scheduler_beat', ?) "
-                       "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)", (now,))
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('scheduler_beat', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                (now,),
+            )
         return fired
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for step in MIGRATIONS[version:]:
+        step(db)
+    if version < SCHEMA_VERSION:  # a newer database (a rollback) is left as it is
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _insert_task(db: sqlite3.Connection, task: dict) -> None:
     db.execute(
         "INSERT INTO tasks (id, status, name, spec, profile, schedule_id, created_at, extra) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (task["id"], task.get("status", "queued"), task.get("name"), _json(task["spec"]),
-         task.get("profile"), task.get("schedule_id"), task.get("created_at", time.time()),
-         _json(task.get("extra") or {})))
+        (
+            task["id"],
+            TaskStatus(task.get("status", TaskStatus.QUEUED)).value,
+            task.get("name"),
+            _json(task["spec"]),
+            task.get("profile"),
+            task.get("schedule_id"),
+            task.get("created_at", time.time()),
+            _json(task.get("extra") or {}),
+        ),
+    )
 
 
 def _enqueue_webhook(db: sqlite3.Connection, task_id: str) -> None:
     """A task just reached a final status: if its spec has a webhook, queue the POST (in the
     same transaction, so no final status is ever left without its webhook)."""
-    queued = db.execute("INSERT OR IGNORE INTO webhooks (task_id, due) SELECT id, ? FROM tasks "
-                        "WHERE id = ? AND json_extract(spec, '$.webhook.url') IS NOT NULL",
-                        (time.time(), task_id)).rowcount
+    queued = db.execute(
+        "INSERT OR IGNORE INTO webhooks (task_id, due) SELECT id, ? FROM tasks "
+        "WHERE id = ? AND json_extract(spec, '$.webhook.url') IS NOT NULL",
+        (time.time(), task_id),
+    ).rowcount
     if queued:
-        db.execute("UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) WHERE id = ?",
-                   (_json(WEBHOOK_PENDING), task_id))
+        db.execute(
+            "UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) WHERE id = ?",
+            (_json(WEBHOOK_PENDING), task_id),
+        )
 
 
 def _schedule(row: sqlite3.Row | None) -> dict | None:

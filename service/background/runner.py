@@ -1,37 +1,33 @@
-"""The task runner: one per gunicorn worker, a background thread beside the web threads.
+"""`TaskRunner`: claims tasks from the store, runs them on this worker's `Engine`, renews
+their leases, saves their progress, passes on cancel requests and records the outcome - so a
+web request never waits for a fetch, and any worker can answer for any task."""
 
-It claims tasks from the store (at most MAX_CONCURRENT_TASKS run across all workers; a
-running task whose runner died is claimed again and resumes from its shards), runs them
-with this worker's `Engine`, renews their leases, saves their progress a few times a
-second (every worker's websockets read it from the store), passes on cancel requests,
-and records the outcome. A web request never waits for a fetch.
-"""
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 from config import Settings
 from engine import JobCancelled, JobFailed, SpecError
+from service.background.loop import BackgroundLoop
 from service.logs import log_event
-from service.store import HOST, SQLiteTaskStore
-from service.summary import run_summary
+from service.store import HOST, TaskStatus, TaskStore
+from service.views.summary import run_summary
 
 # Engine processes run a little nicer than the web threads beside them: with every core busy
 # fetching, a status request or a websocket push still answers in milliseconds.
 ENGINE_NICE = 5
 log = logging.getLogger("pageferry.runner")
 
-LEASE = 15.0            # seconds a claim lasts without renewal
+LEASE = 15.0  # seconds a claim lasts without renewal
 RENEW_EVERY = 1.0
-TICK = 0.2              # the runner's loop period: cancel within ~0.2 s, progress ≤ 5/s
+TICK = 0.2  # the runner's loop period: cancel within ~0.2 s, progress ≤ 5/s
 SWEEP_EVERY = 60.0
 SHUTDOWN = "service shutting down"
 
@@ -60,9 +56,20 @@ def read_uploads(settings: Settings, task_id: str) -> dict[int, bytes]:
     return files
 
 
-class TaskRunner:
-    def __init__(self, settings: Settings, store: SQLiteTaskStore, env: Mapping[str, str] | None = None,
-                 after_finish: Callable[[str], None] | None = None):
+class TaskRunner(BackgroundLoop):
+    name = "task-runner"
+    period = TICK
+    log = log
+    failed = "task runner loop failed"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        env: Mapping[str, str] | None = None,
+        after_finish: Callable[[str], None] | None = None,
+    ):
+        super().__init__()
         self.settings = settings
         self.store = store
         self.env = os.environ if env is None else env
@@ -70,35 +77,29 @@ class TaskRunner:
         self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.active: dict[str, Active] = {}
         self._engine = None
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="task-runner", daemon=True)
         self._renewed = 0.0
         self._swept = 0.0
-        self.companions: list = []  # threads started and stopped with the runner (webhooks, schedules)
+        self.companions: list[BackgroundLoop] = []  # started and stopped with the runner (webhooks, schedules)
 
     # ------------------------------------------------------------ life
     @property
     def engine(self):
         if self._engine is None:
             from engine import Engine
+
             self._engine = Engine(self.settings)
         return self._engine
 
-    def start(self) -> "TaskRunner":
-        self._thread.start()
+    def start(self) -> TaskRunner:
+        super().start()
         for companion in self.companions:
             companion.start()
         return self
 
-    def wake(self) -> None:
-        self._wake.set()
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop running jobs without marking them cancelled: their leases are released so the
         next runner (after a restart, or another worker) resumes them from their shards."""
-        self._stopping.set()
-        self._wake.set()
+        self.request_stop()
         for companion in self.companions:
             companion.stop()
         for active in list(self.active.values()):
@@ -106,7 +107,7 @@ class TaskRunner:
         deadline = time.monotonic() + timeout
         for active in list(self.active.values()):
             active.handle.wait(max(0.0, deadline - time.monotonic()))
-        self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1)
+        self.join(max(0.0, deadline - time.monotonic()) + 1)
         try:
             self.store.release(self.owner)
         except Exception:
@@ -114,46 +115,53 @@ class TaskRunner:
         if self._engine is not None:
             self._engine.close()
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self._claim()
-                self._tend()
-                if time.monotonic() - self._swept > SWEEP_EVERY:
-                    self._swept = time.monotonic()
-                    self.sweep()
-            except Exception:  # the runner must outlive any one task's trouble
-                log.exception("task runner loop failed")
-            self._wake.wait(TICK)
-            self._wake.clear()
+    def iterate(self) -> None:
+        self._claim()
+        self._tend()
+        if time.monotonic() - self._swept > SWEEP_EVERY:
+            self._swept = time.monotonic()
+            self.sweep()
 
     # ------------------------------------------------------------ claiming
     def _claim(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping:
             task = self.store.claim(self.owner, self.settings.max_concurrent_tasks, LEASE)
             if task is None:
                 return
             self._launch(task)
 
     def _launch(self, task: dict) -> None:
-        from engine import prepare
-        from engine import parse_spec
+        from engine import parse_spec, prepare
+
         task_id = task["id"]
         try:
             spec = parse_spec(task["spec"])
-            prepared = prepare(spec, self.env, self.settings.allowed_source_hosts,
-                               id_files=read_uploads(self.settings, task_id))
+            prepared = prepare(
+                spec,
+                self.env,
+                self.settings.allowed_source_hosts,
+                id_files=read_uploads(self.settings, task_id),
+                read_id_files=False,
+            )
         except SpecError as exc:  # e.g. an environment variable gone since the task was queued
             self._record_failure(task_id, {"message": f"invalid spec: {exc}", "pages": []}, task)
             return
         remaining = self.settings.worker_timeout - (time.time() - (task.get("started_at") or time.time()))
-        options = self.engine.options(task_id, self.settings.work_dir / task_id,
-                                      self.settings.results_dir / task_id / spec.output_name,
-                                      deadline=time.monotonic() + max(0.0, remaining), nice=ENGINE_NICE)
+        options = self.engine.options(
+            task_id,
+            self.settings.work_dir / task_id,
+            self.settings.results_dir / task_id / spec.output_name,
+            deadline=time.monotonic() + max(0.0, remaining),
+            nice=ENGINE_NICE,
+        )
         handle = self.engine.start(prepared, options)
         self.active[task_id] = Active(task, handle, extras={"redactor": prepared.redactor, "spec": prepared.resolved})
-        log_event("task_resumed" if task.get("runs", 1) > 1 else "task_started", task_id=task_id,
-                  name=spec.name, owner=self.owner)
+        log_event(
+            "task_resumed" if task.get("runs", 1) > 1 else "task_started",
+            task_id=task_id,
+            name=spec.name,
+            owner=self.owner,
+        )
 
     # ------------------------------------------------------------ tending
     def _tend(self) -> None:
@@ -184,32 +192,61 @@ class TaskRunner:
         if isinstance(error, JobCancelled) and str(error) == SHUTDOWN:
             return  # not cancelled: resumed by the next runner
         progress = handle.progress()
+        stats = handle.runner.source_stats()
         redactor = active.extras["redactor"]
         extra = dict(active.task.get("extra") or {})
         seconds = round(time.time() - (active.task.get("started_at") or time.time()), 3)
         if error is None:
             result = handle.result
-            outcome = {"filename": result.output.name, "bytes": result.bytes, "sha256": result.sha256,
-                       "rows": result.rows, "rows_by_source": result.rows_by_source, "records": result.records,
-                       "pages": result.pages, "requests": result.requests, "retries": result.retries,
-                       "seconds": result.seconds}
+            outcome = {
+                "filename": result.output.name,
+                "bytes": result.bytes,
+                "sha256": result.sha256,
+                "rows": result.rows,
+                "rows_by_source": result.rows_by_source,
+                "records": result.records,
+                "pages": result.pages,
+                "requests": result.requests,
+                "retries": result.retries,
+                "seconds": result.seconds,
+            }
             progress = {**progress, "phase": "completed"}
-            extra["summary"] = redactor.data(run_summary(active.task, "completed", handle.runner.source_stats(),
-                                                         result=result))
+            extra["summary"] = redactor.data(run_summary(active.task, TaskStatus.COMPLETED, stats, result=result))
             if result.skipped:
                 extra["skipped_pages"] = result.skipped
             if result.deliveries:
                 extra["deliveries"] = result.deliveries
-            self.store.finish(task_id, self.owner, "completed", result=outcome, partial=result.partial,
-                              progress=progress, extra=extra)
-            log_event("task_completed", task_id=task_id, rows=result.rows, pages=result.pages,
-                      requests=result.requests, retries=result.retries, seconds=result.seconds,
-                      partial=result.partial)
+            self.store.finish(
+                task_id,
+                self.owner,
+                TaskStatus.COMPLETED,
+                result=outcome,
+                partial=result.partial,
+                progress=progress,
+                extra=extra,
+            )
+            log_event(
+                "task_completed",
+                task_id=task_id,
+                rows=result.rows,
+                pages=result.pages,
+                requests=result.requests,
+                retries=result.retries,
+                seconds=result.seconds,
+                partial=result.partial,
+            )
         elif isinstance(error, JobCancelled):
-            extra["summary"] = redactor.data(run_summary(active.task, "cancelled", handle.runner.source_stats(),
-                                                         message=str(error), seconds=seconds))
-            self.store.finish(task_id, self.owner, "cancelled", progress=progress,
-                              error={"message": str(error), "pages": []}, extra=extra)
+            extra["summary"] = redactor.data(
+                run_summary(active.task, TaskStatus.CANCELLED, stats, message=str(error), seconds=seconds)
+            )
+            self.store.finish(
+                task_id,
+                self.owner,
+                TaskStatus.CANCELLED,
+                progress=progress,
+                error={"message": str(error), "pages": []},
+                extra=extra,
+            )
             log_event("task_cancelled", task_id=task_id)
         else:
             if isinstance(error, JobFailed):
@@ -217,9 +254,12 @@ class TaskRunner:
             else:
                 log.error("task %s: internal error %s", task_id, type(error).__name__)
                 detail = {"message": redactor.text(f"internal error: {type(error).__name__}: {error}"), "pages": []}
-            extra["summary"] = redactor.data(run_summary(active.task, "failed", handle.runner.source_stats(),
-                                                         error=error, message=detail["message"], seconds=seconds))
-            self.store.finish(task_id, self.owner, "failed", progress=progress, error=detail, extra=extra)
+            extra["summary"] = redactor.data(
+                run_summary(
+                    active.task, TaskStatus.FAILED, stats, error=error, message=detail["message"], seconds=seconds
+                )
+            )
+            self.store.finish(task_id, self.owner, TaskStatus.FAILED, progress=progress, error=detail, extra=extra)
             log_event("task_failed", task_id=task_id, error=detail["message"])
         log_event("run_summary", **extra["summary"])
         shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
@@ -231,8 +271,10 @@ class TaskRunner:
 
     def _record_failure(self, task_id: str, error: dict, task: dict | None = None) -> None:
         extra = dict((task or {}).get("extra") or {})
-        extra["summary"] = run_summary(task or {"id": task_id}, "failed", [], message=error["message"], seconds=0.0)
-        self.store.finish(task_id, self.owner, "failed", error=error, extra=extra)
+        extra["summary"] = run_summary(
+            task or {"id": task_id}, TaskStatus.FAILED, [], message=error["message"], seconds=0.0
+        )
+        self.store.finish(task_id, self.owner, TaskStatus.FAILED, error=error, extra=extra)
         log_event("task_failed", task_id=task_id, error=error["message"])
         log_event("run_summary", **extra["summary"])
         shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)

@@ -1,8 +1,7 @@
-"""WS /api/export/ws/{id}: live status pushes (flask-sock).
+"""WS /api/export/ws/{id}: live status pushes. The socket polls the task store, not an
+in-process job, so it works whichever gunicorn worker accepted it: the status on connect,
+on each change (at most ~5 a second) and when final, then a normal close."""
 
-The socket polls the task store, not an in-process job, so it works whichever gunicorn
-worker accepted it: a message on connect, one per change (at most ~5 a second), the final
-status, then a normal close. An unknown id gets one error message, then a close."""
 from __future__ import annotations
 
 import json
@@ -10,11 +9,12 @@ import json
 from flask import current_app
 from flask_sock import ConnectionClosed, Sock
 
-from service.api import TASK_ID, base_url, bp
-from service.status import status_json
+from service.routes.common import TASK_ID, base_url
+from service.routes.exports import bp
+from service.store import TaskStatus
+from service.views.status import status_json
 
 PUSH_EVERY = 0.2
-FINAL = ("completed", "failed", "cancelled")
 
 sock = Sock()
 
@@ -23,7 +23,7 @@ sock = Sock()
 def task_socket(ws, task_id: str):
     store = current_app.extensions["pageferry"].store
     root = base_url()
-    task = store.get_task(task_id) if TASK_ID.match(task_id) else None
+    task = store.get_task(task_id) if TASK_ID.fullmatch(task_id) else None
     if task is None:
         ws.send(json.dumps({"error": "not_found", "message": f"no task {task_id[:40]!r}", "details": []}))
         ws.close(1000)
@@ -36,7 +36,7 @@ def task_socket(ws, task_id: str):
             if message != last:
                 ws.send(message)
                 last = message
-            if task["status"] in FINAL:
+            if TaskStatus(task["status"]).is_final:
                 break
             # receive() with a timeout paces the pushes and notices a client that went away
             ws.receive(timeout=PUSH_EVERY)

@@ -1,36 +1,28 @@
-"""Webhook dispatch for the service: a thread per gunicorn worker, beside the task runner.
+"""`WebhookDispatcher`: sends the webhooks the store queued (its `webhooks` outbox table) on a
+small thread pool, so a slow receiver never holds a task slot and no ending is lost to a crash.
+Delivery is at least once: receivers should dedupe by `task_id`."""
 
-When a task reaches a final status, the store queues its webhook in the same transaction
-(the `webhooks` outbox table), so no ending is lost to a crash. Every worker's dispatcher
-claims due attempts from that table (a lease, so two workers never send the same attempt)
-and sends each on a small thread pool: a slow or dead receiver holds a dispatch thread for
-at most `webhook.timeout` seconds and never a task slot. A failed attempt is put back with
-its backoff as the next due time; after `webhook.attempts` tries it is given up.
-
-The payload is the task's final status JSON (as GET /status shows it, without the
-`webhook` section itself), the same bytes on every attempt. Delivery is at least once:
-a worker killed after the receiver answered but before the outcome was stored makes
-another worker send it again, so receivers should dedupe by `task_id`.
-"""
 from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
-from engine import SpecError
-from engine import resolve
-from engine import parse_spec
-from engine import webhook_body as body_of, webhook_delay as delay_before, webhook_send_once as send_once
+from engine import SpecError, parse_spec, resolve
+from engine import webhook_body as body_of
+from engine import webhook_delay as delay_before
+from engine import webhook_send_once as send_once
+from service.background.loop import BackgroundLoop
 from service.logs import log_event
-from service.status import status_json
+from service.store import TaskStore
+from service.views.status import status_json
 
 log = logging.getLogger("pageferry.webhooks")
 
-SENDERS = 4          # concurrent POSTs per worker
-POLL = 0.2           # seconds between looks at the outbox
+SENDERS = 4  # concurrent POSTs per worker
+POLL = 0.2  # seconds between looks at the outbox
 LEASE_MARGIN = 30.0  # a claimed attempt is another worker's after 2 x its timeout + this
 
 
@@ -40,39 +32,32 @@ def payload_of(task: dict) -> dict:
     return status
 
 
-class WebhookDispatcher:
-    def __init__(self, store, env: Mapping[str, str], owner: str):
+class WebhookDispatcher(BackgroundLoop):
+    """Claims due attempts (a lease, so two workers never send the same attempt) and sends
+    each; a failed attempt is put back with its backoff as the next due time, and given up
+    after `webhook.attempts` tries. The payload is the task's final status JSON (without its
+    `webhook` section), the same bytes on every attempt."""
+
+    name = "webhook-dispatcher"
+    period = POLL
+    log = log
+    failed = "webhook dispatch failed"
+
+    def __init__(self, store: TaskStore, env: Mapping[str, str], owner: str):
+        super().__init__()
         self.store = store
         self.env = env
         self.owner = owner
         self._pool = cf.ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="webhook")
         self._busy = 0
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="webhook-dispatcher", daemon=True)
-
-    def start(self) -> "WebhookDispatcher":
-        self._thread.start()
-        return self
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout)
+        super().stop(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.dispatch()
-            except Exception:
-                log.exception("webhook dispatch failed")
-            self._wake.wait(POLL)
-            self._wake.clear()
+    def iterate(self) -> int:
+        return self.dispatch()
 
     def dispatch(self) -> int:
         """Claim what is due (as far as free senders go) and send it. Returns how many."""
@@ -115,7 +100,11 @@ class WebhookDispatcher:
         outcome = {"delivered": sent.ok, "attempts": attempt, "error": error, "pending": not final}
         retry_at = None if final else time.time() + delay_before(attempt, webhook.backoff, sent.retry_after)
         if self.store.settle_webhook(task_id, self.owner, outcome, retry_at):
-            log_event("webhook_delivered" if sent.ok else ("webhook_failed" if final else "webhook_retry"),
-                      level=logging.INFO if sent.ok else logging.WARNING,
-                      task_id=task_id, attempts=attempt, error=error)
+            log_event(
+                "webhook_delivered" if sent.ok else ("webhook_failed" if final else "webhook_retry"),
+                level=logging.INFO if sent.ok else logging.WARNING,
+                task_id=task_id,
+                attempts=attempt,
+                error=error,
+            )
         return outcome

@@ -1,22 +1,17 @@
-"""GET /api/export/detail/{id}: what the progress page's task view shows beyond the status
-JSON - the task's job spec with its secrets masked, and a summary of its manifest.
+"""GET /api/export/detail/{id}: what the progress page shows beyond the status JSON (the
+redacted spec, the manifest summary), kept apart so every websocket push stays small."""
 
-Read-only, and a shape of its own, so the status JSON (every websocket push) stays small:
-    {"task_id", "spec": <redacted job spec>, "manifest": <summary> | null}
-The manifest summary (a completed task only) is
-    {"job_id", "name", "partial", "sources": [{name, pages, records, requests, retries, skipped_pages}],
-     "skipped_pages": [...], "files": [{name, bytes, sha256, rows}], "started_at", "finished_at"}
-taken from the zip's own manifest.json when the result is a zip still on disk, else from
-what the runner recorded with the result (the same numbers; `files` is then the one file)."""
 from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from engine import MASK, Redactor
-from service.status import iso
+from service.store import TaskStatus
+from service.views.status import iso
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_KEYS = ("job_id", "name", "partial", "sources", "skipped_pages", "files", "started_at", "finished_at")
@@ -54,7 +49,7 @@ def _zip_manifest(path: Path) -> dict | None:
 
 def manifest_summary(task: dict, results_dir: Path) -> dict | None:
     result = task.get("result")
-    if task.get("status") != "completed" or not result:
+    if task.get("status") != TaskStatus.COMPLETED or not result:
         return None
     extra = task.get("extra") or {}
     summary = {
@@ -63,8 +58,14 @@ def manifest_summary(task: dict, results_dir: Path) -> dict | None:
         "partial": bool(task.get("partial")),
         "sources": (extra.get("summary") or {}).get("sources") or [],
         "skipped_pages": extra.get("skipped_pages") or [],
-        "files": [{"name": result.get("filename"), "bytes": result.get("bytes"), "sha256": result.get("sha256"),
-                   "rows": result.get("rows")}],
+        "files": [
+            {
+                "name": result.get("filename"),
+                "bytes": result.get("bytes"),
+                "sha256": result.get("sha256"),
+                "rows": result.get("rows"),
+            }
+        ],
         "started_at": iso(task.get("started_at")),
         "finished_at": iso(task.get("finished_at")),
     }
@@ -77,5 +78,14 @@ def manifest_summary(task: dict, results_dir: Path) -> dict | None:
 
 
 def task_detail(task: dict, results_dir: Path) -> dict:
-    return {"task_id": task["id"], "spec": redacted_spec(task.get("spec") or {}),
-            "manifest": manifest_summary(task, results_dir)}
+    """{"task_id", "spec": <redacted job spec>, "manifest": <summary> | null}. The manifest
+    summary (a completed task only) is
+        {"job_id", "name", "partial", "sources": [{name, pages, records, requests, retries, skipped_pages}],
+         "skipped_pages": [...], "files": [{name, bytes, sha256, rows}], "started_at", "finished_at"}
+    taken from the zip's own manifest.json when the result is a zip still on disk, else from
+    what the runner recorded with the result (the same numbers; `files` is then the one file)."""
+    return {
+        "task_id": task["id"],
+        "spec": redacted_spec(task.get("spec") or {}),
+        "manifest": manifest_summary(task, results_dir),
+    }

@@ -1,18 +1,29 @@
-"""The status JSON (contract §3): one shape for GET /status, the task list, every websocket
-message and the webhook payload."""
+"""The status JSON: one shape for GET /status, the task list, every websocket message and
+the webhook payload, so a client parses one document however it asks."""
+
 from __future__ import annotations
 
 import datetime as dt
 
-IDLE_PROGRESS = {"pages_done": 0, "pages_total": None, "rows": 0, "bytes": 0, "requests": 0, "retries": 0,
-                 "rate": 0.0, "percent": None, "eta_seconds": None}
+from service.store import TaskStatus
+
+IDLE_PROGRESS = {
+    "pages_done": 0,
+    "pages_total": None,
+    "rows": 0,
+    "bytes": 0,
+    "requests": 0,
+    "retries": 0,
+    "rate": 0.0,
+    "percent": None,
+    "eta_seconds": None,
+}
 
 
 def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def download_path(task_id: str) -> str:
@@ -23,31 +34,31 @@ def status_json(task: dict, base_url: str = "") -> dict:
     """`base_url` (e.g. http://host:8000) makes the URLs absolute; empty keeps them relative."""
     snapshot = task.get("progress") or {}
     progress = {**IDLE_PROGRESS, **(snapshot.get("progress") or {})}
-    status = task["status"]
-    if status == "completed":
+    status = TaskStatus(task["status"])
+    if status is TaskStatus.COMPLETED:
         progress["percent"] = 100.0
         progress["eta_seconds"] = 0
         if progress.get("pages_total") is None:
             progress["pages_total"] = progress.get("pages_done")
     result = None
-    if status == "completed" and task.get("result"):
+    if status is TaskStatus.COMPLETED and task.get("result"):
         result = {**task["result"], "download_url": base_url + download_path(task["id"])}
         progress["rows"] = result.get("rows", progress["rows"])
     out = {
         "task_id": task["id"],
         "name": task.get("name"),
-        "status": status,
-        "phase": (snapshot.get("phase") or task.get("phase") or "fetching") if status == "running" else None,
+        "status": status.value,
+        "phase": (snapshot.get("phase") or task.get("phase") or "fetching") if status is TaskStatus.RUNNING else None,
         "progress": progress,
         "sources": snapshot.get("sources") or [],
         "created_at": iso(task.get("created_at")),
         "started_at": iso(task.get("started_at")),
         "finished_at": iso(task.get("finished_at")),
         "partial": bool(task.get("partial")),
-        "error": task.get("error") if status in ("failed", "cancelled") else None,
+        "error": task.get("error") if status in (TaskStatus.FAILED, TaskStatus.CANCELLED) else None,
         "result": result,
         "schedule_id": task.get("schedule_id"),
-        "cancel_requested": bool(task.get("cancel_requested")) and status == "running",
+        "cancel_requested": bool(task.get("cancel_requested")) and status is TaskStatus.RUNNING,
         "expired": bool(task.get("expired")),
     }
     extra = task.get("extra") or {}

@@ -1,0 +1,74 @@
+"""`ScheduleClock`: turns due schedules into queued tasks, in every gunicorn worker; the store
+fires each due time exactly once however many workers look, so a restart neither repeats
+nor drops one."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from service.background.loop import BackgroundLoop
+from service.cron import plan_runs
+from service.logs import log_event
+from service.store import TaskStore
+from service.views.status import iso
+
+log = logging.getLogger("pageferry.schedules")
+
+STALE = 10.0  # seconds without any scheduler looking that count as downtime
+TICK = 0.2  # seconds between looks
+
+
+class ScheduleClock(BackgroundLoop):
+    """Looks for due schedules and queues their runs (one per gunicorn worker).
+
+    Missed runs: when some scheduler looked within the last STALE seconds (a restart, a busy
+    moment), every due time since is run, one task each. After a longer downtime, the missed
+    due times make one run on start (its `missed_runs` says how many it stands for), not N."""
+
+    name = "schedule-clock"
+    period = TICK
+    log = log
+    failed = "schedule clock failed"
+
+    def __init__(self, store: TaskStore, on_fired=None, clock=time.time):
+        super().__init__()
+        self.store = store
+        self.on_fired = on_fired
+        self.clock = clock
+
+    def iterate(self) -> list[dict]:
+        return self.tick()
+
+    def tick(self) -> list[dict]:
+        from engine import new_job_id
+
+        now = self.clock()
+
+        def make_task(schedule: dict, due: float, missed: int) -> dict:
+            extra = {"scheduled_for": iso(due)}
+            if missed:
+                extra["missed_runs"] = missed
+            if schedule.get("base_url"):
+                extra["base_url"] = schedule["base_url"]
+            return {
+                "id": new_job_id("task"),
+                "name": schedule["spec"].get("name"),
+                "spec": schedule["spec"],
+                "schedule_id": schedule["id"],
+                "created_at": now,
+                "extra": extra,
+            }
+
+        fired = self.store.fire_schedules(now, plan_runs, make_task, STALE)
+        for task in fired:
+            log_event(
+                "schedule_fired",
+                schedule_id=task["schedule_id"],
+                task_id=task["id"],
+                scheduled_for=task["extra"]["scheduled_for"],
+                missed_runs=task["extra"].get("missed_runs", 0),
+            )
+        if fired and self.on_fired is not None:
+            self.on_fired()
+        return fired

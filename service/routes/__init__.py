@@ -1,0 +1,20 @@
+"""The service's HTTP and websocket routes, one blueprint per resource; `register(app)` adds
+them all. Every /api/export blueprint runs `service.auth.require_token` first."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register(app: Flask) -> None:
+    from service.routes.exports import bp
+    from service.routes.page import page_bp
+    from service.routes.profiles import profiles_bp
+    from service.routes.schedules import sched_bp
+    from service.routes.sockets import sock  # adds /ws/<task_id> to `bp`: before bp is registered
+
+    app.register_blueprint(bp)
+    app.register_blueprint(profiles_bp)
+    app.register_blueprint(sched_bp)
+    app.register_blueprint(page_bp)
+    sock.init_app(app)

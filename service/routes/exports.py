@@ -1,0 +1,225 @@
+"""The /api/export task routes: validate and start a job spec, list tasks, their status and
+detail, download a result, cancel. Starting only queues: the background runner does the work."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flask import Blueprint, Response, jsonify, request, send_file
+
+from engine import FieldError, SpecError, env_references, parse_spec, spec_to_json
+from service import profiles
+from service.auth import require_token
+from service.background.runner import uploads_dir
+from service.errors import ApiError, invalid
+from service.routes.common import FORBIDDEN_ENV, base_url, find_task, json_body, profile_name, services, urls
+from service.store import TaskStatus
+from service.views.detail import task_detail
+from service.views.status import status_json
+
+bp = Blueprint("export", __name__, url_prefix="/api/export")
+bp.before_request(require_token)
+
+CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "zip": "application/zip",
+}
+CANCEL_WAIT = 3.0
+STATUSES = tuple(s.value for s in TaskStatus)
+
+
+# ------------------------------------------------------------------ tasks
+
+
+def _spec_and_uploads():
+    """The job spec document of a /start request, and ids files uploaded with it."""
+    if request.mimetype == "multipart/form-data":
+        text = request.form.get("spec")
+        if text is None and "spec" in request.files:
+            text = request.files["spec"].read().decode("utf-8", errors="replace")
+        if not text:
+            raise ApiError(
+                400,
+                "a multipart start needs a `spec` field holding the job spec (JSON)",
+                "validation_error",
+                [{"field": "spec", "message": "field required"}],
+            )
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise ApiError(
+                400,
+                "the `spec` field is not valid JSON",
+                "invalid_json",
+                [{"field": "spec", "message": "not valid JSON"}],
+            ) from None
+        files = [f for key, f in request.files.items(multi=True) if key != "spec"]
+        return document, files
+    body = json_body(required=False)
+    if body is None:
+        try:
+            return profiles.spec_from_profile(services().store.profile(profile_name())), []
+        except SpecError as exc:
+            raise invalid(exc) from None
+    return body, []
+
+
+def _match_uploads(spec, files) -> dict[int, bytes]:
+    """Which uploaded file feeds which source's `ids.file` (by file name, or the only one)."""
+    wanted = {i: s.ids.file for i, s in enumerate(spec.sources) if s.ids is not None and s.ids.file}
+    by_name = {f.filename: f for f in files if f.filename}
+    matched: dict[int, bytes] = {}
+    problems = []
+    limit = services().settings.max_file_size
+    for i, name in wanted.items():
+        upload = by_name.get(name) or by_name.get(name.rsplit("/", 1)[-1])
+        if upload is None and len(wanted) == 1 and len(files) == 1:
+            upload = files[0]
+        if upload is None:
+            problems.append(FieldError(f"sources.{i}.ids.file", f"upload {name!r} with the spec (multipart/form-data)"))
+            continue
+        data = upload.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(
+                413,
+                f"{upload.filename} exceeds MAX_FILE_SIZE",
+                "payload_too_large",
+                [{"field": f"sources.{i}.ids.file", "message": "file too large"}],
+            )
+        matched[i] = data
+    if problems:
+        raise invalid(SpecError(problems))
+    return matched
+
+
+def _checked_spec():
+    """The request's job spec and its uploaded ids files, checked as a task would need them
+    (the same checks for /start and /validate); a 4xx naming the fields when not."""
+    from engine import prepare
+
+    svc = services()
+    document, files = _spec_and_uploads()
+    try:
+        spec = parse_spec(document)
+        forbidden = sorted(env_references(spec) & FORBIDDEN_ENV)
+        if forbidden:
+            raise SpecError([FieldError("spec", f"${{{forbidden[0]}}} is the service's own secret")])
+        uploads = _match_uploads(spec, files)
+        prepare(spec, svc.env, svc.settings.allowed_source_hosts, id_files=uploads, read_id_files=False)
+    except SpecError as exc:
+        raise invalid(exc) from None
+    return spec, uploads
+
+
+@bp.post("/validate")
+def validate():
+    """Validate a job spec exactly as /start would (body, multipart or stored profile), without
+    starting anything: 200 {"valid": true}, or the same 4xx error JSON as /start."""
+    _checked_spec()
+    return jsonify({"valid": True})
+
+
+@bp.post("/start")
+def start():
+    from engine import new_job_id
+
+    svc = services()
+    spec, uploads = _checked_spec()
+    task_id = new_job_id("task")
+    if uploads:
+        folder = uploads_dir(svc.settings, task_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, data in uploads.items():
+            (folder / f"source-{i}.csv").write_bytes(data)
+    svc.store.create_task(
+        {
+            "id": task_id,
+            "name": spec.name,
+            "spec": spec_to_json(spec),
+            "profile": profile_name(),
+            "created_at": time.time(),
+            "extra": {"base_url": base_url()},
+        }
+    )
+    svc.runner.wake()
+    return jsonify({"task_id": task_id, "status": TaskStatus.QUEUED, **urls(task_id)}), 202
+
+
+@bp.get("/tasks")
+def list_tasks():
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise ApiError(
+            400,
+            "limit must be an integer from 1 to 1000",
+            "validation_error",
+            [{"field": "limit", "message": "must be an integer from 1 to 1000"}],
+        )
+    status = request.args.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(
+            400,
+            f"status must be one of {', '.join(STATUSES)}",
+            "validation_error",
+            [{"field": "status", "message": f"must be one of {', '.join(STATUSES)}"}],
+        )
+    schedule_id = request.args.get("schedule_id") or None
+    tasks = services().store.list_tasks(int(limit), status, schedule_id)
+    return jsonify({"tasks": [status_json(t, base_url()) for t in tasks]})
+
+
+@bp.get("/status/<task_id>")
+def status(task_id: str):
+    return jsonify(status_json(find_task(task_id), base_url()))
+
+
+@bp.get("/detail/<task_id>")
+def detail(task_id: str):
+    """Read-only extras for the progress page: the redacted spec and the manifest summary."""
+    return jsonify(task_detail(find_task(task_id), services().settings.results_dir))
+
+
+@bp.get("/download/<task_id>")
+def download(task_id: str):
+    task = find_task(task_id)
+    svc = services()
+    if task["status"] != TaskStatus.COMPLETED:
+        raise ApiError(409, f"task is {task['status']}; only a completed task has a result", "not_completed")
+    expired = task["expired"] or (task["finished_at"] or 0) + svc.settings.result_ttl < time.time()
+    result = task.get("result") or {}
+    path = svc.settings.results_dir / task_id / result.get("filename", "")
+    if expired or not path.is_file():
+        raise ApiError(410, "the result has expired (RESULT_TTL) and was removed", "expired")
+    fmt = path.suffix.lstrip(".")
+    response: Response = send_file(
+        path,
+        mimetype=CONTENT_TYPES.get(fmt, "application/octet-stream"),
+        as_attachment=True,
+        download_name=path.name,
+        conditional=True,
+        etag=False,
+    )
+    response.headers["X-Content-SHA256"] = result.get("sha256", "")
+    return response
+
+
+@bp.delete("/cancel/<task_id>")
+def cancel(task_id: str):
+    svc = services()
+    task = find_task(task_id)
+    found = svc.store.request_cancel(task_id)
+    if found is not None and found.is_final:
+        raise ApiError(409, f"task already {found}", "already_finished")
+    svc.runner.wake()
+    deadline = time.monotonic() + CANCEL_WAIT
+    while time.monotonic() < deadline:  # a running task stops within ~2 s; answer with the outcome
+        task = svc.store.get_task(task_id)
+        if task["status"] != TaskStatus.RUNNING:
+            break
+        time.sleep(0.1)
+    return jsonify(status_json(task, base_url()))
