@@ -1,10 +1,11 @@
-"""`python -m engine run|validate` (contract §2).
-
-stdout carries exactly one line - the JSON summary; progress and logs go to stderr.
-Exit codes: 0 completed, 1 the job failed, 2 the spec (or the command line) is invalid,
-130 interrupted (Ctrl-C; SIGTERM gives 143): workers stop, the work directory is kept for
-`--resume`.
+"""`python -m engine run|validate`: the command line over the engine (docs/cli.md). stdout
+carries exactly one line, the JSON summary, so scripts can parse it; progress and logs go to
+stderr. Exit codes: 0 completed (and every delivery and the webhook succeeded), 1 failed, 2
+invalid spec or command line, 3 the result was written but a delivery target or the webhook
+finally failed (the summary's `deliveries` / `webhook` name it), 130 interrupted (143 on
+SIGTERM); an interrupted run keeps its work directory for `--resume`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,20 @@ import orjson
 
 from config import load_settings
 from config.settings import SettingsError
-from engine import Engine, new_job_id
-from engine import FieldError, JobCancelled, JobFailed, SpecError
-from engine import WorkdirMismatch
-from engine import prepare
-from engine import parse_spec
+from engine import (
+    Engine,
+    FieldError,
+    JobCancelled,
+    JobFailed,
+    SpecError,
+    WorkdirMismatch,
+    new_job_id,
+    parse_spec,
+    prepare,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EXIT_UNDELIVERED = 3  # the result was written; a delivery target or the webhook failed
 
 
 def _emit(summary: dict) -> None:
@@ -57,6 +65,7 @@ def _with_webhook(prepared, summary: dict, job_id: str) -> dict:
     if webhook is None:
         return summary
     from engine import post_webhook
+
     try:
         outcome = post_webhook(webhook, summary, prepared.redactor, task_id=job_id)
     except KeyboardInterrupt:
@@ -105,8 +114,15 @@ def cmd_validate(args) -> int:
         return EXIT_INVALID
     except SpecError as exc:
         return _invalid(exc)
-    _emit({"status": "valid", "name": spec.name, "sources": len(spec.sources),
-           "units": sum(f.count for f in prepared.fanouts), "output": spec.output_name})
+    _emit(
+        {
+            "status": "valid",
+            "name": spec.name,
+            "sources": len(spec.sources),
+            "units": sum(f.count for f in prepared.fanouts),
+            "output": spec.output_name,
+        }
+    )
     return EXIT_OK
 
 
@@ -117,14 +133,22 @@ class _ProgressBar:
         self.bar = None
         if enabled:
             from tqdm import tqdm
+
             try:
                 size = os.get_terminal_size(sys.stderr.fileno())
             except OSError:
                 size = os.terminal_size((0, 0))
             sized = size.columns > 0 and size.lines > 0
             # A terminal that reports no size (a bare pty) still gets a bar.
-            self.bar = tqdm(total=None, unit="page", file=sys.stderr, leave=True, dynamic_ncols=sized,
-                            ncols=None if sized else 100, nrows=None if sized else 24)
+            self.bar = tqdm(
+                total=None,
+                unit="page",
+                file=sys.stderr,
+                leave=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else 100,
+                nrows=None if sized else 24,
+            )
 
     def update(self, progress: dict) -> None:
         if self.bar is None:
@@ -149,8 +173,9 @@ def cmd_run(args) -> int:
         print(f"invalid settings: {exc}", file=sys.stderr)
         _emit({"status": "invalid", "error": str(exc)})
         return EXIT_INVALID
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         document, base = _read_spec(args.spec)
         spec = parse_spec(document)
@@ -200,23 +225,45 @@ def cmd_run(args) -> int:
 
     seconds = round(time.monotonic() - started, 3)
     progress = handle.runner.progress()["progress"]
-    base_summary = {"rows": 0, "records": progress["rows"], "pages": progress["pages_done"],
-                    "requests": progress["requests"], "retries": progress["retries"], "seconds": seconds,
-                    "output": None, "bytes": 0, "sha256": None, "partial": False}
+    base_summary = {
+        "rows": 0,
+        "records": progress["rows"],
+        "pages": progress["pages_done"],
+        "requests": progress["requests"],
+        "retries": progress["retries"],
+        "seconds": seconds,
+        "output": None,
+        "bytes": 0,
+        "sha256": None,
+        "partial": False,
+    }
     error = handle.error
     if error is None:
         result = handle.result
         shutil.rmtree(workdir, ignore_errors=True)
-        summary = {"status": "completed", "rows": result.rows, "records": result.records, "pages": result.pages,
-                   "requests": result.requests, "retries": result.retries, "seconds": seconds,
-                   "output": str(result.output), "bytes": result.bytes, "sha256": result.sha256,
-                   "partial": result.partial}
+        summary = {
+            "status": "completed",
+            "rows": result.rows,
+            "records": result.records,
+            "pages": result.pages,
+            "requests": result.requests,
+            "retries": result.retries,
+            "seconds": seconds,
+            "output": str(result.output),
+            "bytes": result.bytes,
+            "sha256": result.sha256,
+            "partial": result.partial,
+        }
         if result.deliveries:
             summary["deliveries"] = result.deliveries
             for failed in (d for d in result.deliveries if not d["ok"]):
                 print(f"delivery to {failed['target']} failed: {failed['error']}", file=sys.stderr)
-        _emit(_with_webhook(prepared, summary, job_id))
-        return EXIT_OK
+        summary = _with_webhook(prepared, summary, job_id)
+        _emit(summary)
+        undelivered = any(not d["ok"] for d in summary.get("deliveries", ())) or (
+            "webhook" in summary and not summary["webhook"]["delivered"]
+        )
+        return EXIT_UNDELIVERED if undelivered else EXIT_OK
     if isinstance(error, JobCancelled):
         print(f"interrupted; the work is kept: resume with --resume {workdir}", file=sys.stderr)
         _emit({"status": "interrupted", **base_summary, "error": "interrupted", "workdir": str(workdir)})
@@ -253,8 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a job spec without fetching")
     validate.add_argument("spec", help="job spec (JSON file, or - for stdin)")
     return parser
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,8 @@
 """Reduce: a source's shards → one lazy frame in row order → shaping → the export writer.
-
-Shards are scanned lazily (`scan_ipc`) and concatenated in file-name order,
-which is row order. Schemas that drifted between shards are reconciled by Polars'
-`diagonal_relaxed` concat (missing columns → null, Null → the other type, int + float →
-float, number + string → string); a column that is a list in one shard and a scalar in
-another cannot meet that way, so it becomes JSON text everywhere first.
+Shards are scanned lazily in file-name order, which is row order; schemas that drifted between
+shards are reconciled first (`scan_source`).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,10 +14,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from engine.export import ExportedFile, Table, export_tables
+from engine.export.infer import infer_types
 from engine.export.shaping import shape
 from engine.run.messages import ExportRequest
 
-SPILL_BUDGET_MB = 64   # working memory of a sort/distinct/group_by before it spills to disk
+SPILL_BUDGET_MB = 64  # working memory of a sort/distinct/group_by before it spills to disk
 
 
 def _nested(dtype: pa.DataType) -> bool:
@@ -30,15 +28,25 @@ def _nested(dtype: pa.DataType) -> bool:
 def json_text(column: str) -> pl.Expr:
     """A list/struct column as JSON text (null stays null)."""
     encoded = pl.struct(pl.col(column).alias("v")).struct.json_encode()  # {"v":<value>}
-    return (pl.when(pl.col(column).is_null()).then(None)
-            .otherwise(encoded.str.slice(5, encoded.str.len_bytes() - 6)).alias(column))
+    return (
+        pl.when(pl.col(column).is_null())
+        .then(None)
+        .otherwise(encoded.str.slice(5, encoded.str.len_bytes() - 6))
+        .alias(column)
+    )
 
 
 def scan_source(paths: list[str]) -> pl.LazyFrame:
-    """One lazy frame over a source's shards, in order, with drifted schemas reconciled."""
-    # Polars reads the 1,000 schemas of a 1M-row job in ~0.02 s (pyarrow: ~0.08 s). When they
-    # are all the same (no drift: the usual case), one scan over every shard reads ~20-30 %
-    # faster than a relaxed concat of one scan per shard - same rows, same order.
+    """One lazy frame over a source's shards, in order, with drifted schemas reconciled.
+
+    Schemas that drifted between shards are reconciled by Polars'
+    `diagonal_relaxed` concat (missing columns → null, Null → the other type, int + float →
+    float, number + string → string); a column that is a list in one shard and a scalar in
+    another cannot meet that way, so it becomes JSON text everywhere first.
+    """
+    # Reading every shard's schema with Polars is cheap (cheaper than with pyarrow). When they
+    # are all the same (no drift: the usual case), one scan over every shard is faster than a
+    # relaxed concat of one scan per shard (docs/performance.md) - same rows, same order.
     quick = [(path, list(pl.read_ipc_schema(path).items())) for path in paths]
     quick = [(path, schema) for path, schema in quick if schema]
     if not quick:
@@ -64,7 +72,8 @@ def scan_source(paths: list[str]) -> pl.LazyFrame:
         to_text = [name for name in mixed if name in schema.names]
         if to_text:
             frame = frame.with_columns(
-                [json_text(n) if _nested(schema.field(n).type) else pl.col(n).cast(pl.String) for n in to_text])
+                [json_text(n) if _nested(schema.field(n).type) else pl.col(n).cast(pl.String) for n in to_text]
+            )
         frames.append(frame)
     if len(frames) == 1:
         return frames[0]
@@ -74,7 +83,7 @@ def scan_source(paths: list[str]) -> pl.LazyFrame:
 def bound_blocking_memory(spec, shard_paths: list[str]) -> None:
     """Sort, distinct and group_by hold their rows; past a working-memory budget Polars' streaming
     engine spills them to disk (in the job's work directory), so a large sort keeps the export
-    process small (1,000,000 rows: ~180 MB instead of ~400 MB) at some cost in time. Only in the
+    process small (docs/performance.md) at some cost in time. Only in the
     export process, which is new for every job; POLARS_OOC_MEMORY_BUDGET_MB / POLARS_OOC_SPILL_DIR
     in the environment win."""
     if not (spec.sort or spec.distinct or spec.group_by is not None):
@@ -90,10 +99,25 @@ def bound_blocking_memory(spec, shard_paths: list[str]) -> None:
         pl.Config.load(json.dumps({"environment": env}))  # sets the variables and reloads Polars' config
 
 
+def _typed(frame: pl.LazyFrame, infer: bool) -> pl.LazyFrame:
+    """A CSV source with `csv.infer_types`: decided over its whole columns, not page by page."""
+    return infer_types(frame) if infer else frame
+
+
 def export_job(request: ExportRequest) -> ExportedFile:
     spec = request.spec
     bound_blocking_memory(spec, [p for _, paths in request.tables for p in paths])
-    tables = [Table(name, shape(scan_source(paths), spec, table=name)) for name, paths in request.tables]
-    return export_tables(tables, spec.export.format, Path(request.output), inner=spec.export.inner,
-                         csv_separator=spec.export.csv.separator, escape_formulas=spec.export.csv.escape_formulas,
-                         manifest=request.manifest)
+    inferring = {s.name for s in spec.sources if s.format == "csv" and s.csv.infer_types}
+    tables = [
+        Table(name, shape(_typed(scan_source(paths), name in inferring), spec, table=name))
+        for name, paths in request.tables
+    ]
+    return export_tables(
+        tables,
+        spec.export.format,
+        Path(request.output),
+        inner=spec.export.inner,
+        csv_separator=spec.export.csv.separator,
+        escape_formulas=spec.export.csv.escape_formulas,
+        manifest=request.manifest,
+    )

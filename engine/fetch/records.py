@@ -6,11 +6,13 @@ struct type over *all* records (not just the first) in C++. Nested objects are f
 here, a string there), a slower path types each column on its own and, where values still
 don't agree, keeps them as text (JSON for lists and objects) - nothing is dropped.
 """
+
 from __future__ import annotations
 
 import codecs
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +49,10 @@ def find_records(doc: Any, path: str | None) -> list:
             return doc[lists[0]]
         if not lists:
             raise BodyError("the page holds no list of records; set `records` to its path", retryable=False)
-        raise BodyError(f"the page holds several lists ({', '.join(lists[:5])}); set `records` to the "
-                        f"path of the records", retryable=False)
+        raise BodyError(
+            f"the page holds several lists ({', '.join(lists[:5])}); set `records` to the path of the records",
+            retryable=False,
+        )
     raise BodyError(f"the page is a JSON {type(doc).__name__}, not an object or a list", retryable=False)
 
 
@@ -177,20 +181,52 @@ def ndjson_records(body: bytes) -> list:
     return records
 
 
+_LINE_END = re.compile(rb"\r\n?|\n")
+_WIDE_ENCODINGS = ("utf-16", "utf-32")
+
+
+def _fields_bound(body: bytes, options: CsvSourceOptions) -> int:
+    """At least the number of fields in a row: separators in the first row (after `skip_rows`)
+    plus one; a quoted separator only makes it larger."""
+    end = 0
+    for _ in range(options.skip_rows + 1):
+        found = _LINE_END.search(body, end)
+        if found is None:
+            end = len(body)
+            break
+        end = found.end()
+    if options.separator.isascii() and not codecs.lookup(options.encoding).name.startswith(_WIDE_ENCODINGS):
+        return body.count(options.separator.encode("ascii"), 0, end) + 1
+    return end + 1
+
+
 def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
+    """A CSV page as a table of text columns, each value exactly as written (no type
+    inference: `01067`, `1e3` and `TRUE` stay as they are). Fields in `csv.null_values` (by
+    default the empty field) are null. `csv.infer_types` is applied later, over the whole
+    column (`engine.export.infer`)."""
     if not body.strip():
         return pa.table({})
     if codecs.lookup(options.encoding).name == "utf-8":
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BodyError(f"CSV is not valid UTF-8 (byte {exc.start}: {body[exc.start:exc.start + 4]!r}); "
-                            f"set csv.encoding if the source uses another encoding", retryable=False) from None
-    read = pacsv.ReadOptions(encoding=options.encoding, skip_rows=options.skip_rows,
-                             autogenerate_column_names=not options.header,
-                             block_size=max(1 << 20, len(body) + 1))
+            raise BodyError(
+                f"CSV is not valid UTF-8 (byte {exc.start}: {body[exc.start : exc.start + 4]!r}); "
+                f"set csv.encoding if the source uses another encoding",
+                retryable=False,
+            ) from None
+    # Columns are named f0, f1, ... so that every one can be read as text; the header is then
+    # the first row.
+    read = pacsv.ReadOptions(
+        encoding=options.encoding,
+        skip_rows=options.skip_rows,
+        autogenerate_column_names=True,
+        block_size=max(1 << 20, len(body) + 1),
+    )
     parse = pacsv.ParseOptions(delimiter=options.separator)
-    convert = pacsv.ConvertOptions(null_values=list(options.null_values), strings_can_be_null=True)
+    text = {f"f{i}": pa.string() for i in range(_fields_bound(body, options))}
+    convert = pacsv.ConvertOptions(null_values=list(options.null_values), strings_can_be_null=True, column_types=text)
     try:
         table = pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as exc:
@@ -202,9 +238,12 @@ def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
         raise BodyError(f"CSV cannot be parsed: {message}", retryable=False) from None
     except UnicodeDecodeError as exc:
         raise BodyError(f"CSV is not valid {options.encoding}: {exc}", retryable=False) from None
-    if not options.header:
-        table = table.rename_columns([f"column_{i + 1}" for i in range(table.num_columns)])
-    return table
+    if options.header:
+        if table.num_rows == 0:
+            return pa.table({})
+        names = ["" if name is None else name for name in table.slice(0, 1).to_pylist()[0].values()]
+        return table.slice(1).rename_columns(names)
+    return table.rename_columns([f"column_{i + 1}" for i in range(table.num_columns)])
 
 
 @dataclass

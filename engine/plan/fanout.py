@@ -3,6 +3,7 @@
 Units are addressed by ordinal and computed on demand, so a range of a million ids costs no
 memory until it is fetched.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,8 +64,10 @@ def parse_id_csv(raw: bytes, column: str | None, field: str = "ids.file") -> lis
     elif column in header:
         index = header.index(column)
     else:
-        raise SpecError([FieldError("ids.column" if field == "ids.file" else field,
-                                    f"column {column!r} not in the file (columns: {', '.join(header[:20])})")])
+        column_field = field[: -len("file")] + "column" if field.endswith("file") else field
+        raise SpecError(
+            [FieldError(column_field, f"column {column!r} not in the file (columns: {', '.join(header[:20])})")]
+        )
     values = [row[index].strip() for row in reader if len(row) > index and row[index].strip()]
     if not values:
         raise SpecError([FieldError(field, f"column {header[index]!r} holds no values")])
@@ -87,14 +90,16 @@ class FanOut:
             if id_values is None:
                 raise ValueError("ids.file values must be read before planning")
             self._ids = id_values
-        self._windows = (date_windows(source.windows.start, source.windows.end, source.windows.days)
-                         if source.windows else None)
+        self._windows = (
+            date_windows(source.windows.start, source.windows.end, source.windows.days) if source.windows else None
+        )
         n_ids = len(self._ids) if self._ids is not None else 1
         n_windows = len(self._windows) if self._windows is not None else 1
         self.count = n_ids * n_windows
         self.used = self._ids is not None or self._windows is not None
         self.ids_are_ints = self._ids is not None and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in (self._ids if isinstance(self._ids, list) else [0]))
+            isinstance(v, int) and not isinstance(v, bool) for v in (self._ids if isinstance(self._ids, list) else [0])
+        )
 
     def unit(self, ordinal: int) -> Unit:
         n_windows = len(self._windows) if self._windows is not None else 1
@@ -132,10 +137,19 @@ class FanOut:
         if self.source.url.strip() != "{id}" or self._ids is None:
             return []
         problems = []
+        ids = self.source.ids
         for i in range(len(self._ids)):
             problem = check_http_url(str(self._ids[i]))
             if problem:
-                problems.append(FieldError(f"sources.{index}.ids", f"value {i + 1} ({str(self._ids[i])[:80]!r}) {problem}"))
+                # The field to change: the listed value, the file, or (a range of numbers) the range.
+                field = (
+                    f"sources.{index}.ids.values.{i}"
+                    if ids.values is not None
+                    else f"sources.{index}.ids.file"
+                    if ids.file is not None
+                    else f"sources.{index}.ids.range"
+                )
+                problems.append(FieldError(field, f"value {i + 1} ({str(self._ids[i])[:80]!r}) {problem}"))
                 if len(problems) >= 5:
                     break
         return problems

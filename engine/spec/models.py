@@ -1,21 +1,28 @@
-"""The job spec (contract §1) as typed, immutable models.
-
-`parse_spec(data)` validates a JSON document once; every later stage trusts the result.
-Errors are raised as `SpecError` whose details name each field by its dotted path
-(`sources.0.pagination.size`). Strings may hold `${NAME}` references: they are kept as
-written here and resolved only in the process that runs the job (see `engine.spec.redact`).
+"""The job spec (docs/spec.md) as typed, immutable models, validated once by `parse_spec` so
+every later stage can trust it. Errors name each field by its dotted path
+(`sources.0.pagination.size`); `${NAME}` references are kept as written here and resolved
+only in the process that runs the job (`engine.spec.redact`).
 """
+
 from __future__ import annotations
 
 import codecs
 import datetime as dt
 import re
 from fractions import Fraction
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import FieldError, SpecError
 
@@ -23,11 +30,10 @@ EXPORT_FORMATS = ("csv", "json", "ndjson", "xlsx", "parquet", "zip")
 SINGLE_FILE_FORMATS = ("csv", "json", "ndjson", "xlsx", "parquet")
 PAGINATION_TYPES = ("none", "page", "offset", "cursor", "next_url", "link")
 COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
-FILTER_OPS = ("==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with",
-              "is_null", "not_null")
+FILTER_OPS = ("==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with", "is_null", "not_null")
 AGGREGATIONS = ("sum", "mean", "min", "max", "count", "n_unique", "first", "last")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}\Z")  # use fullmatch
 
 
 class Model(BaseModel):
@@ -62,12 +68,14 @@ def check_http_url(url: str) -> str | None:
 
 # ---------------------------------------------------------------- sources
 
+
 class CsvSourceOptions(Model):
     separator: str = Field(",", min_length=1, max_length=1)
     encoding: str = "utf-8"
     header: bool = True
     null_values: tuple[str, ...] = ("",)
     skip_rows: int = Field(0, ge=0)
+    infer_types: bool = False  # true: whole columns of plain integers/decimals become numbers
 
     @field_validator("encoding")
     @classmethod
@@ -97,6 +105,7 @@ _PAGINATION_DEFAULTS = {
 
 class Pagination(Model):
     """One model for every pagination style; which fields apply depends on `type`."""
+
     type: Literal["none", "page", "offset", "cursor", "next_url", "link"] = "none"
     param: str | None = Field(None, min_length=1)
     start: int | None = Field(None, ge=0)
@@ -130,7 +139,7 @@ class IdRange(Model):
     step: int = 1
 
     @model_validator(mode="after")
-    def _finite(self) -> "IdRange":
+    def _finite(self) -> IdRange:
         if self.step == 0:
             raise ValueError("step must not be 0")
         if len(range(self.start, self.end, self.step)) == 0:
@@ -162,7 +171,7 @@ class IdsFanout(Model):
         return value
 
     @model_validator(mode="after")
-    def _one_origin(self) -> "IdsFanout":
+    def _one_origin(self) -> IdsFanout:
         given = [k for k in ("values", "range", "file") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of values, range or file")
@@ -186,7 +195,7 @@ class DateWindows(Model):
         return value
 
     @model_validator(mode="after")
-    def _bounded(self) -> "DateWindows":
+    def _bounded(self) -> DateWindows:
         if (self.end - self.start).days // self.days > 1_000_000:
             raise ValueError("too many windows")
         return self
@@ -231,8 +240,7 @@ class OAuth2Auth(Model):
         return value
 
 
-Auth = Annotated[Union[BearerAuth, HeaderAuth, QueryAuth, BasicAuth, OAuth2Auth],
-                 Field(discriminator="type")]
+Auth = Annotated[BearerAuth | HeaderAuth | QueryAuth | BasicAuth | OAuth2Auth, Field(discriminator="type")]
 
 
 class Source(Model):
@@ -267,6 +275,7 @@ class Source(Model):
 
 
 # ---------------------------------------------------------------- job level
+
 
 class RateLimit(Model):
     requests: int = Field(..., ge=1, le=1_000_000)
@@ -323,8 +332,7 @@ class Column(Model):
 
 class Filter(Model):
     column: str = Field(..., min_length=1)
-    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with",
-                "is_null", "not_null"]
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with", "is_null", "not_null"]
     value: Any = None
 
 
@@ -386,9 +394,10 @@ class Export(Model):
     @field_validator("filename")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and not NAME_PATTERN.match(value):
-            raise ValueError("must be 1-100 letters, digits, spaces, '_', '-' or '.', "
-                             "starting with a letter or digit (no paths)")
+        if value is not None and not NAME_PATTERN.fullmatch(value):
+            raise ValueError(
+                "must be 1-100 letters, digits, spaces, '_', '-' or '.', starting with a letter or digit (no paths)"
+            )
         if value is not None and ".." in value:
             raise ValueError("must not contain '..'")
         return value
@@ -403,7 +412,7 @@ class Webhook(Model):
     secret: str | None = None
     timeout: float = Field(10.0, gt=0, le=300)
     attempts: int = Field(5, ge=1, le=20)
-    backoff: float = Field(1.0, ge=0, le=300)   # seconds before the 2nd attempt, doubling (max 60 s)
+    backoff: float = Field(1.0, ge=0, le=300)  # seconds before the 2nd attempt, doubling (max 60 s)
 
     @field_validator("url")
     @classmethod
@@ -416,7 +425,7 @@ class Webhook(Model):
 
 class S3Target(Model):
     type: Literal["s3"]
-    url: str = Field(..., pattern=r"^s3://[^/]+(/.*)?$")
+    url: str = Field(..., pattern=r"^s3://[^/\s]+(?:/[^\r\n\x00]*)?\z")
     endpoint_url: str | None = None
     access_key: str | None = None
     secret_key: str | None = None
@@ -431,12 +440,6 @@ class S3Target(Model):
             raise ValueError(problem)
         return value
 
-    @model_validator(mode="after")
-    def _key_pair(self) -> "S3Target":
-        if (self.access_key is None) != (self.secret_key is None):
-            raise ValueError("give both access_key and secret_key, or neither (then the AWS environment is used)")
-        return self
-
 
 class FtpTarget(Model):
     type: Literal["ftp"]
@@ -446,8 +449,8 @@ class FtpTarget(Model):
     password: str = ""
     directory: str = "/"
     tls: bool = False
-    verify: bool = True                 # FTPS: check the server's certificate (false: accept any)
-    ca_file: str | None = Field(None, min_length=1)   # FTPS: trust this CA bundle (PEM) instead
+    verify: bool = True  # FTPS: check the server's certificate (false: accept any)
+    ca_file: str | None = Field(None, min_length=1)  # FTPS: trust this CA bundle (PEM) instead
     timeout: float = Field(30.0, gt=0, le=600)
 
     @field_validator("directory")
@@ -457,14 +460,8 @@ class FtpTarget(Model):
             raise ValueError("must be a plain path without '..'")
         return value
 
-    @model_validator(mode="after")
-    def _tls_options(self) -> "FtpTarget":
-        if not self.tls and (not self.verify or self.ca_file is not None):
-            raise ValueError("verify and ca_file apply only with tls: true")
-        return self
 
-
-DeliveryTarget = Annotated[Union[S3Target, FtpTarget], Field(discriminator="type")]
+DeliveryTarget = Annotated[S3Target | FtpTarget, Field(discriminator="type")]
 
 
 class JobSpec(Model):
@@ -495,9 +492,8 @@ class JobSpec(Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value) or ".." in value:
-            raise ValueError("must be 1-100 letters, digits, spaces, '_', '-' or '.', "
-                             "starting with a letter or digit")
+        if not NAME_PATTERN.fullmatch(value) or ".." in value:
+            raise ValueError("must be 1-100 letters, digits, spaces, '_', '-' or '.', starting with a letter or digit")
         return value
 
     @model_validator(mode="before")
@@ -529,11 +525,20 @@ def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
     body_paths = [n for n in ("total_pages", "total_records") if getattr(source.pagination, n)]
     if source.format != "json":
         if source.pagination.type in ("cursor", "next_url"):
-            out.append(FieldError(f"{at}.pagination.type", f"{source.pagination.type!r} reads the next page "
-                                  f"from a JSON body; it needs format 'json', not {source.format!r}"))
+            out.append(
+                FieldError(
+                    f"{at}.pagination.type",
+                    f"{source.pagination.type!r} reads the next page "
+                    f"from a JSON body; it needs format 'json', not {source.format!r}",
+                )
+            )
         if body_paths:
-            out.append(FieldError(f"{at}.pagination.{body_paths[0]}", f"reads a JSON body; it needs format "
-                                  f"'json', not {source.format!r}"))
+            out.append(
+                FieldError(
+                    f"{at}.pagination.{body_paths[0]}",
+                    f"reads a JSON body; it needs format 'json', not {source.format!r}",
+                )
+            )
         if source.records:
             out.append(FieldError(f"{at}.records", "applies only to format 'json'"))
     if "{id}" in source.url and source.ids is None:
@@ -547,18 +552,45 @@ def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
 def _source_names_ok(spec: JobSpec, out: list[FieldError]) -> None:
     seen: set[str] = set()
     for i, source in enumerate(spec.sources):
-        if not NAME_PATTERN.match(source.name) or ".." in source.name:
-            out.append(FieldError(f"sources.{i}.name", "must be 1-100 letters, digits, spaces, '_', "
-                                  "'-' or '.', starting with a letter or digit"))
+        if not NAME_PATTERN.fullmatch(source.name) or ".." in source.name:
+            out.append(
+                FieldError(
+                    f"sources.{i}.name",
+                    "must be 1-100 letters, digits, spaces, '_', '-' or '.', starting with a letter or digit",
+                )
+            )
         elif source.name.lower() in seen:
             out.append(FieldError(f"sources.{i}.name", f"duplicate source name {source.name!r}"))
         seen.add(source.name.lower())
 
 
+def _targets_coherent(spec: JobSpec, out: list[FieldError]) -> None:
+    """Checks across a delivery target's fields, reported at the field to change."""
+    for i, target in enumerate(spec.deliver):
+        at = f"deliver.{i}"
+        if isinstance(target, S3Target) and (target.access_key is None) != (target.secret_key is None):
+            missing = "secret_key" if target.secret_key is None else "access_key"
+            out.append(
+                FieldError(
+                    f"{at}.{missing}",
+                    "give both access_key and secret_key, or neither (then the AWS environment is used)",
+                )
+            )
+        if isinstance(target, FtpTarget) and not target.tls:
+            for name in ("verify", "ca_file"):
+                if name in target.model_fields_set and getattr(target, name) != FtpTarget.model_fields[name].default:
+                    out.append(FieldError(f"{at}.{name}", "applies only with tls: true"))
+
+
 def _export_fits_sources(spec: JobSpec, out: list[FieldError]) -> None:
     if len(spec.sources) > 1 and spec.export.format not in ("zip", "xlsx"):
-        out.append(FieldError("export.format", f"{len(spec.sources)} sources need format 'zip' or "
-                              f"'xlsx' (one file or sheet per source), not {spec.export.format!r}"))
+        out.append(
+            FieldError(
+                "export.format",
+                f"{len(spec.sources)} sources need format 'zip' or "
+                f"'xlsx' (one file or sheet per source), not {spec.export.format!r}",
+            )
+        )
 
 
 def _loc_to_path(loc: tuple) -> str:
@@ -568,8 +600,13 @@ def _loc_to_path(loc: tuple) -> str:
         previous = loc[i - 1] if i else None
         if isinstance(item, str) and previous in ("auth",) and item in ("bearer", "header", "query", "basic", "oauth2"):
             continue
-        if isinstance(item, str) and isinstance(previous, int) and len(parts) >= 2 and parts[-2] == "deliver" \
-                and item in ("s3", "ftp"):
+        if (
+            isinstance(item, str)
+            and isinstance(previous, int)
+            and len(parts) >= 2
+            and parts[-2] == "deliver"
+            and item in ("s3", "ftp")
+        ):
             continue
         if isinstance(item, str) and item.startswith("function-"):
             continue
@@ -581,7 +618,7 @@ def _clean_message(err: dict) -> str:
     msg = err.get("msg", "invalid")
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     if err.get("type") == "extra_forbidden":
         return "unknown field"
     if err.get("type") == "missing":
@@ -609,7 +646,9 @@ def parse_spec(data: Any) -> JobSpec:
     for i, source in enumerate(spec.sources):
         _source_coherent(i, source, problems)
     _export_fits_sources(spec, problems)
+    _targets_coherent(spec, problems)
     from engine.spec.shaping_rules import check as shaping_problems
+
     problems.extend(shaping_problems(spec))
     if problems:
         raise SpecError(problems)

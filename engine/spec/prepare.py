@@ -1,35 +1,43 @@
-"""Checks that need the running environment, done before anything is fetched.
-
-`parse_spec` checks the document alone; `prepare` adds what depends on where the job runs:
-`${NAME}` references resolved from the environment, `ids.file` read, source hosts checked
-against ALLOWED_SOURCE_HOSTS, the fan-out's size bounded. The CLI's `validate`, its `run`
-and the service's `start` all call it, so they reject exactly the same specs.
+"""Checks that need the running environment, done before anything is fetched: `${NAME}`
+references resolved, `ids.file` read, source hosts checked against ALLOWED_SOURCE_HOSTS, the
+fan-out's size bounded. The CLI's `validate` and `run` and the service's `start` all call
+`prepare` (after `parse_spec`), so they reject exactly the same specs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from engine.errors import FieldError, SpecError
-from engine.plan.fanout import MAX_UNITS, FanOut, read_id_file, parse_id_csv
-from engine.spec.redact import Redactor, resolve
+from engine.fetch.outbound import host_allowed
+from engine.plan.fanout import MAX_UNITS, FanOut, parse_id_csv, read_id_file
 from engine.spec.models import ENV_REF, JobSpec
+from engine.spec.redact import Redactor, resolve
 
 
 @dataclass
 class PreparedJob:
-    spec: JobSpec              # as written: `${NAME}` references kept (stored, shown)
-    resolved: JobSpec          # secrets substituted (handed to the pool processes only)
+    spec: JobSpec  # as written: `${NAME}` references kept (stored, shown)
+    resolved: JobSpec  # secrets substituted (handed to the pool processes only)
     redactor: Redactor
-    id_values: list            # per source: values read from ids.file, else None
+    id_values: list  # per source: values read from ids.file, else None
     fanouts: list[FanOut]
 
 
-def prepare(spec: JobSpec, env: Mapping[str, str], allowed_hosts: tuple[str, ...] = (),
-            base_dir: Path | None = None, id_files: Mapping[int, bytes] | None = None) -> PreparedJob:
-    """`id_files`: uploaded ids files by source index (the service's multipart upload)."""
+def prepare(
+    spec: JobSpec,
+    env: Mapping[str, str],
+    allowed_hosts: tuple[str, ...] = (),
+    base_dir: Path | None = None,
+    id_files: Mapping[int, bytes] | None = None,
+    read_id_files: bool = True,
+) -> PreparedJob:
+    """`id_files`: uploaded ids files by source index (the service's multipart upload).
+    `read_id_files=False` (the service): `ids.file` is never read from disk; a source without
+    its upload is a field error at `sources.N.ids.file`."""
     resolved, redactor = resolve(spec, env)
     problems: list[FieldError] = []
     id_values: list = []
@@ -40,14 +48,15 @@ def prepare(spec: JobSpec, env: Mapping[str, str], allowed_hosts: tuple[str, ...
             try:
                 if id_files and i in id_files:
                     values = parse_id_csv(id_files[i], source.ids.column, field)
+                elif not read_id_files:
+                    raise SpecError([FieldError(field, "the uploaded ids file is missing")])
                 else:
                     path = Path(source.ids.file)
                     if not path.is_absolute() and base_dir is not None:
                         path = base_dir / path
                     values = read_id_file(path, source.ids.column, field)
             except SpecError as exc:
-                problems.extend(FieldError(d.field.replace("ids.column", f"sources.{i}.ids.column"), d.message)
-                                for d in exc.details)
+                problems.extend(exc.details)
         id_values.append(values)
     if problems:
         raise SpecError(problems)
@@ -65,7 +74,6 @@ def prepare(spec: JobSpec, env: Mapping[str, str], allowed_hosts: tuple[str, ...
 
 
 def _check_hosts(i: int, source, fanout: FanOut, allowed: tuple[str, ...], problems: list[FieldError]) -> None:
-    from engine.fetch.transport import host_allowed  # the HTTP stack is loaded only when there is an allowlist
     urls = []
     if source.url.strip() == "{id}":
         urls = [str(fanout.unit(u).id) for u in range(fanout.count)]
@@ -73,9 +81,14 @@ def _check_hosts(i: int, source, fanout: FanOut, allowed: tuple[str, ...], probl
         urls = [source.url.replace("{id}", "x").replace("{start}", "x").replace("{end}", "x")]
     for url in urls:
         if not host_allowed(url, allowed):
-            problems.append(FieldError(f"sources.{i}.url", f"host {urlsplit(url).hostname!r} is not in "
-                                                           f"ALLOWED_SOURCE_HOSTS"))
+            problems.append(
+                FieldError(f"sources.{i}.url", f"host {urlsplit(url).hostname!r} is not in ALLOWED_SOURCE_HOSTS")
+            )
             return
     if source.auth is not None and source.auth.type == "oauth2" and not host_allowed(source.auth.token_url, allowed):
-        problems.append(FieldError(f"sources.{i}.auth.token_url",
-                                   f"host {urlsplit(source.auth.token_url).hostname!r} is not in ALLOWED_SOURCE_HOSTS"))
+        problems.append(
+            FieldError(
+                f"sources.{i}.auth.token_url",
+                f"host {urlsplit(source.auth.token_url).hostname!r} is not in ALLOWED_SOURCE_HOSTS",
+            )
+        )

@@ -1,13 +1,8 @@
-"""Checks on the shaping section that need no data (run by `parse_spec`, so `validate` and the
-service's `start` reject them before anything is fetched), and the few rules both the checks
-and `engine.export.shaping` follow: the output order of `columns`, and how a JSON value is read as a
-typed value (the same rules the `type` casts apply to data). Pure Python: no Polars here.
-
-What is knowable up front: the columns `columns` produces (when given) and their declared
-types, and the columns `group_by` produces. A name that cannot exist at the stage that uses
-it is an error naming the field; a name that may exist (no `columns` given) is checked against
-the fetched data by `engine.export.shaping`.
+"""Shaping checks that need no data (run by `parse_spec`, so `validate` and `start` reject them
+before anything is fetched), and the rules they share with `engine.export.shaping`: the output
+order of `columns` and how a JSON value reads as a typed value. Pure Python: no Polars here.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,23 +18,32 @@ INT_TEXT = r"^[+-]?[0-9]+$"
 FLOAT_TEXT = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 # ISO 8601 as APIs write it: a date, optionally a time (`T` or one space), optionally seconds
 # and a fraction, optionally an offset (`Z`, `+01:00`, `+0100`) - the offset only with a time.
-DATETIME_TEXT = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-                 r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?)?$")
+DATETIME_TEXT = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})?)?$"
+)
 TRUE_TEXT = ("true", "1", "yes")
 FALSE_TEXT = ("false", "0", "no")
-UNIX_SECONDS_MIN = -62_135_596_800      # 0001-01-01T00:00:00Z
-UNIX_SECONDS_MAX = 253_402_300_799      # 9999-12-31T23:59:59Z
+UNIX_SECONDS_MIN = -62_135_596_800  # 0001-01-01T00:00:00Z
+UNIX_SECONDS_MAX = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 _INT_RE = re.compile(INT_TEXT)
 _FLOAT_RE = re.compile(FLOAT_TEXT)
 _DATETIME_RE = re.compile(
     r"^([0-9]{4})-([0-9]{2})-([0-9]{2})"
-    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?([Zz]|[+-][0-9]{2}:?[0-9]{2})?)?$")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?([Zz]|[+-][0-9]{2}:?[0-9]{2})?)?$"
+)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # What a filter value is compared as, by the column's type.
-KIND_OF_TYPE = {"string": "string", "int": "numeric", "float": "numeric", "bool": "bool",
-                "date": "date", "datetime": "datetime"}
+KIND_OF_TYPE = {
+    "string": "string",
+    "int": "numeric",
+    "float": "numeric",
+    "bool": "bool",
+    "date": "date",
+    "datetime": "datetime",
+}
 TEXT_OPS = ("contains", "starts_with")
 NUMERIC_AGGS = ("sum", "mean")
 
@@ -60,13 +64,21 @@ def default_source(column) -> str | None:
 
 def parse_datetime_text(text: str) -> dt.datetime | None:
     """ISO 8601 text → an aware UTC datetime (no offset means UTC), None when it is not one."""
-    m = _DATETIME_RE.match(text.strip())
+    m = _DATETIME_RE.fullmatch(text.strip())
     if not m:
         return None
     year, month, day, hour, minute, second, fraction, offset = m.groups()
     try:
-        value = dt.datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
-                            int(second or 0), int((fraction or "0")[:6].ljust(6, "0")), tzinfo=dt.timezone.utc)
+        value = dt.datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((fraction or "0")[:6].ljust(6, "0")),
+            tzinfo=dt.UTC,
+        )
     except ValueError:
         return None
     if offset and offset not in "Zz":
@@ -112,9 +124,9 @@ def convert_literal(value: Any, kind: str) -> Any:
             return value
         if isinstance(value, str):
             text = value.strip()
-            if _INT_RE.match(text):
+            if _INT_RE.fullmatch(text):
                 return int(text)
-            if _FLOAT_RE.match(text):
+            if _FLOAT_RE.fullmatch(text):
                 return float(text)
     elif kind == "bool":
         if isinstance(value, bool):
@@ -140,8 +152,15 @@ def convert_literal(value: Any, kind: str) -> Any:
 
 # ---------------------------------------------------------------- the checks
 
+
 def check(spec) -> list[FieldError]:
-    """Field errors in columns/filters/group_by/distinct/sort/limit that are knowable up front."""
+    """Field errors in columns/filters/group_by/distinct/sort/limit that are knowable up front.
+
+    What is knowable up front: the columns `columns` produces (when given) and their declared
+    types, and the columns `group_by` produces. A name that cannot exist at the stage that uses
+    it is an error naming the field; a name that may exist (no `columns` given) is checked against
+    the fetched data by `engine.export.shaping`.
+    """
     out: list[FieldError] = []
     declared = _columns(spec, out)
     _filters(spec, declared, out)
@@ -169,8 +188,12 @@ def _columns(spec, out: list[FieldError]) -> dict[str, str | None] | None:
     first: dict[str, int] = {}
     for i, column in enumerate(spec.columns):
         if column.name in first:
-            out.append(FieldError(f"columns.{i}.name", f"duplicate output name {column.name!r} "
-                                                       f"(also columns.{first[column.name]}.name)"))
+            out.append(
+                FieldError(
+                    f"columns.{i}.name",
+                    f"duplicate output name {column.name!r} (also columns.{first[column.name]}.name)",
+                )
+            )
             continue
         first[column.name] = i
         declared[column.name] = column.type
@@ -195,8 +218,12 @@ def _filters(spec, declared: dict | None, out: list[FieldError]) -> None:
         if kind is None:
             continue
         if item.op in TEXT_OPS and kind != "string":
-            out.append(FieldError(f"{at}.op", f"op {item.op!r} applies to text (or list) columns; column "
-                                              f"{item.column!r} has type {kind!r}"))
+            out.append(
+                FieldError(
+                    f"{at}.op",
+                    f"op {item.op!r} applies to text (or list) columns; column {item.column!r} has type {kind!r}",
+                )
+            )
             continue
         if item.op in ("in", "not_in"):
             values = [(f"{at}.value.{j}", value) for j, value in enumerate(item.value)]
@@ -208,8 +235,9 @@ def _filters(spec, declared: dict | None, out: list[FieldError]) -> None:
             try:
                 convert_literal(value, KIND_OF_TYPE[kind])
             except ValueError:
-                out.append(FieldError(path, f"{value!r} is not a {kind} value, but column {item.column!r} "
-                                            f"has type {kind!r}"))
+                out.append(
+                    FieldError(path, f"{value!r} is not a {kind} value, but column {item.column!r} has type {kind!r}")
+                )
 
 
 def _filter_value_shape(at: str, item, out: list[FieldError]) -> bool:
@@ -222,8 +250,9 @@ def _filter_value_shape(at: str, item, out: list[FieldError]) -> bool:
         else:
             for j, value in enumerate(item.value):
                 if value is None:
-                    out.append(FieldError(f"{at}.value.{j}", "null never matches: use op 'is_null' or "
-                                                              "'not_null' for nulls"))
+                    out.append(
+                        FieldError(f"{at}.value.{j}", "null never matches: use op 'is_null' or 'not_null' for nulls")
+                    )
                 elif not isinstance(value, (str, int, float)):
                     out.append(FieldError(f"{at}.value.{j}", "must be a string, number or boolean"))
     elif item.op in TEXT_OPS:
@@ -263,13 +292,25 @@ def _group_by(spec, declared: dict | None, out: list[FieldError]) -> dict | None
                 out.append(FieldError(f"{at}.column", f"agg {agg.agg!r} needs a column"))
         elif declared is not None and agg.column not in declared:
             out.append(FieldError(f"{at}.column", _missing(agg.column, declared, "after `columns`")))
-        elif declared is not None and agg.agg in NUMERIC_AGGS and declared[agg.column] not in (None, "int", "float", "bool"):
-            out.append(FieldError(f"{at}.agg", f"agg {agg.agg!r} needs a numeric column; column {agg.column!r} "
-                                               f"has type {declared[agg.column]!r}"))
+        elif (
+            declared is not None
+            and agg.agg in NUMERIC_AGGS
+            and declared[agg.column] not in (None, "int", "float", "bool")
+        ):
+            out.append(
+                FieldError(
+                    f"{at}.agg",
+                    f"agg {agg.agg!r} needs a numeric column; column {agg.column!r} has type {declared[agg.column]!r}",
+                )
+            )
         name = agg.output_name
         if name in used:
-            out.append(FieldError(f"{at}.as", f"output name {name!r} is already taken (by {used[name]}); "
-                                              f"give this aggregation another `as`"))
+            out.append(
+                FieldError(
+                    f"{at}.as",
+                    f"output name {name!r} is already taken (by {used[name]}); give this aggregation another `as`",
+                )
+            )
             continue
         used[name] = at
         after[name] = _aggregated_type(agg, declared)

@@ -1,5 +1,6 @@
 """The engine end to end: real pool processes against the local test API, output checked row
 by row (every id exactly once, in order, values round-tripped)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from engine.errors import JobFailed
 from tests.support.readback import read_export
 from tests.testapi.records import drift_record, record
 
-N = 350          # records per dataset: 7 pages of 50
+N = 350  # records per dataset: 7 pages of 50
 SIZE = 50
 
 PAGINATIONS = {
@@ -51,9 +52,15 @@ def as_text(value) -> str:
 
 def check_values(row: dict, fmt: str) -> None:
     expected = record(int(row["id"]))
-    flat = {"name": expected["name"], "price": expected["price"], "meta.created": expected["meta"]["created"],
-            "meta.score": expected["meta"]["score"], "tags": expected["tags"], "note": expected["note"],
-            "active": expected["active"]}
+    flat = {
+        "name": expected["name"],
+        "price": expected["price"],
+        "meta.created": expected["meta"]["created"],
+        "meta.score": expected["meta"]["score"],
+        "tags": expected["tags"],
+        "note": expected["note"],
+        "active": expected["active"],
+    }
     for key, want in flat.items():
         got = row[key]
         if fmt == "csv":
@@ -72,8 +79,9 @@ def check_values(row: dict, fmt: str) -> None:
 @pytest.mark.parametrize("kind", list(PAGINATIONS))
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_pagination_and_format_delivers_each_id_once(api, run_job, kind, fmt):
-    result = run_job({"name": f"{kind}-{fmt}", "sources": [source(api, kind)], "concurrency": 4,
-                      "export": {"format": fmt}})
+    result = run_job(
+        {"name": f"{kind}-{fmt}", "sources": [source(api, kind)], "concurrency": 4, "export": {"format": fmt}}
+    )
     rows = only_table(read_export(result.output, fmt))
     ids = [int(r["id"]) for r in rows]
     assert ids == list(range(1, N + 1))
@@ -94,8 +102,13 @@ def test_page_requests_follow_the_contract(api, run_job):
 def test_unknown_total_claims_blocks_until_a_short_page(api, run_job, kind):
     n = 1234  # the last page is short
     path = "/items/page" if kind == "page" else "/items/offset"
-    spec = {"sources": [{"url": api.url(path), "params": {"n": n, "hide_total": 1},
-                         "pagination": {"type": kind, "size": 100}}], "concurrency": 4, "export": {"format": "csv"}}
+    spec = {
+        "sources": [
+            {"url": api.url(path), "params": {"n": n, "hide_total": 1}, "pagination": {"type": kind, "size": 100}}
+        ],
+        "concurrency": 4,
+        "export": {"format": "csv"},
+    }
     result = run_job(spec)
     ids = [int(r["id"]) for r in read_export(result.output, "csv")]
     assert ids == list(range(1, n + 1))
@@ -105,8 +118,12 @@ def test_unknown_total_claims_blocks_until_a_short_page(api, run_job, kind):
 
 
 def test_page_size_is_learned_from_page_one_when_not_configured(api, run_job):
-    spec = {"sources": [{"url": api.url("/items/page"), "params": {"n": 430, "hide_total": 1},
-                         "pagination": {"type": "page"}}], "export": {"format": "csv"}}
+    spec = {
+        "sources": [
+            {"url": api.url("/items/page"), "params": {"n": 430, "hide_total": 1}, "pagination": {"type": "page"}}
+        ],
+        "export": {"format": "csv"},
+    }
     result = run_job(spec)
     assert [int(r["id"]) for r in read_export(result.output, "csv")] == list(range(1, 431))
     assert all("per_page" not in e["query"] for e in api.log(path="/items/page"))
@@ -121,9 +138,16 @@ def test_max_pages_wins_over_the_api(api, run_job):
 
 
 def test_null_total_means_keep_going(api, run_job):
-    spec = {"sources": [{"url": api.url("/items/page"), "params": {"n": 260, "null_total": 1},
-                         "pagination": {"type": "page", "size": 50, "total_pages": "meta.total_pages"}}],
-            "export": {"format": "csv"}}
+    spec = {
+        "sources": [
+            {
+                "url": api.url("/items/page"),
+                "params": {"n": 260, "null_total": 1},
+                "pagination": {"type": "page", "size": 50, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "export": {"format": "csv"},
+    }
     result = run_job(spec)
     assert len(read_export(result.output, "csv")) == 260
 
@@ -145,49 +169,90 @@ def test_repeated_next_url_fails_instead_of_looping(api, run_job):
 def test_relative_and_absolute_next_urls_are_requested_as_given(api, run_job):
     for absolute in (0, 1):
         api.reset()
-        result = run_job({"sources": [source(api, "next_url", params={"absolute": absolute, "extra": "x"})],
-                          "export": {"format": "csv"}})
+        result = run_job(
+            {
+                "sources": [source(api, "next_url", params={"absolute": absolute, "extra": "x"})],
+                "export": {"format": "csv"},
+            }
+        )
         assert len(read_export(result.output, "csv")) == N
         # the source's params ride along only because the API carried them in its next URL
         assert all(e["query"].get("extra") == "x" for e in api.log())
 
 
 def test_ndjson_and_csv_sources(api, run_job):
-    spec = {"sources": [{"url": api.url("/items/ndjson"), "format": "ndjson", "params": {"n": 230},
-                         "pagination": {"type": "page", "size": 100}}], "export": {"format": "parquet"}}
+    spec = {
+        "sources": [
+            {
+                "url": api.url("/items/ndjson"),
+                "format": "ndjson",
+                "params": {"n": 230},
+                "pagination": {"type": "page", "size": 100},
+            }
+        ],
+        "export": {"format": "parquet"},
+    }
     rows = read_export(run_job(spec).output, "parquet")
     assert [r["id"] for r in rows] == list(range(1, 231))
     assert rows[1]["meta.created"] == record(2)["meta"]["created"]
 
-    spec = {"sources": [{"url": api.url("/items/csv"), "format": "csv",
-                         "params": {"n": 230, "sep": ";", "encoding": "latin-1"},
-                         "csv": {"separator": ";", "encoding": "latin-1"},
-                         "pagination": {"type": "page", "size": 100}}], "export": {"format": "parquet"}}
+    spec = {
+        "sources": [
+            {
+                "url": api.url("/items/csv"),
+                "format": "csv",
+                "params": {"n": 230, "sep": ";", "encoding": "latin-1"},
+                "csv": {"separator": ";", "encoding": "latin-1"},
+                "pagination": {"type": "page", "size": 100},
+            }
+        ],
+        "export": {"format": "parquet"},
+    }
+    rows = read_export(run_job(spec).output, "parquet")
+    assert [r["id"] for r in rows] == [str(i) for i in range(1, 231)]  # CSV fields stay text...
+    spec["sources"][0]["csv"]["infer_types"] = True  # ...unless inferred
     rows = read_export(run_job(spec).output, "parquet")
     assert [r["id"] for r in rows] == list(range(1, 231))
     assert rows[6]["name"] == "café-7"
     assert rows[4]["note"] is None  # an empty cell is null
 
-    spec = {"sources": [{"url": api.url("/items/csv"), "format": "csv", "params": {"n": 120, "header": 0},
-                         "csv": {"header": False}, "pagination": {"type": "page", "size": 100}}],
-            "export": {"format": "csv"}}
+    spec = {
+        "sources": [
+            {
+                "url": api.url("/items/csv"),
+                "format": "csv",
+                "params": {"n": 120, "header": 0},
+                "csv": {"header": False},
+                "pagination": {"type": "page", "size": 100},
+            }
+        ],
+        "export": {"format": "csv"},
+    }
     rows = read_export(run_job(spec).output, "csv")
     assert list(rows[0]) == [f"column_{i}" for i in range(1, 7)] and len(rows) == 120
 
 
 def test_schema_drift_between_pages_is_reconciled(api, run_job):
     n = 250
-    spec = {"sources": [{"url": api.url("/items/drift"), "params": {"n": n},
-                         "pagination": {"type": "page", "size": 50, "total_pages": "meta.total_pages"}}],
-            "concurrency": 4, "export": {"format": "parquet"}}
+    spec = {
+        "sources": [
+            {
+                "url": api.url("/items/drift"),
+                "params": {"n": n},
+                "pagination": {"type": "page", "size": 50, "total_pages": "meta.total_pages"},
+            }
+        ],
+        "concurrency": 4,
+        "export": {"format": "parquet"},
+    }
     rows = read_export(run_job(spec).output, "parquet")
     assert [r["id"] for r in rows] == list(range(1, n + 1))
     for row in rows:
         page = (row["id"] - 1) // 50 + 1
         want = drift_record(row["id"], page)
-        assert row["amount"] == float(want["amount"])        # int on page 1, float later → float
-        assert row["maybe"] == want["maybe"]                 # null-typed on page 1 → string
-        assert row.get("extra") == want.get("extra")         # absent on odd pages → null
+        assert row["amount"] == float(want["amount"])  # int on page 1, float later → float
+        assert row["maybe"] == want["maybe"]  # null-typed on page 1 → string
+        assert row.get("extra") == want.get("extra")  # absent on odd pages → null
 
 
 def test_records_path_errors_name_the_problem(api, run_job):
@@ -205,10 +270,14 @@ def test_empty_source_gives_a_valid_empty_file(api, run_job):
 
 
 def test_several_sources_each_get_their_own_table(api, run_job):
-    spec = {"name": "multi", "sources": [
-        {"name": "pages", **source(api, "page")},
-        {"name": "cursor", **source(api, "cursor", params={"n": 120})}],
-        "export": {"format": "zip", "inner": "ndjson"}}
+    spec = {
+        "name": "multi",
+        "sources": [
+            {"name": "pages", **source(api, "page")},
+            {"name": "cursor", **source(api, "cursor", params={"n": 120})},
+        ],
+        "export": {"format": "zip", "inner": "ndjson"},
+    }
     result = run_job(spec)
     files = read_export(result.output, "zip", inner="ndjson")
     assert [r["id"] for r in files["pages.ndjson"]] == list(range(1, N + 1))

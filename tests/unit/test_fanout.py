@@ -1,4 +1,5 @@
 """engine/fanout.py: ids × date-window units (contract §1 Fan-out)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -20,10 +21,11 @@ def source(**fields):
 def reference_windows(start: dt.date, end: dt.date, days: int) -> list[tuple[dt.date, dt.date]]:
     """Independent computation: list every day, cut the list into chunks of `days`."""
     all_days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
-    return [(chunk[0], chunk[-1]) for chunk in (all_days[i:i + days] for i in range(0, len(all_days), days))]
+    return [(chunk[0], chunk[-1]) for chunk in (all_days[i : i + days] for i in range(0, len(all_days), days))]
 
 
 # ------------------------------------------------------------------ date_windows
+
 
 def test_weekly_windows_over_2024():
     start, end = dt.date(2024, 1, 1), dt.date(2024, 12, 31)
@@ -33,26 +35,33 @@ def test_weekly_windows_over_2024():
     assert windows[0] == (dt.date(2024, 1, 1), dt.date(2024, 1, 7))
     assert windows[-1] == (dt.date(2024, 12, 30), dt.date(2024, 12, 31))  # the short last window
     # consecutive and non-overlapping, covering start..end inclusive
-    for (a_first, a_last), (b_first, _) in zip(windows, windows[1:]):
+    for (_, a_last), (b_first, _) in zip(windows, windows[1:]):
         assert b_first == a_last + dt.timedelta(days=1)
     assert sum((b - a).days + 1 for a, b in windows) == 366
 
 
-@pytest.mark.parametrize("start, end, days", [
-    (dt.date(2024, 1, 1), dt.date(2024, 1, 10), 1),
-    (dt.date(2024, 2, 20), dt.date(2024, 3, 5), 3),    # over a leap day
-    (dt.date(2023, 12, 1), dt.date(2024, 2, 1), 30),
-    (dt.date(2024, 1, 1), dt.date(2024, 1, 14), 7),    # exact fit: no short window
-    (dt.date(2024, 1, 1), dt.date(2024, 1, 5), 100),   # one window, shorter than days
-])
+@pytest.mark.parametrize(
+    "start, end, days",
+    [
+        (dt.date(2024, 1, 1), dt.date(2024, 1, 10), 1),
+        (dt.date(2024, 2, 20), dt.date(2024, 3, 5), 3),  # over a leap day
+        (dt.date(2023, 12, 1), dt.date(2024, 2, 1), 30),
+        (dt.date(2024, 1, 1), dt.date(2024, 1, 14), 7),  # exact fit: no short window
+        (dt.date(2024, 1, 1), dt.date(2024, 1, 5), 100),  # one window, shorter than days
+    ],
+)
 def test_windows_match_the_reference(start, end, days):
     assert date_windows(start, end, days) == reference_windows(start, end, days)
 
 
 def test_days_one_gives_one_window_per_day():
     windows = date_windows(dt.date(2024, 2, 27), dt.date(2024, 3, 1), 1)
-    assert windows == [(dt.date(2024, 2, 27),) * 2, (dt.date(2024, 2, 28),) * 2, (dt.date(2024, 2, 29),) * 2,
-                       (dt.date(2024, 3, 1),) * 2]
+    assert windows == [
+        (dt.date(2024, 2, 27),) * 2,
+        (dt.date(2024, 2, 28),) * 2,
+        (dt.date(2024, 2, 29),) * 2,
+        (dt.date(2024, 3, 1),) * 2,
+    ]
 
 
 def test_start_equals_end_is_one_window():
@@ -61,6 +70,7 @@ def test_start_equals_end_is_one_window():
 
 
 # ------------------------------------------------------------------ units
+
 
 def test_no_fanout_is_one_unit():
     f = FanOut(source())
@@ -114,24 +124,38 @@ def test_ids_file_values():
 
 
 def test_ids_times_windows_in_order():
-    f = FanOut(source(url=URL + "/{id}", ids={"values": ["a", "b", "c"]},
-                      windows={"start": "2024-01-01", "end": "2024-01-10", "days": 5}))
+    f = FanOut(
+        source(
+            url=URL + "/{id}",
+            ids={"values": ["a", "b", "c"]},
+            windows={"start": "2024-01-01", "end": "2024-01-10", "days": 5},
+        )
+    )
     w1 = (dt.date(2024, 1, 1), dt.date(2024, 1, 5))
     w2 = (dt.date(2024, 1, 6), dt.date(2024, 1, 10))
     assert f.count == 6
     assert [(f.unit(i).id, f.unit(i).window) for i in range(6)] == [
-        ("a", w1), ("a", w2), ("b", w1), ("b", w2), ("c", w1), ("c", w2)]
+        ("a", w1),
+        ("a", w2),
+        ("b", w1),
+        ("b", w2),
+        ("c", w1),
+        ("c", w2),
+    ]
 
 
 def test_windows_only():
     f = FanOut(source(windows={"start": "2024-01-01", "end": "2024-01-03", "days": 2}))
     assert f.count == 2 and f.used is True
-    assert [f.unit(i).window for i in range(2)] == [(dt.date(2024, 1, 1), dt.date(2024, 1, 2)),
-                                                     (dt.date(2024, 1, 3), dt.date(2024, 1, 3))]
+    assert [f.unit(i).window for i in range(2)] == [
+        (dt.date(2024, 1, 1), dt.date(2024, 1, 2)),
+        (dt.date(2024, 1, 3), dt.date(2024, 1, 3)),
+    ]
     assert f.unit(0).id is None
 
 
 # ------------------------------------------------------------------ request_base
+
 
 def test_id_is_url_encoded_into_the_url():
     value = "a b/c?d&e#f"
@@ -155,31 +179,53 @@ def test_ids_param():
 
 
 def test_windows_params_and_defaults():
-    f = FanOut(source(windows={"start": "2024-01-01", "end": "2024-01-14", "days": 7,
-                               "start_param": "from", "end_param": "to"}))
+    f = FanOut(
+        source(
+            windows={"start": "2024-01-01", "end": "2024-01-14", "days": 7, "start_param": "from", "end_param": "to"}
+        )
+    )
     assert f.request_base(f.unit(1)) == (URL, {"from": "2024-01-08", "to": "2024-01-14"})
     f = FanOut(source(windows={"start": "2024-01-01", "end": "2024-01-14", "days": 7}))
     assert f.request_base(f.unit(0)) == (URL, {"start": "2024-01-01", "end": "2024-01-07"})
 
 
 def test_windows_placeholders_in_url_and_date_format():
-    f = FanOut(source(url=URL + "/{start}/{end}", windows={"start": "2024-03-01", "end": "2024-03-31", "days": 31,
-                                                           "start_param": None, "end_param": None,
-                                                           "date_format": "%Y%m%d"}))
+    f = FanOut(
+        source(
+            url=URL + "/{start}/{end}",
+            windows={
+                "start": "2024-03-01",
+                "end": "2024-03-31",
+                "days": 31,
+                "start_param": None,
+                "end_param": None,
+                "date_format": "%Y%m%d",
+            },
+        )
+    )
     assert f.request_base(f.unit(0)) == (URL + "/20240301/20240331", {})
 
 
 def test_ids_and_windows_together():
-    f = FanOut(source(url=URL + "/{id}?since={start}", ids={"values": ["x"]},
-                      windows={"start": "2024-01-01", "end": "2024-01-02", "days": 1, "end_param": None}))
+    f = FanOut(
+        source(
+            url=URL + "/{id}?since={start}",
+            ids={"values": ["x"]},
+            windows={"start": "2024-01-01", "end": "2024-01-02", "days": 1, "end_param": None},
+        )
+    )
     assert f.request_base(f.unit(1)) == (URL + "/x?since=2024-01-02", {"start": "2024-01-02"})
 
 
 # ------------------------------------------------------------------ columns
 
+
 def test_columns_tell_units_apart():
-    f = FanOut(source(url=URL + "/{id}", ids={"values": [1, 2]},
-                      windows={"start": "2024-01-01", "end": "2024-01-02", "days": 1}))
+    f = FanOut(
+        source(
+            url=URL + "/{id}", ids={"values": [1, 2]}, windows={"start": "2024-01-01", "end": "2024-01-02", "days": 1}
+        )
+    )
     assert f.columns(f.unit(3)) == {ID_COLUMN: 2, WINDOW_COLUMN: dt.date(2024, 1, 2)}
     only_ids = FanOut(source(url=URL + "/{id}", ids={"values": ["a"]}))
     assert only_ids.columns(only_ids.unit(0)) == {ID_COLUMN: "a"}
@@ -190,12 +236,13 @@ def test_columns_tell_units_apart():
 def test_check_urls_for_whole_url_fanout():
     f = FanOut(source(url="{id}", ids={"values": ["https://ok.example.com/", "ftp://x/y", "nope"]}))
     problems = f.check_urls(0)
-    assert [p.field for p in problems] == ["sources.0.ids", "sources.0.ids"]
+    assert [p.field for p in problems] == ["sources.0.ids.values.1", "sources.0.ids.values.2"]
     assert "value 2" in problems[0].message and "value 3" in problems[1].message
     assert FanOut(source(url=URL + "/{id}", ids={"values": ["nope"]})).check_urls(0) == []
 
 
 # ------------------------------------------------------------------ id files
+
 
 def test_parse_id_csv_first_column_and_named_column():
     raw = b"\xef\xbb\xbfid,url\n 1 ,https://a.example.com/1\n\n2,https://a.example.com/2\n,\n3,\n"
@@ -234,7 +281,7 @@ def test_parse_id_csv_no_values():
 def test_parse_id_csv_custom_field_name():
     with pytest.raises(SpecError) as info:
         parse_id_csv(b"a\n1\n", "b", field="sources.2.ids.file")
-    assert info.value.details[0].field == "sources.2.ids.file"
+    assert info.value.details[0].field == "sources.2.ids.column"  # the field to change
 
 
 def test_read_id_file(tmp_path):

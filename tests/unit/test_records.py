@@ -1,5 +1,6 @@
 """engine/records.py: dotted paths, finding the records in a page (contract §1 `records`),
 records → flat Arrow tables (contract §1 Shaping: flattening), NDJSON and CSV pages."""
+
 from __future__ import annotations
 
 import json
@@ -7,34 +8,47 @@ import json
 import pyarrow as pa
 import pytest
 
-from engine.fetch.records import (BodyError, csv_table, decode_json, find_records, get_path, ndjson_records,
-                            parse_page, records_to_table)
+from engine.fetch.records import (
+    BodyError,
+    csv_table,
+    decode_json,
+    find_records,
+    get_path,
+    ndjson_records,
+    parse_page,
+    records_to_table,
+)
 from engine.spec.models import CsvSourceOptions
-
 
 # ------------------------------------------------------------------ get_path
 
-DOC = {"meta": {"total": 42, "zero": 0, "flag": False, "none": None},
-       "result": {"items": [{"id": 1}, {"id": 2}, {"id": 3}]}, "s": "text"}
+DOC = {
+    "meta": {"total": 42, "zero": 0, "flag": False, "none": None},
+    "result": {"items": [{"id": 1}, {"id": 2}, {"id": 3}]},
+    "s": "text",
+}
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("meta.total", 42),
-    ("meta.zero", 0),
-    ("meta.flag", False),
-    ("meta.none", None),
-    ("meta.absent", None),
-    ("absent.deeper", None),
-    ("result.items.0.id", 1),
-    ("result.items.2.id", 3),
-    ("result.items.-1.id", 3),
-    ("result.items.3.id", None),    # out of range
-    ("result.items.-4", None),
-    ("result.items.x", None),       # not an index into a list
-    ("s.x", None),                  # into a string
-    ("meta.none.x", None),
-    ("s", "text"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("meta.total", 42),
+        ("meta.zero", 0),
+        ("meta.flag", False),
+        ("meta.none", None),
+        ("meta.absent", None),
+        ("absent.deeper", None),
+        ("result.items.0.id", 1),
+        ("result.items.2.id", 3),
+        ("result.items.-1.id", 3),
+        ("result.items.3.id", None),  # out of range
+        ("result.items.-4", None),
+        ("result.items.x", None),  # not an index into a list
+        ("s.x", None),  # into a string
+        ("meta.none.x", None),
+        ("s", "text"),
+    ],
+)
 def test_get_path(path, expected):
     assert get_path(DOC, path) == expected
 
@@ -45,6 +59,7 @@ def test_get_path_returns_whole_subtrees():
 
 
 # ------------------------------------------------------------------ find_records
+
 
 def test_find_records_explicit_path():
     doc = {"result": {"items": [{"a": 1}]}, "other": [1, 2]}
@@ -104,9 +119,9 @@ def test_find_records_auto_scalar_page_is_an_error(doc):
 
 # ------------------------------------------------------------------ records_to_table
 
+
 def test_nested_objects_are_flattened_and_lists_kept():
-    table = records_to_table([{"id": 1, "a": {"b": {"c": 1, "d": "x"}, "e": 2}, "tags": ["x", "y"],
-                               "pts": [{"x": 1}]}])
+    table = records_to_table([{"id": 1, "a": {"b": {"c": 1, "d": "x"}, "e": 2}, "tags": ["x", "y"], "pts": [{"x": 1}]}])
     assert table.column_names == ["id", "a.b.c", "a.b.d", "a.e", "tags", "pts"]
     row = table.to_pylist()[0]
     assert row == {"id": 1, "a.b.c": 1, "a.b.d": "x", "a.e": 2, "tags": ["x", "y"], "pts": [{"x": 1}]}
@@ -157,7 +172,7 @@ def test_int_and_float_become_float():
 
 
 def test_big_integer_beyond_64_bits_becomes_text():
-    big = 2 ** 70
+    big = 2**70
     table = records_to_table([{"a": big, "b": 1}])
     assert table.schema.field("a").type == pa.string()
     assert table.column("a").to_pylist() == [str(big)]
@@ -199,6 +214,7 @@ def test_rows_and_values_survive_in_order():
 
 # ------------------------------------------------------------------ ndjson
 
+
 def test_ndjson_records_skips_blank_lines_and_crlf():
     body = b'{"a": 1}\n\n{"a": 2}\r\n   \n{"a": 3}'
     assert ndjson_records(body) == [{"a": 1}, {"a": 2}, {"a": 3}]
@@ -214,9 +230,10 @@ def test_ndjson_bad_line_is_retryable_and_named():
 
 # ------------------------------------------------------------------ csv
 
+
 def test_csv_separator():
     table = csv_table(b"a;b\n1;x\n2;y\n", CsvSourceOptions(separator=";"))
-    assert table.to_pylist() == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    assert table.to_pylist() == [{"a": "1", "b": "x"}, {"a": "2", "b": "y"}]
 
 
 def test_csv_latin1():
@@ -236,7 +253,7 @@ def test_csv_without_header_names_columns():
 
 def test_csv_null_values():
     table = csv_table(b"a,b\n,x\n1,\n", CsvSourceOptions())
-    assert table.to_pylist() == [{"a": None, "b": "x"}, {"a": 1, "b": None}]
+    assert table.to_pylist() == [{"a": None, "b": "x"}, {"a": "1", "b": None}]
     table = csv_table(b"a,b\nNA,NA\nq,r\n", CsvSourceOptions(null_values=("NA",)))
     assert table.to_pylist() == [{"a": None, "b": None}, {"a": "q", "b": "r"}]
 
@@ -244,7 +261,58 @@ def test_csv_null_values():
 def test_csv_skip_rows():
     body = b"# exported 2024-01-01\n# by someone\nid,v\n1,2\n"
     table = csv_table(body, CsvSourceOptions(skip_rows=2))
-    assert table.to_pylist() == [{"id": 1, "v": 2}]
+    assert table.to_pylist() == [{"id": "1", "v": "2"}]
+
+
+def test_csv_fields_arrive_as_written_text():
+    body = (
+        b"zip,n,flag,sci,dec,plus,space,date,empty,formula\n"
+        b"01067,5,TRUE,1e3,1.50,+5, 5,2024-01-02,,=1+2\n"
+        b"99999,-12,false,2E-3,0.1,-5,5 ,01/02/2024,x,@SUM(1)\n"
+    )
+    table = csv_table(body, CsvSourceOptions())
+    assert all(pa.types.is_string(t) for t in table.schema.types)
+    assert table.to_pylist() == [
+        {
+            "zip": "01067",
+            "n": "5",
+            "flag": "TRUE",
+            "sci": "1e3",
+            "dec": "1.50",
+            "plus": "+5",
+            "space": " 5",
+            "date": "2024-01-02",
+            "empty": None,
+            "formula": "=1+2",
+        },
+        {
+            "zip": "99999",
+            "n": "-12",
+            "flag": "false",
+            "sci": "2E-3",
+            "dec": "0.1",
+            "plus": "-5",
+            "space": "5 ",
+            "date": "01/02/2024",
+            "empty": "x",
+            "formula": "@SUM(1)",
+        },
+    ]
+
+
+def test_csv_empty_fields_are_empty_text_without_null_values():
+    table = csv_table(b'a,b\n,x\n"",\n', CsvSourceOptions(null_values=()))
+    assert table.to_pylist() == [{"a": "", "b": "x"}, {"a": "", "b": ""}]
+
+
+def test_csv_header_only_quoted_separators_and_more_fields_than_the_header_line_counts():
+    assert csv_table(b"a,b\n", CsvSourceOptions()).num_rows == 0
+    table = csv_table(b'"x,y",b\n"1,2",007\n', CsvSourceOptions())
+    assert table.to_pylist() == [{"x,y": "1,2", "b": "007"}]
+    table = csv_table(b"# note\r\nid,v\r\n01,02\r\n", CsvSourceOptions(skip_rows=1))
+    assert table.to_pylist() == [{"id": "01", "v": "02"}]
+    table = csv_table("a;b\n01;1e3\n".encode("utf-16"), CsvSourceOptions(separator=";", encoding="utf-16"))
+    assert table.to_pylist() == [{"a": "01", "b": "1e3"}]
 
 
 def test_csv_invalid_utf8_is_a_non_retryable_body_error():
@@ -261,8 +329,11 @@ def test_csv_empty_body_is_an_empty_table():
 
 # ------------------------------------------------------------------ json decoding / parse_page
 
-@pytest.mark.parametrize("body, hint", [(b"{oops", "invalid JSON"), (b"", "empty body"), (b" \n", "empty body"),
-                                        (b'{"data": [1, 2', "invalid JSON")])
+
+@pytest.mark.parametrize(
+    "body, hint",
+    [(b"{oops", "invalid JSON"), (b"", "empty body"), (b" \n", "empty body"), (b'{"data": [1, 2', "invalid JSON")],
+)
 def test_decode_json_errors_are_retryable(body, hint):
     with pytest.raises(BodyError) as info:
         decode_json(body)
