@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -240,8 +241,9 @@ def cmd_run(args) -> int:
     error = handle.error
     if error is None:
         result = handle.result
+        assert result is not None  # the run ended without an error: it returned its result
         shutil.rmtree(workdir, ignore_errors=True)
-        summary = {
+        summary: dict[str, Any] = {
             "status": "completed",
             "rows": result.rows,
             "records": result.records,
@@ -282,8 +284,9 @@ def cmd_run(args) -> int:
     for page in getattr(error, "pages", [])[:20]:
         print(f"  {page.url}: {page.error}", file=sys.stderr)
     summary = {"status": "failed", **base_summary, "error": message, "workdir": str(workdir)}
-    if getattr(error, "pages", None):
-        summary["failed_pages"] = [p.as_dict() for p in error.pages]
+    failed_pages = getattr(error, "pages", None)
+    if failed_pages:
+        summary["failed_pages"] = [p.as_dict() for p in failed_pages]
     _emit(_with_webhook(prepared, summary, job_id))
     return EXIT_FAILED
 

@@ -49,6 +49,12 @@ class ShardInfo:
     sizes: dict[int, int] = field(default_factory=dict)  # unit -> page size learned from page 1
     next_tokens: dict[int, str] = field(default_factory=dict)  # unit -> token after `last` (sequential)
 
+    @property
+    def file_name(self) -> str:
+        """The shard's file name; known once it is written (or read back from disk)."""
+        assert self.path is not None, "the shard has no file yet"
+        return self.path.name
+
     def metadata(self) -> dict:
         return {
             "source": self.source,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flask import Flask, Response, current_app, jsonify
+from flask.json.provider import DefaultJSONProvider
 
 from config import Settings, load_settings
 from service import errors
@@ -46,6 +47,7 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_file_size
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25}
+    assert isinstance(app.json, DefaultJSONProvider)  # Flask's default; the attribute is typed as the base class
     app.json.sort_keys = False
     store: TaskStore = SQLiteTaskStore(settings.db_path)
     runner = TaskRunner(settings, store, env)

@@ -64,8 +64,9 @@ def install(app: Flask) -> None:
             404: "no such resource",
         }.get(status, exc.description or exc.name)
         response = error_response(status, CODES.get(status, exc.name.lower().replace(" ", "_")), message)
-        if status == 405 and getattr(exc, "valid_methods", None):
-            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        valid_methods = getattr(exc, "valid_methods", None)  # set on werkzeug's MethodNotAllowed
+        if status == 405 and valid_methods:
+            response.headers["Allow"] = ", ".join(valid_methods)
         return response
 
     @app.errorhandler(Exception)

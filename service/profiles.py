@@ -54,6 +54,7 @@ def check_input(item: Any, at: str = "") -> dict:
         problems.append(FieldError(f"{prefix}on_cast_error", "must be 'fail' or 'null'"))
     if problems:
         raise SpecError(problems)
+    assert isinstance(name, str)  # a missing or non-string name was reported above
     out = {"name": name.strip()}
     for key in ("column", "source", "type", "on_cast_error"):
         if item.get(key) is not None:

@@ -327,16 +327,18 @@ class FtpUpload:
 
     def _connect(self) -> ftplib.FTP:
         t = self.target
+        ftp: ftplib.FTP
         if t.tls:
-            ftp = _FtpsWithSessionReuse(context=self._context(), timeout=t.timeout)
+            tls = _FtpsWithSessionReuse(context=self._context(), timeout=t.timeout)
+            tls.connect(t.host, t.port)
+            tls.auth()
+            tls.login(t.username, t.password)
+            tls.prot_p()
+            ftp = tls
         else:
             ftp = ftplib.FTP(timeout=t.timeout)
-        ftp.connect(t.host, t.port)
-        if t.tls:
-            ftp.auth()
-        ftp.login(t.username, t.password)
-        if t.tls:
-            ftp.prot_p()
+            ftp.connect(t.host, t.port)
+            ftp.login(t.username, t.password)
         ftp.set_pasv(True)
         return ftp
 

@@ -58,6 +58,13 @@ class _Rows:
     fn: Callable[[], int] | None = None
     count_newlines: bool = False
 
+    def rows(self, counted: int | None) -> int:
+        """The row count: the known value, else what `seal` counted (with `fn` or newlines)."""
+        if self.value is not None:
+            return self.value
+        assert counted is not None  # a _Rows from _produce always gives `seal` a way to count
+        return counted
+
 
 def export_tables(
     tables: list[Table],
@@ -103,7 +110,7 @@ def export_tables(
                 rows = {}
         size, sha, n = seal(out, sync=True, count_newlines=how.count_newlines, rows_fn=how.fn)
         if fmt not in MULTI_TABLE_FORMATS:
-            rows = {tables[0].name: how.value if how.value is not None else n}
+            rows = {tables[0].name: how.rows(n)}
         temps.publish(out)
     return ExportedFile(path=final_path, bytes=size, sha256=sha, rows=rows)
 
@@ -161,9 +168,8 @@ def _write_zip(
     tables: list[Table], inner: str, path: Path, temps: TempFiles, opts: _Options, manifest: dict | None
 ) -> dict[str, int]:
     text = inner in ("csv", "json", "ndjson")
-    member = dict(
-        compress_type=zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED, level=ZIP_TEXT_LEVEL if text else None
-    )
+    compress_type = zipfile.ZIP_DEFLATED if text else zipfile.ZIP_STORED
+    level = ZIP_TEXT_LEVEL if text else None
     used = {MANIFEST_NAME}
     files: list[dict] = []
     rows: dict[str, int] = {}
@@ -172,9 +178,11 @@ def _write_zip(
             arcname = inner_file_name(table.name, inner, used)
             part = temps.new(f"{i}.{inner}")
             how = _produce(inner, table, part, temps, opts)
-            size, sha, n = seal(part, sync=False, count_newlines=how.count_newlines, rows_fn=how.fn)
-            n = how.value if how.value is not None else n
-            ziparchive.add_file(zf, part, arcname, date_time=ziparchive.now_date_time(), **member)
+            size, sha, counted = seal(part, sync=False, count_newlines=how.count_newlines, rows_fn=how.fn)
+            n = how.rows(counted)
+            ziparchive.add_file(
+                zf, part, arcname, compress_type=compress_type, level=level, date_time=ziparchive.now_date_time()
+            )
             temps.discard(part)
             files.append({"name": arcname, "bytes": size, "sha256": sha, "rows": n})
             rows[table.name] = n

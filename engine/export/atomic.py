@@ -132,10 +132,10 @@ class BackgroundFlush:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
 
-    def _loop(self) -> None:
+    def _loop(self, fd: int) -> None:
         while not self._stop.wait(self.interval):
             try:
-                os.fdatasync(self._fd)
+                os.fdatasync(fd)
             except OSError:
                 return  # best effort: the final fsync in seal() is what counts
 
@@ -144,7 +144,7 @@ class BackgroundFlush:
             self._fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return self
-        self._thread = threading.Thread(target=self._loop, name="pageferry-flush", daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(self._fd,), name="pageferry-flush", daemon=True)
         self._thread.start()
         return self
 

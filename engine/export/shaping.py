@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 from engine.errors import ShapingError
 from engine.export.encode import datetime_iso, json_text
-from engine.spec.models import JobSpec
+from engine.spec.models import Column, GroupBy, JobSpec
 from engine.spec.shaping_rules import (
     DATETIME_TEXT,
     FALSE_TEXT,
@@ -61,6 +62,13 @@ def kind_of(dtype: pl.DataType) -> str:
     if isinstance(dtype, (pl.List, pl.Array)):
         return "list"
     return "other"
+
+
+def _nested_dtype(dtype: pl.DataType | DataTypeClass) -> pl.DataType:
+    """A list's element or a struct field's type, read from a schema. Polars types these as a
+    data type instance or a bare class; in a schema they are always instances."""
+    assert isinstance(dtype, pl.DataType), dtype
+    return dtype
 
 
 def type_name(dtype: pl.DataType) -> str:
@@ -123,7 +131,7 @@ def cast_expr(expr: pl.Expr, dtype: pl.DataType, target: str) -> pl.Expr:
             return expr.cast(pl.String)
         if kind == "list" or isinstance(dtype, pl.Struct):
             return json_text(expr, dtype)
-        if kind == "datetime":
+        if isinstance(dtype, pl.Datetime):  # kind "datetime"
             return datetime_iso(expr, dtype, fixed_fraction=False)
         if kind == "date":
             return expr.dt.to_string("%Y-%m-%d")
@@ -173,7 +181,7 @@ def cast_expr(expr: pl.Expr, dtype: pl.DataType, target: str) -> pl.Expr:
             return datetime_from_unix(expr).dt.date()
         return _never(expr, out)
     if target == "datetime":
-        if kind == "datetime":
+        if isinstance(dtype, pl.Datetime):  # kind "datetime"
             moved = expr.dt.convert_time_zone("UTC") if dtype.time_zone else expr.dt.replace_time_zone("UTC")
             return moved.dt.cast_time_unit("us")
         if kind == "date":
@@ -263,21 +271,21 @@ def resolve_path(path: str, schema: pl.Schema) -> tuple[pl.Expr, pl.DataType] | 
         expr, dtype = pl.col(head), schema[head]
         for part in parts[cut:]:
             if isinstance(dtype, pl.List) and part.lstrip("-").isdigit():
-                expr, dtype = expr.list.get(int(part), null_on_oob=True), dtype.inner
+                expr, dtype = expr.list.get(int(part), null_on_oob=True), _nested_dtype(dtype.inner)
             elif isinstance(dtype, pl.Struct) and part in {f.name for f in dtype.fields}:
-                expr, dtype = expr.struct.field(part), {f.name: f.dtype for f in dtype.fields}[part]
+                expr, dtype = expr.struct.field(part), _nested_dtype({f.name: f.dtype for f in dtype.fields}[part])
             else:
                 return None
         return expr, dtype
     return None
 
 
-def _columns(frame: pl.LazyFrame, spec: JobSpec, schema: pl.Schema, ctx: _Context):
+def _columns(frame: pl.LazyFrame, columns: tuple[Column, ...], schema: pl.Schema, ctx: _Context):
     exprs: list[pl.Expr] = []
     checks: list[_CastCheck] = []
     names = list(schema.names())
-    for i in output_order([c.order for c in spec.columns]):
-        column = spec.columns[i]
+    for i in output_order([c.order for c in columns]):
+        column = columns[i]
         if column.column is not None:
             if column.column >= len(names):
                 raise ctx.fail(
@@ -289,7 +297,9 @@ def _columns(frame: pl.LazyFrame, spec: JobSpec, schema: pl.Schema, ctx: _Contex
             label = names[column.column]
             expr, dtype = pl.col(label), schema[label]
         else:
-            label = default_source(column)
+            path = default_source(column)
+            assert path is not None  # no `column` index: the `source` path or the column's own name
+            label = path
             found = resolve_path(label, schema)
             if found is None:
                 at = f"columns.{i}.source" if column.source is not None else f"columns.{i}.name"
@@ -342,7 +352,7 @@ def _literal_value(value: Any, dtype: pl.DataType, at: str, column: str, ctx: _C
 def _lit(value: Any, dtype: pl.DataType) -> pl.Expr:
     """A converted value as a literal of exactly `dtype` (temporal) or its natural type."""
     kind = kind_of(dtype)
-    if kind == "datetime":
+    if isinstance(dtype, pl.Datetime):  # kind "datetime"
         naive = pl.lit(value.astimezone(dt.UTC).replace(tzinfo=None), pl.Datetime(dtype.time_unit or "us"))
         return naive.dt.replace_time_zone("UTC").dt.convert_time_zone(dtype.time_zone) if dtype.time_zone else naive
     if kind == "date":
@@ -360,7 +370,7 @@ def _in_list(col: pl.Expr, values: list, dtype: pl.DataType) -> pl.Expr:
         if dtype.is_integer() and all(isinstance(v, int) for v in values):
             return col.cast(pl.Int64, strict=False).is_in(pl.Series(values, dtype=pl.Int64).implode())
         return col.cast(pl.Float64).is_in(pl.Series([float(v) for v in values], dtype=pl.Float64).implode())
-    if kind == "datetime":
+    if isinstance(dtype, pl.Datetime):  # kind "datetime"
         series = pl.Series(
             [v.astimezone(dt.UTC).replace(tzinfo=None) for v in values], dtype=pl.Datetime(dtype.time_unit or "us")
         )
@@ -392,7 +402,8 @@ def _filter(item, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -> pl
                 f"op {op!r} does not apply to list column {name!r}; lists take "
                 f"'contains' (an element), 'is_null' and 'not_null'",
             )
-        inner = dtype.inner
+        assert isinstance(dtype, (pl.List, pl.Array))  # kind "list"
+        inner = _nested_dtype(dtype.inner)
         if kind_of(inner) == "null":
             return pl.lit(False)
         if kind_of(inner) in ("list", "other"):
@@ -452,7 +463,7 @@ def _aggregation(agg, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -
     if kind == "bool" and agg.agg in ("sum", "mean"):
         col = col.cast(pl.Int64 if agg.agg == "sum" else pl.Float64)
     if agg.agg == "sum":
-        expr = pl.when(col.count() > 0).then(col.sum())  # nothing to add up: null, not 0
+        expr: pl.Expr = pl.when(col.count() > 0).then(col.sum())  # nothing to add up: null, not 0
     elif agg.agg == "mean":
         expr = col.mean()
     elif agg.agg == "min":
@@ -470,8 +481,7 @@ def _aggregation(agg, i: int, schema: pl.Schema, ctx: _Context, fetched: bool) -
     return expr.alias(agg.output_name)
 
 
-def _group_by(frame: pl.LazyFrame, spec: JobSpec, ctx: _Context, fetched: bool) -> pl.LazyFrame:
-    group = spec.group_by
+def _group_by(frame: pl.LazyFrame, group: GroupBy, ctx: _Context, fetched: bool) -> pl.LazyFrame:
     schema = frame.collect_schema()
     for i, key in enumerate(group.keys):
         if key not in schema:
@@ -518,12 +528,12 @@ def shape(frame: pl.LazyFrame, spec: JobSpec, table: str | None = None) -> pl.La
     if not len(schema):
         frame = _empty_input(spec)
     elif spec.columns is not None:
-        frame, checks = _columns(frame, spec, schema, ctx)
+        frame, checks = _columns(frame, spec.columns, schema, ctx)
     if spec.filters:
         schema = frame.collect_schema()
         frame = frame.filter(*[_filter(f, i, schema, ctx, fetched) for i, f in enumerate(spec.filters)])
     if spec.group_by is not None:
-        frame = _group_by(frame, spec, ctx, fetched)
+        frame = _group_by(frame, spec.group_by, ctx, fetched)
         fetched = False
     if spec.distinct:
         subset = None

@@ -208,11 +208,16 @@ def _cell(col: pl.Expr, dtype: pl.DataType, letter: str, row: pl.Expr) -> pl.Exp
 
 
 def _width(name: str, dtype: pl.DataType) -> float:
-    natural = {pl.Date: 11.0, pl.Time: 10.0}.get(dtype, 0.0)
     if isinstance(dtype, pl.Datetime):
         natural = 19.0
     elif isinstance(dtype, pl.Duration):
         natural = 12.0
+    elif isinstance(dtype, pl.Date):
+        natural = 11.0
+    elif isinstance(dtype, pl.Time):
+        natural = 10.0
+    else:
+        natural = 0.0
     return round(min(max(natural, 0.8 * _excel_len(name) + 3, 8.43), 60.0), 2)
 
 

@@ -19,7 +19,8 @@ def now_date_time() -> tuple[int, int, int, int, int, int]:
 def _info(arcname: str, compress_type: int, level: int | None, date_time) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(arcname, date_time=date_time)
     info.compress_type = compress_type
-    info._compresslevel = level  # the attribute ZipFile.open(zinfo, "w") reads (3.11+)
+    # The attribute ZipFile.open(zinfo, "w") reads (3.11+); private, so typeshed omits it.
+    info._compresslevel = level  # type: ignore[attr-defined]
     if hasattr(info, "compress_level"):
         info.compress_level = level
     info.external_attr = 0o644 << 16

@@ -95,6 +95,8 @@ class RateLimiter:
         state = self.shared.state
         if not self.limited:
             return max(0.0, state[_PAUSE] - now), None
+        burst = self.burst
+        assert burst is not None  # limited: `burst` defaults to `requests`
         ring, seqs = self.shared.ring, self.shared.seqs
         with self.shared.lock:
             head = int(state[_HEAD])
@@ -102,7 +104,7 @@ class RateLimiter:
             allowed = max(
                 state[_PAUSE],
                 floor + self.per + MARGIN,  # sliding window
-                state[_TAT] - (self.burst - 1 + CATCH_UP) * self.interval,
+                state[_TAT] - (burst - 1 + CATCH_UP) * self.interval,
             )  # GCRA burst
             if now < allowed:
                 return allowed - now, None

@@ -120,10 +120,13 @@ class FanOut:
                 url = str(unit.id)
             else:
                 url = url.replace("{id}", quote(str(unit.id), safe=""))
-            if source.ids.param:
-                params[source.ids.param] = unit.id
+            ids = source.ids
+            assert ids is not None  # a unit has an id only when its source fans out over ids
+            if ids.param:
+                params[ids.param] = unit.id
         if unit.window is not None:
             windows = source.windows
+            assert windows is not None  # a unit has a window only when its source has windows
             first, last = (d.strftime(windows.date_format) for d in unit.window)
             url = url.replace("{start}", first).replace("{end}", last)
             if windows.start_param:
@@ -138,6 +141,7 @@ class FanOut:
             return []
         problems = []
         ids = self.source.ids
+        assert ids is not None  # `self._ids` is set only from `source.ids`
         for i in range(len(self._ids)):
             problem = check_http_url(str(self._ids[i]))
             if problem:
@@ -160,5 +164,6 @@ class FanOut:
         if self._ids is not None:
             out[ID_COLUMN] = unit.id
         if self._windows is not None:
+            assert unit.window is not None  # every unit of a windowed fan-out has a window
             out[WINDOW_COLUMN] = unit.window[0]
         return out

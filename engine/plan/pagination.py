@@ -51,8 +51,10 @@ def addressable_request(pagination: Pagination, url: str, params: dict, page: in
     params = dict(params)
     kind = pagination.type
     if kind == "page":
+        assert pagination.start is not None  # the model's type defaults always set it
         params[pagination.param] = pagination.start + page - 1
     elif kind == "offset":
+        assert pagination.start is not None  # the model's type defaults always set it
         params[pagination.param] = pagination.start + (page - 1) * (step or 0)
     if kind in ("page", "offset") and pagination.size is not None:
         params[pagination.size_param] = pagination.size
@@ -99,11 +101,13 @@ def total_pages(pagination: Pagination, doc: Any, size: int | None) -> int | Non
 def next_token(pagination: Pagination, doc: Any, links: Mapping[str, Mapping[str, str]], page_url: str) -> str | None:
     """The token of the following page, or None at the end of the sequence."""
     if pagination.type == "cursor":
+        assert pagination.next is not None  # the model's type defaults always set it
         value = get_path(doc, pagination.next) if doc is not None else None
         if value is None or value == "" or isinstance(value, (dict, list)):
             return None
         return str(value).lower() if isinstance(value, bool) else str(value)
     if pagination.type == "next_url":
+        assert pagination.next is not None  # the model's type defaults always set it
         value = get_path(doc, pagination.next) if doc is not None else None
         if not isinstance(value, str) or not value.strip():
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from engine.errors import PageFailure  # noqa: F401  (PieceResult.fatal)
@@ -24,7 +25,7 @@ RUN_CHUNK_PAGES = 64  # pages of a sequential run per shard (the resume granular
 class RangeSet:
     """Sorted, disjoint, inclusive integer ranges."""
 
-    def __init__(self, ranges=()):
+    def __init__(self, ranges: Iterable[Sequence[int]] = ()) -> None:
         self.ranges: list[list[int]] = []
         for a, b in ranges:
             self.add(a, b)
@@ -210,7 +211,7 @@ class SourcePlan:
         for candidate in candidates:
             if candidate is not None:
                 state.end = max(1, candidate if state.end is None else min(state.end, candidate))
-        if state.end != before:
+        if state.end is not None and state.end != before:  # only ever set to a number above
             self.known_pages += state.end - (before or 0)
         if self.sequential and u1 in info.next_tokens and state.covered.covers(1, p2):
             state.token = info.next_tokens[u1]
@@ -366,7 +367,7 @@ class Scheduler:
     """
 
     def __init__(
-        self, spec: JobSpec, fanouts: list[FanOut], threads: int, ledger: list[ShardInfo] = (), processes: int = 1
+        self, spec: JobSpec, fanouts: list[FanOut], threads: int, ledger: Sequence[ShardInfo] = (), processes: int = 1
     ):
         self.sources = [SourcePlan(i, spec, fanouts[i], threads, processes) for i in range(len(spec.sources))]
         for info in ledger:

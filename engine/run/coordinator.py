@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +147,7 @@ class JobRunner:
         self._lock = threading.Lock()
         self._scheduler: Scheduler | None = None
         self._progress = _Progress([s.name for s in self.spec.sources], [[0, 0] for _ in self.spec.sources])
-        self._board = None
+        self._board: MutableMapping[str, Any] | None = None  # the Manager's dict while fetching
         self._last_read = 0.0
         self.started_at = utcnow()
         self.result: JobResult | None = None
@@ -271,7 +271,7 @@ class JobRunner:
             unit_offsets=offsets,
             nice=options.nice,
         )
-        known = {info.path.name: info for info in ledger}  # finished shards: name -> what it holds
+        known = {info.file_name: info for info in ledger}  # finished shards: name -> what it holds
         self._known = known
         pool = None
         try:
@@ -304,11 +304,12 @@ class JobRunner:
                 self._kill(export_pool)
                 export_pool.shutdown(wait=True, cancel_futures=True)
             board, self._board = self._board, None
-            self._progress.read(board)  # the last figures stay readable after the board is gone
-            try:
-                board.clear()
-            except Exception:
-                pass
+            if board is not None:
+                self._progress.read(board)  # the last figures stay readable after the board is gone
+                try:
+                    board.clear()
+                except Exception:
+                    pass
 
     def _claim_workdir(self) -> None:
         workdir = self.options.workdir
@@ -399,7 +400,7 @@ class JobRunner:
                         self.prepared.redactor.text(f"internal error in an engine process: {type(exc).__name__}: {exc}")
                     ) from None
                 for info in result.shards:
-                    known[info.path.name] = info
+                    known[info.file_name] = info
                 scheduler.settle(piece, result)
                 failures.extend(result.fatal)
             if broken:
@@ -414,8 +415,8 @@ class JobRunner:
                 pool.shutdown(wait=False, cancel_futures=True)
                 # Pieces of the dead pool may have finished shards before dying: take them in.
                 for info in list_shards(shards_dir, known=known):
-                    if info.path.name not in known:
-                        known[info.path.name] = info
+                    if info.file_name not in known:
+                        known[info.file_name] = info
                         scheduler.record(info)
                 remove_temp_files(shards_dir)
                 shared = shared.renew(
@@ -495,7 +496,7 @@ class JobRunner:
                 if after.first <= before.last:
                     raise JobFailed(
                         f"internal error: shards of source {self.spec.sources[i].name!r} overlap "
-                        f"({before.path.name}, {after.path.name})"
+                        f"({before.file_name}, {after.file_name})"
                     )
         return selected
 
@@ -510,7 +511,7 @@ class JobRunner:
             for info in infos
             for s in info.skipped
         ]
-        per_source = []
+        per_source: list[dict[str, Any]] = []
         for i, infos in enumerate(selected):
             per_source.append(
                 {

@@ -72,6 +72,12 @@ class _Process:
 _P: _Process | None = None
 
 
+def _state() -> _Process:
+    """This process's job state; set by `init_worker` before any piece runs."""
+    assert _P is not None, "init_worker has not run in this process"
+    return _P
+
+
 # ---------------------------------------------------------------- process life
 
 
@@ -137,14 +143,14 @@ def greet(hold: float) -> int:
 
 
 def _parent_alive() -> bool:
-    return process_alive(_P.job.coordinator_pid)
+    return process_alive(_state().job.coordinator_pid)
 
 
 def _cancelled() -> bool:
-    if _P.shared.cancel.is_set():
+    if _state().shared.cancel.is_set():
         return True
     if not _parent_alive():
-        _P.parent_alive = False
+        _state().parent_alive = False
         return True
     return False
 
@@ -172,17 +178,19 @@ def _report_loop() -> None:
         time.sleep(REPORT_EVERY)
         if not _parent_alive():
             os._exit(0)
-        if _P.counters.version != seen:
-            seen = _P.counters.version
+        state = _state()
+        if state.counters.version != seen:
+            seen = state.counters.version
             try:
-                _P.shared.board[key] = _P.counters.snapshot()
+                state.shared.board[key] = state.counters.snapshot()
             except Exception:  # the Manager is gone: the job is over
                 continue
 
 
 def flush_progress() -> None:
     try:
-        _P.shared.board[f"proc:{os.getpid()}"] = _P.counters.snapshot()
+        state = _state()
+        state.shared.board[f"proc:{os.getpid()}"] = state.counters.snapshot()
     except Exception:
         pass
 
@@ -191,14 +199,16 @@ def flush_progress() -> None:
 
 
 def _end_of(source: int, unit: int) -> int:
-    return _P.shared.ends[_P.job.unit_offsets[source] + unit]
+    state = _state()
+    return state.shared.ends[state.job.unit_offsets[source] + unit]
 
 
 def _set_end(source: int, unit: int, page: int) -> None:
-    index = _P.job.unit_offsets[source] + unit
-    with _P.shared.ends_lock:
-        if page < _P.shared.ends[index]:
-            _P.shared.ends[index] = page
+    state = _state()
+    index = state.job.unit_offsets[source] + unit
+    with state.shared.ends_lock:
+        if page < state.shared.ends[index]:
+            state.shared.ends[index] = page
 
 
 # ---------------------------------------------------------------- pages
@@ -226,10 +236,10 @@ def _failure(runtime: _SourceRuntime, url: str, params: dict, outcome: PageOutco
     shown = with_query(url, runtime.request.auth.shown_params(params))
     tries = f" (after {outcome.attempts} attempt{'s' if outcome.attempts != 1 else ''})" if outcome.attempts else ""
     return PageFailure(
-        url=_P.redactor.url(shown),
+        url=_state().redactor.url(shown),
         status=error.status,
-        error=_P.redactor.text(f"{error.message}{tries}"),
-        source=_P.job.spec.sources[runtime.index].name,
+        error=_state().redactor.text(f"{error.message}{tries}"),
+        source=_state().job.spec.sources[runtime.index].name,
     )
 
 
@@ -261,7 +271,7 @@ def _addressable_request(runtime: _SourceRuntime, unit_index: int, page: int, si
     job is cancelled, or its unit is known to end before it)."""
     if _cancelled() or page > _end_of(runtime.index, unit_index):
         return None
-    source = _P.job.spec.sources[runtime.index]
+    source = _state().job.spec.sources[runtime.index]
     url, params = runtime.fanout.request_base(runtime.fanout.unit(unit_index))
     return addressable_request(source.pagination, url, params, page, size)
 
@@ -272,13 +282,14 @@ def _addressable_page(
     result = _Page(unit_index, page)
     if outcome.cancelled:
         return result
-    source = _P.job.spec.sources[runtime.index]
+    source = _state().job.spec.sources[runtime.index]
     unit = runtime.fanout.unit(unit_index)
     result.fetched = True
     if outcome.error is not None:
         result.failure = _failure(runtime, request.url, request.params, outcome)
         return result
     parsed = outcome.parsed
+    assert parsed is not None  # no error and not cancelled: the page was parsed
     result.records = parsed.records
     result.table = _with_unit_columns(runtime, unit, parsed.table)
     if page == 1:
@@ -295,13 +306,13 @@ def _addressable_page(
     )
     if result.last:
         _set_end(runtime.index, unit_index, page)
-    _P.counters.add_page(runtime.index, parsed.records)
+    _state().counters.add_page(runtime.index, parsed.records)
     return result
 
 
 async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
     """Fetch one chunk of a sequential pagination, page after page."""
-    source = _P.job.spec.sources[runtime.index]
+    source = _state().job.spec.sources[runtime.index]
     unit = runtime.fanout.unit(run.unit)
     base_url, base_params = runtime.fanout.request_base(unit)
     pages: list[_Page] = []
@@ -320,16 +331,17 @@ async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
             result.failure = _failure(runtime, request.url, request.params, outcome)
             result.last = True
             break
-        parsed = outcome.parsed
+        parsed, response = outcome.parsed, outcome.response
+        assert parsed is not None and response is not None  # no error and not cancelled
         result.records = parsed.records
         result.table = _with_unit_columns(runtime, unit, parsed.table)
-        _P.counters.add_page(runtime.index, parsed.records)
-        following = next_token(source.pagination, parsed.doc, outcome.response.links, outcome.response.url)
+        _state().counters.add_page(runtime.index, parsed.records)
+        following = next_token(source.pagination, parsed.doc, response.links, response.url)
         if following is not None and source.pagination.type in ("next_url", "link"):
             following = runtime.request.auth.without_credentials(following)
         if following is not None and _digest(following) in tokens:
             result.failure = PageFailure(
-                url=_P.redactor.url(with_query(request.url, runtime.request.auth.shown_params(request.params))),
+                url=_state().redactor.url(with_query(request.url, runtime.request.auth.shown_params(request.params))),
                 status=None,
                 error=f"pagination repeats a {source.pagination.type} token: the next "
                 f"page would be one already fetched (the API loops)",
@@ -435,19 +447,20 @@ def _on_loop(fn: Callable[[T], Awaitable[R]], items: list[T]) -> list[R]:
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(max(_P.job.threads, 1), len(items))):
+                for _ in range(min(max(_state().job.threads, 1), len(items))):
                     group.create_task(lane())
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
         return results
 
-    return _P.loop.run_until_complete(run_all())
+    return _state().loop.run_until_complete(run_all())
 
 
 def run_piece(piece: Piece) -> PieceResult:
-    runtime = _P.sources[piece.source]
-    source = _P.job.spec.sources[piece.source]
-    skip = _P.job.spec.on_error == "skip"
+    state = _state()
+    runtime = state.sources[piece.source]
+    source = state.job.spec.sources[piece.source]
+    skip = state.job.spec.on_error == "skip"
     result = PieceResult(piece.id)
     if piece.spans:
         work = [(s.unit, p, s.size) for s in piece.spans for p in range(s.first, s.last + 1)]
@@ -463,7 +476,7 @@ def run_piece(piece: Piece) -> PieceResult:
     result.fatal = [p.failure for p in pages if p.failure is not None and not skip]
     result.cancelled = _cancelled()
     kept = _keep(pages, piece.source, skip)
-    shards_dir = Path(_P.job.shards_dir)
+    shards_dir = Path(state.job.shards_dir)
     for segment in _segments(piece.source, kept, source.pagination.type == "none"):
         info = segment.info()
         write_shard(shards_dir, segment.table(), info)

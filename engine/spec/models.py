@@ -23,6 +23,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from engine.errors import FieldError, SpecError
 
@@ -95,7 +96,7 @@ _PAGINATION_FIELDS = {
     "next_url": {"next"},
     "link": set(),
 }
-_PAGINATION_DEFAULTS = {
+_PAGINATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "page": {"param": "page", "start": 1, "size_param": "per_page"},
     "offset": {"param": "offset", "start": 0, "size_param": "limit"},
     "cursor": {"param": "cursor", "next": "next_cursor"},
@@ -614,7 +615,7 @@ def _loc_to_path(loc: tuple) -> str:
     return ".".join(parts) or "spec"
 
 
-def _clean_message(err: dict) -> str:
+def _clean_message(err: ErrorDetails) -> str:
     msg = err.get("msg", "invalid")
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config import Settings
 from engine import JobCancelled, JobFailed, SpecError
@@ -19,6 +20,9 @@ from service.background.loop import BackgroundLoop
 from service.logs import log_event
 from service.store import HOST, TaskStatus, TaskStore
 from service.views.summary import run_summary
+
+if TYPE_CHECKING:
+    from engine import Engine, JobHandle
 
 # Engine processes run a little nicer than the web threads beside them: with every core busy
 # fetching, a status request or a websocket push still answers in milliseconds.
@@ -35,7 +39,7 @@ SHUTDOWN = "service shutting down"
 @dataclass
 class Active:
     task: dict
-    handle: object
+    handle: JobHandle
     saved: dict | None = None
     saved_at: float = 0.0
     cancelling: bool = False
@@ -76,14 +80,14 @@ class TaskRunner(BackgroundLoop):
         self.after_finish = after_finish
         self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.active: dict[str, Active] = {}
-        self._engine = None
+        self._engine: Engine | None = None
         self._renewed = 0.0
         self._swept = 0.0
         self.companions: list[BackgroundLoop] = []  # started and stopped with the runner (webhooks, schedules)
 
     # ------------------------------------------------------------ life
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             from engine import Engine
 
@@ -198,6 +202,7 @@ class TaskRunner(BackgroundLoop):
         seconds = round(time.time() - (active.task.get("started_at") or time.time()), 3)
         if error is None:
             result = handle.result
+            assert result is not None  # a job that ended without an error has its result
             outcome = {
                 "filename": result.output.name,
                 "bytes": result.bytes,

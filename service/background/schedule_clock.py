@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from service.background.loop import BackgroundLoop
 from service.cron import plan_runs
@@ -46,7 +47,7 @@ class ScheduleClock(BackgroundLoop):
         now = self.clock()
 
         def make_task(schedule: dict, due: float, missed: int) -> dict:
-            extra = {"scheduled_for": iso(due)}
+            extra: dict[str, Any] = {"scheduled_for": iso(due)}
             if missed:
                 extra["missed_runs"] = missed
             if schedule.get("base_url"):

@@ -94,6 +94,8 @@ class WebhookDispatcher(BackgroundLoop):
             outcome = {"delivered": False, "attempts": attempt, "error": f"invalid webhook: {exc}", "pending": False}
             self.store.settle_webhook(task_id, self.owner, outcome, None)
             return outcome
+        if webhook is None:  # only tasks whose spec has a webhook are queued (_enqueue_webhook)
+            raise RuntimeError(f"task {task_id} has no webhook")
         sent = send_once(webhook, body_of(payload_of(task)), task_id)
         final = sent.ok or not sent.retryable or attempt >= webhook.attempts
         error = None if sent.ok else redactor.url(sent.error or "failed")

@@ -218,7 +218,7 @@ def cancel(task_id: str):
     svc.runner.wake()
     deadline = time.monotonic() + CANCEL_WAIT
     while time.monotonic() < deadline:  # a running task stops within ~2 s; answer with the outcome
-        task = svc.store.get_task(task_id)
+        task = find_task(task_id)  # tasks are never deleted: as get_task, but typed as found
         if task["status"] != TaskStatus.RUNNING:
             break
         time.sleep(0.1)

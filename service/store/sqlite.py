@@ -47,8 +47,10 @@ def _json(value: Any) -> str | None:
 
 
 def _row(row: sqlite3.Row | None) -> dict | None:
-    if row is None:
-        return None
+    return None if row is None else _task(row)
+
+
+def _task(row: sqlite3.Row) -> dict:
     task = dict(row)
     for key in ("spec", "progress", "result", "error", "extra"):
         if task.get(key) is not None:
@@ -140,7 +142,7 @@ class SQLiteTaskStore:
             f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
             [v for _, v in where] + [limit],
         )
-        return [_row(r) for r in rows.fetchall()]
+        return [_task(r) for r in rows.fetchall()]
 
     def claim(self, owner: str, max_running: int, lease: float, alive=owner_alive) -> dict | None:
         """Claim one task for `owner`: first a running task whose runner is gone (it resumes),
@@ -259,7 +261,7 @@ class SQLiteTaskStore:
         rows = self._connection().execute(
             "SELECT * FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?", (cutoff,)
         )
-        return [_row(r) for r in rows.fetchall()]
+        return [_task(r) for r in rows.fetchall()]
 
     def mark_expired(self, task_id: str) -> None:
         with self._write() as db:
@@ -395,7 +397,7 @@ class SQLiteTaskStore:
 
     def list_schedules(self) -> list[dict]:
         rows = self._connection().execute("SELECT * FROM schedules ORDER BY created_at, rowid").fetchall()
-        return [_schedule(r) for r in rows]
+        return [_schedule_of(r) for r in rows]
 
     def delete_schedule(self, schedule_id: str) -> bool:
         with self._write() as db:
@@ -422,7 +424,7 @@ class SQLiteTaskStore:
             beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
             caught_up = beat is not None and now - beat["value"] <= stale
             for row in db.execute("SELECT * FROM schedules WHERE next_run <= ?", (now,)).fetchall():
-                schedule = _schedule(row)
+                schedule = _schedule_of(row)
                 runs, next_run = plan(schedule, now, caught_up)
                 tasks = [make_task(schedule, due, missed) for due, missed in runs]
                 moved = db.execute(
@@ -489,8 +491,10 @@ def _enqueue_webhook(db: sqlite3.Connection, task_id: str) -> None:
 
 
 def _schedule(row: sqlite3.Row | None) -> dict | None:
-    if row is None:
-        return None
+    return None if row is None else _schedule_of(row)
+
+
+def _schedule_of(row: sqlite3.Row) -> dict:
     schedule = dict(row)
     schedule["spec"] = json.loads(schedule["spec"])
     return schedule
