@@ -1,5 +1,9 @@
 # pageferry service: gunicorn + the engine, data under the /data volume.
-#   docker build -t pageferry . && docker run -p 8000:8000 -v pageferry-data:/data pageferry
+#   docker build -t pageferry .
+#   docker run -p 8000:8000 -v pageferry-data:/data -e API_TOKEN="$(openssl rand -hex 32)" pageferry
+# API_TOKEN must be given: the image binds 0.0.0.0:8000 (BIND), and the service refuses to start
+# on a non-loopback address without a token (ALLOW_NO_TOKEN=1 overrides, on purpose only).
+# Clients send `Authorization: Bearer <API_TOKEN>`. See docs/security.md.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,7 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DATA_DIR=/data \
-    PORT=8000
+    PORT=8000 \
+    BIND=0.0.0.0:8000
 
 WORKDIR /app
 COPY requirements.txt .

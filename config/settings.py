@@ -31,6 +31,18 @@ class Settings:
     log_level: str = "INFO"
     environment: str = "development"
     port: int = 8000
+    bind: str = "127.0.0.1:8000"
+    # Fail closed (docs/security.md)
+    allow_no_token: bool = False
+    secret_names: tuple[str, ...] = ("PAGEFERRY_SECRET_*",)
+    allow_ambient_credentials: bool = False
+    ftps_ca_file: Path | None = None
+    max_ws_per_task: int = 20
+    max_ws_total: int = 32
+    max_queued_per_profile: int = 20
+    max_schedules_per_profile: int = 20
+    max_spec_bytes: int = 1024 * 1024
+    max_request_bodies: int = 16
 
     @property
     def max_file_size(self) -> int:
@@ -77,6 +89,22 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     data_dir = Path(env.get("DATA_DIR", "").strip() or "data")
@@ -97,5 +125,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_source_hosts=hosts,
         log_level=log_level,
         environment=env.get("ENVIRONMENT", "").strip() or "development",
-        port=_int(env, "PORT", 8000),
+        port=(port := _int(env, "PORT", 8000)),
+        bind=env.get("BIND", "").strip() or f"127.0.0.1:{port}",
+        allow_no_token=_bool(env, "ALLOW_NO_TOKEN"),
+        secret_names=_names(env, "SECRET_NAMES", ("PAGEFERRY_SECRET_*",)),
+        allow_ambient_credentials=_bool(env, "ALLOW_AMBIENT_CREDENTIALS"),
+        ftps_ca_file=Path(env["FTPS_CA_FILE"].strip()) if env.get("FTPS_CA_FILE", "").strip() else None,
+        max_ws_per_task=_int(env, "MAX_WS_PER_TASK", 20),
+        max_ws_total=_int(env, "MAX_WS_TOTAL", 32),
+        max_queued_per_profile=_int(env, "MAX_QUEUED_PER_PROFILE", 20),
+        max_schedules_per_profile=_int(env, "MAX_SCHEDULES_PER_PROFILE", 20),
+        max_spec_bytes=_int(env, "MAX_SPEC_BYTES", 1024 * 1024, minimum=1024),
+        max_request_bodies=_int(env, "MAX_REQUEST_BODIES", 16),
     )

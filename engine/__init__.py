@@ -39,6 +39,11 @@ _EXPORTS = {
     "Redactor": "engine.spec.redact",
     "env_references": "engine.spec.redact",
     "resolve": "engine.spec.redact",
+    "SecretNames": "engine.spec.redact",
+    "service_secret_names": "engine.spec.redact",
+    # where a job may connect (ALLOWED_SOURCE_HOSTS; the service: public addresses only by default)
+    "OutboundPolicy": "engine.fetch.outbound",
+    "outbound_policy": "engine.fetch.outbound",
     # errors
     "FieldError": "engine.errors",
     "SpecError": "engine.errors",
@@ -71,9 +76,10 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from engine.deliver.webhook import post_webhook
     from engine.deliver.webhook import send_once as webhook_send_once
     from engine.errors import FieldError, JobCancelled, JobFailed, SpecError
+    from engine.fetch.outbound import OutboundPolicy, outbound_policy
     from engine.run.coordinator import JobOptions, JobResult, WorkdirMismatch
     from engine.run.engine import Engine, JobHandle, new_job_id
     from engine.spec.models import COLUMN_TYPES, JobSpec, Source, parse_spec, spec_to_json
     from engine.spec.prepare import PreparedJob, prepare
-    from engine.spec.redact import MASK, Redactor, env_references, resolve
+    from engine.spec.redact import MASK, Redactor, SecretNames, env_references, resolve, service_secret_names
     from engine.spec.shaping_rules import output_order

@@ -31,6 +31,7 @@ from engine import (
     SpecError,
     WorkdirMismatch,
     new_job_id,
+    outbound_policy,
     parse_spec,
     prepare,
 )
@@ -59,7 +60,7 @@ def _read_spec(path: str):
         raise SpecError([FieldError("spec", f"not valid JSON: {exc}")]) from None
 
 
-def _with_webhook(prepared, summary: dict, job_id: str) -> dict:
+def _with_webhook(prepared, summary: dict, job_id: str, policy) -> dict:
     """POST the summary to the spec's webhook (completed and failed runs; an interrupted run is
     not over - `--resume` continues it) and add the outcome to the printed summary."""
     webhook = prepared.resolved.webhook
@@ -68,7 +69,7 @@ def _with_webhook(prepared, summary: dict, job_id: str) -> dict:
     from engine import post_webhook
 
     try:
-        outcome = post_webhook(webhook, summary, prepared.redactor, task_id=job_id)
+        outcome = post_webhook(webhook, summary, prepared.redactor, task_id=job_id, policy=policy)
     except KeyboardInterrupt:
         outcome = {"delivered": False, "attempts": None, "error": "interrupted"}
     if not outcome["delivered"]:
@@ -108,7 +109,7 @@ def cmd_validate(args) -> int:
         settings = load_settings()
         document, base = _read_spec(args.spec)
         spec = parse_spec(document)
-        prepared = prepare(spec, os.environ, settings.allowed_source_hosts, base_dir=base)
+        prepared = prepare(spec, os.environ, outbound_policy(settings, service=False), base_dir=base)
     except SettingsError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         _emit({"status": "invalid", "error": str(exc)})
@@ -180,7 +181,7 @@ def cmd_run(args) -> int:
     try:
         document, base = _read_spec(args.spec)
         spec = parse_spec(document)
-        prepared = prepare(spec, os.environ, settings.allowed_source_hosts, base_dir=base)
+        prepared = prepare(spec, os.environ, outbound_policy(settings, service=False), base_dir=base)
         if args.workers is not None and args.workers < 1:
             raise SpecError([FieldError("--workers", "must be at least 1")])
         if args.resume is not None and not (Path(args.resume) / "job.json").exists():
@@ -260,7 +261,7 @@ def cmd_run(args) -> int:
             summary["deliveries"] = result.deliveries
             for failed in (d for d in result.deliveries if not d["ok"]):
                 print(f"delivery to {failed['target']} failed: {failed['error']}", file=sys.stderr)
-        summary = _with_webhook(prepared, summary, job_id)
+        summary = _with_webhook(prepared, summary, job_id, outbound_policy(settings, service=False))
         _emit(summary)
         undelivered = any(not d["ok"] for d in summary.get("deliveries", ())) or (
             "webhook" in summary and not summary["webhook"]["delivered"]
@@ -287,7 +288,7 @@ def cmd_run(args) -> int:
     failed_pages = getattr(error, "pages", None)
     if failed_pages:
         summary["failed_pages"] = [p.as_dict() for p in failed_pages]
-    _emit(_with_webhook(prepared, summary, job_id))
+    _emit(_with_webhook(prepared, summary, job_id, outbound_policy(settings, service=False)))
     return EXIT_FAILED
 
 

@@ -33,8 +33,10 @@ def services() -> Services:
 def create_app(
     settings: Settings | None = None, *, run_tasks: bool = True, env: Mapping[str, str] | None = None
 ) -> Flask:
+    from engine import outbound_policy, service_secret_names
     from service.background.schedule_clock import ScheduleClock
     from service.background.webhooks import WebhookDispatcher
+    from service.limits import BodyLimiter, SocketSlots
     from service.metrics import registry_for, render
     from service.routes import register
 
@@ -46,13 +48,22 @@ def create_app(
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_file_size
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 25}
+    # a ping every 10 s: a websocket whose client vanished without closing frees its slot
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 10}
     assert isinstance(app.json, DefaultJSONProvider)  # Flask's default; the attribute is typed as the base class
     app.json.sort_keys = False
     store: TaskStore = SQLiteTaskStore(settings.db_path)
     runner = TaskRunner(settings, store, env)
-    runner.companions = [WebhookDispatcher(store, env, runner.owner), ScheduleClock(store, on_fired=runner.wake)]
+    runner.companions = [
+        WebhookDispatcher(
+            store, env, runner.owner, outbound_policy(settings, service=True), service_secret_names(settings)
+        ),
+        ScheduleClock(store, on_fired=runner.wake, max_queued=settings.max_queued_per_profile),
+    ]
     app.extensions["pageferry"] = Services(settings, store, runner, env)
+    # limits per worker process (service/limits.py): websockets, and request bodies being read
+    app.extensions["pageferry.ws_slots"] = SocketSlots(settings.max_ws_per_task, settings.max_ws_total)
+    app.wsgi_app = BodyLimiter(app.wsgi_app, settings.max_request_bodies)  # type: ignore[method-assign]
 
     errors.install(app)
     register(app)
@@ -71,6 +82,9 @@ def create_app(
 
     @app.get("/metrics")
     def metrics():
+        from service.auth import require_token
+
+        require_token()  # behind API_TOKEN like /api (task counts and volumes are not public)
         return Response(render(registry), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     if run_tasks:

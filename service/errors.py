@@ -1,12 +1,16 @@
 """Every error the service returns is JSON: {"error": code, "message": ..., "details": [...]}.
-Client mistakes are 4xx naming the field; anything unexpected is a bare 500 JSON - never a
+Client mistakes are 4xx naming the field; a full disk is 507 and an unavailable store 503 (with
+Retry-After), mapped here once for every route; anything unexpected is a bare 500 JSON - never a
 traceback or an HTML page."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 
 from flask import Flask, jsonify
+from pydantic_core import PydanticSerializationError
 from werkzeug.exceptions import HTTPException
 
 from engine import SpecError
@@ -27,7 +31,21 @@ CODES = {
     429: "too_many_requests",
     500: "internal_error",
     503: "unavailable",
+    507: "insufficient_storage",
 }
+RETRY_AFTER = "5"  # seconds, on a 503: a busy or briefly unavailable store
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+# SQLite result codes (`sqlite_errorname`, extended codes included by prefix): the store is
+# full, or cannot be used right now - the server's condition, not the client's request.
+SQLITE_FULL = ("SQLITE_FULL",)
+SQLITE_UNAVAILABLE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_PROTOCOL",
+)
 
 
 class ApiError(Exception):
@@ -50,6 +68,27 @@ def error_response(status: int, code: str, message: str, details: list | None = 
     return response
 
 
+def store_error_status(exc: sqlite3.Error) -> int | None:
+    """507 for a full store volume, 503 for a store that cannot be used now, else None."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    message = str(exc).lower()
+    if name.startswith(SQLITE_FULL) or "database or disk is full" in message:
+        return 507
+    if name.startswith(SQLITE_UNAVAILABLE) or any(
+        text in message for text in ("database is locked", "unable to open", "disk i/o error", "readonly")
+    ):
+        return 503
+    return None
+
+
+def storage_error(status: int) -> object:
+    if status == 507:
+        return error_response(507, CODES[507], "the server's storage is full; nothing was changed - try again later")
+    response = error_response(503, CODES[503], "the task store is unavailable; nothing was changed - try again shortly")
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
+
+
 def install(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -68,6 +107,32 @@ def install(app: Flask) -> None:
         if status == 405 and valid_methods:
             response.headers["Allow"] = ", ".join(valid_methods)
         return response
+
+    @app.errorhandler(sqlite3.Error)
+    def _store_error(exc: sqlite3.Error):
+        status = store_error_status(exc)
+        if status is None:
+            return _unexpected(exc)
+        log.warning("store unavailable (%s): %s", status, exc)
+        return storage_error(status)
+
+    @app.errorhandler(OSError)
+    def _os_error(exc: OSError):
+        if exc.errno not in NO_SPACE:
+            return _unexpected(exc)
+        log.warning("no space left (507): %s", exc)
+        return storage_error(507)
+
+    @app.errorhandler(RecursionError)
+    @app.errorhandler(PydanticSerializationError)
+    def _too_deep(exc: Exception):
+        """A document nested too deeply for the validator or serialiser (routes bound nesting
+        when they read JSON - service.routes.common.parse_json - so this is the backstop)."""
+        if isinstance(exc, PydanticSerializationError) and "depth exceeded" not in str(exc):
+            return _unexpected(exc)
+        log.warning("too deeply nested: %s", str(exc)[:200])
+        message = "nested too deeply"
+        return error_response(400, "too_deep", f"body: {message}", [{"field": "body", "message": message}])
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from config import load_settings
+from engine.fetch.outbound import outbound_policy
 from engine.run.engine import Engine, new_job_id
 from engine.spec.models import parse_spec
 from engine.spec.prepare import prepare
@@ -47,7 +48,10 @@ def run_job(engine, tmp_path):
     ):
         parsed = parse_spec(spec)
         prepared = prepare(
-            parsed, env if env is not None else os.environ, engine.settings.allowed_source_hosts, base_dir=tmp_path
+            parsed,
+            env if env is not None else os.environ,
+            outbound_policy(engine.settings, service=engine.service),
+            base_dir=tmp_path,
         )
         job_id = new_job_id("test")
         output = output or tmp_path / "out" / parsed.output_name
@@ -154,7 +158,13 @@ def write_spec(path: Path, spec: dict) -> Path:
 
 # Markers by folder (registered in pyproject.toml; `pytest -m "unit or integration"` etc.), and
 # `slow` for the tests that take more than ~10 s. Node ids or whole files, relative to the repo.
-FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "webservice": "service", "browser": "browser"}
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "webservice": "service",
+    "browser": "browser",
+    "security": "security",
+}
 SLOW = {
     "tests/integration/test_fuzz.py",  # hypothesis: 300-600 examples each, one against the HTTP API
     "tests/integration/test_reliability.py::test_killed_pool_process_is_replaced_and_both_jobs_finish_exactly",

@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.deliver.common import DeliveryFailure, DeliveryStopped, Stop, checked_address
+from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.retry import wait_before_retry
-from engine.spec.models import Retry
+from engine.spec.models import TABLE_TARGET_TYPES, Retry
 from engine.spec.redact import Redactor
 
 log = logging.getLogger("pageferry.deliver")
@@ -33,18 +35,10 @@ S3_REQUEST_ATTEMPTS = 3  # botocore's own tries per request (inside each of ours
 NO_S3_CREDENTIALS = (
     "no S3 credentials: give access_key and secret_key, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
 )
-
-Stop = Callable[[], bool]
-
-
-class DeliveryStopped(Exception):
-    """The job was cancelled (or timed out) while a copy was on its way."""
-
-
-class _Failure(Exception):
-    def __init__(self, message: str, retryable: bool):
-        super().__init__(message)
-        self.message, self.retryable = message, retryable
+NO_AMBIENT_CREDENTIALS = (
+    "no S3 credentials: give access_key and secret_key (this service does not lend its own cloud "
+    "credentials to specs unless its operator sets ALLOW_AMBIENT_CREDENTIALS=1)"
+)
 
 
 @dataclass
@@ -63,9 +57,22 @@ def _never() -> bool:
 
 
 def deliver_all(
-    targets: Iterable, path: Path, redactor: Redactor, stop: Stop = _never, sleep: Callable[[float], None] = time.sleep
+    targets: Iterable,
+    path: Path,
+    redactor: Redactor,
+    stop: Stop = _never,
+    sleep: Callable[[float], None] = time.sleep,
+    *,
+    policy: OutboundPolicy | None = None,
+    ambient_credentials: bool = True,
+    ca_file: str | None = None,
 ) -> list[dict]:
     """Copy `path` to every target (resolved spec models, secrets substituted).
+
+    `policy`: where a copy may connect (the target's host resolved and every address checked
+    before connecting; the connection goes to the checked address). `ambient_credentials`:
+    whether an S3 target without keys may use boto3's environment/instance credentials (the
+    CLI: yes; the service: only with ALLOW_AMBIENT_CREDENTIALS). `ca_file`: FTPS_CA_FILE.
 
     Uploads the result to each target in turn and returns one outcome per target -
     `{"target", "ok", "error", "attempts"}` - never raising for a target that fails: a failed
@@ -87,12 +94,20 @@ def deliver_all(
     """
     outcomes = []
     for target in targets:
+        if target.type in TABLE_TARGET_TYPES:
+            continue  # table targets: loaded in the export process (engine/deliver/tables.py)
         if stop():
             raise DeliveryStopped()
+        upload: S3Upload | FtpUpload | GcsUpload
         if target.type == "s3":
-            outcome = _with_retries(S3Upload(target, path), redactor, stop, sleep)
+            upload = S3Upload(target, path, policy, ambient_credentials)
+        elif target.type == "gcs":
+            from engine.deliver.gcs import GcsUpload  # its google-cloud-storage imports only when it runs
+
+            upload = GcsUpload(target, path, policy, ambient_credentials)
         else:
-            outcome = _with_retries(FtpUpload(target, path), redactor, stop, sleep)
+            upload = FtpUpload(target, path, policy, ca_file)
+        outcome = _with_retries(upload, redactor, stop, sleep)
         log.info("delivery %s: %s", outcome.target, "ok" if outcome.ok else outcome.error)
         outcomes.append(outcome.as_dict())
     return outcomes
@@ -109,7 +124,7 @@ def _with_retries(upload, redactor: Redactor, stop: Stop, sleep) -> Outcome:
             return outcome
         except DeliveryStopped:
             raise
-        except _Failure as exc:
+        except DeliveryFailure as exc:
             outcome.error = scrub.text(exc.message)
             if not exc.retryable:
                 return outcome
@@ -139,9 +154,11 @@ def s3_location(url: str, filename: str) -> tuple[str, str]:
 
 
 class S3Upload:
-    def __init__(self, target, path: Path):
+    def __init__(self, target, path: Path, policy: OutboundPolicy | None = None, ambient_credentials: bool = True):
         self.target = target
         self.path = Path(path)
+        self.policy = policy
+        self.ambient = ambient_credentials or (target.access_key is not None and target.secret_key is not None)
         self.bucket, self.key = s3_location(target.url, self.path.name)
         self._session = None
 
@@ -176,6 +193,8 @@ class S3Upload:
 
     def credentials(self) -> set[str]:
         """Every credential this upload may use, for scrubbing messages."""
+        if not self.ambient:
+            return set()
         try:
             creds = self.session().get_credentials()
         except Exception:
@@ -188,16 +207,35 @@ class S3Upload:
     def _client(self):
         from botocore.config import Config
 
+        if not self.ambient:
+            raise DeliveryFailure(NO_AMBIENT_CREDENTIALS, retryable=False)
         session = self.session()
         if session.get_credentials() is None:
-            raise _Failure(NO_S3_CREDENTIALS, retryable=False)
+            raise DeliveryFailure(NO_S3_CREDENTIALS, retryable=False)
+        endpoint = self._endpoint()
         config = Config(
             connect_timeout=10,
             read_timeout=60,
             retries={"max_attempts": S3_REQUEST_ATTEMPTS, "mode": "standard"},
             s3={"addressing_style": "path"} if self.target.endpoint_url else {},
         )
-        return session.client("s3", endpoint_url=self.target.endpoint_url, config=config)
+        return session.client("s3", endpoint_url=endpoint, config=config)
+
+    def _endpoint(self) -> str | None:
+        """`endpoint_url`, its host resolved and checked; over plain http the checked address
+        replaces the name (over https the name stays: TLS binds the connection to it). No
+        endpoint_url: AWS's own endpoint, which a spec cannot point anywhere else."""
+        url = self.target.endpoint_url
+        if url is None:
+            return None
+        from yarl import URL
+
+        parsed = URL(url)
+        host = parsed.raw_host or ""
+        address = checked_address(host, parsed.port or 443, self.policy, "S3")
+        if parsed.scheme != "http":
+            return url
+        return str(parsed.with_host(address))
 
     def run(self, stop: Stop) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -226,7 +264,7 @@ class S3Upload:
                     digest.update(chunk)
             self._transfer(client, config, str(self.path), self.key, {"Metadata": {"sha256": digest.hexdigest()}}, stop)
             self._check_size(client, self.key, self.path.stat().st_size)
-        except (_Failure, DeliveryStopped):
+        except (DeliveryFailure, DeliveryStopped):
             raise
         except Exception as exc:
             raise _s3_failure(exc) from None
@@ -254,10 +292,12 @@ class S3Upload:
     def _check_size(self, client, key: str, size: int) -> None:
         head = client.head_object(Bucket=self.bucket, Key=key)
         if head.get("ContentLength") != size:
-            raise _Failure(f"S3: the stored object has {head.get('ContentLength')} bytes, not {size}", retryable=True)
+            raise DeliveryFailure(
+                f"S3: the stored object has {head.get('ContentLength')} bytes, not {size}", retryable=True
+            )
 
 
-def _s3_failure(exc: Exception) -> _Failure:
+def _s3_failure(exc: Exception) -> DeliveryFailure:
     from botocore import exceptions as bx
 
     if isinstance(exc, bx.ClientError):
@@ -273,18 +313,18 @@ def _s3_failure(exc: Exception) -> _Failure:
             "RequestTimeTooSkewed",
         )
         text = f"S3 {code}" + (f" (HTTP {status})" if status else "") + (f": {message[:300]}" if message else "")
-        return _Failure(text, retryable)
+        return DeliveryFailure(text, retryable)
     if isinstance(exc, bx.NoCredentialsError):
-        return _Failure(NO_S3_CREDENTIALS, retryable=False)
+        return DeliveryFailure(NO_S3_CREDENTIALS, retryable=False)
     if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
-        return _Failure(f"S3: cannot connect to the endpoint ({type(exc).__name__})", retryable=True)
+        return DeliveryFailure(f"S3: cannot connect to the endpoint ({type(exc).__name__})", retryable=True)
     if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectionClosedError, bx.ConnectionError)):
-        return _Failure(f"S3: the connection failed ({type(exc).__name__})", retryable=True)
+        return DeliveryFailure(f"S3: the connection failed ({type(exc).__name__})", retryable=True)
     if isinstance(exc, bx.ParamValidationError):
-        return _Failure(f"S3: {exc}", retryable=False)
+        return DeliveryFailure(f"S3: {exc}", retryable=False)
     if isinstance(exc, OSError):
-        return _Failure(f"S3: {type(exc).__name__}: {exc.strerror or exc}", retryable=True)
-    return _Failure(f"S3: {type(exc).__name__}: {exc}"[:500], retryable=False)
+        return DeliveryFailure(f"S3: {type(exc).__name__}: {exc.strerror or exc}", retryable=True)
+    return DeliveryFailure(f"S3: {type(exc).__name__}: {exc}"[:500], retryable=False)
 
 
 # ------------------------------------------------------------------ FTP / FTPS
@@ -302,9 +342,11 @@ class _FtpsWithSessionReuse(ftplib.FTP_TLS):
 
 
 class FtpUpload:
-    def __init__(self, target, path: Path):
+    def __init__(self, target, path: Path, policy: OutboundPolicy | None = None, ca_file: str | None = None):
         self.target = target
         self.path = Path(path)
+        self.policy = policy
+        self.ca_file = ca_file
         self.directory = target.directory or "/"
 
     def describe(self) -> str:
@@ -319,7 +361,7 @@ class FtpUpload:
         return {self.target.password} if self.target.password else set()
 
     def _context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.target.ca_file)
+        context = ssl.create_default_context(cafile=self.ca_file)
         if not self.target.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -327,17 +369,23 @@ class FtpUpload:
 
     def _connect(self) -> ftplib.FTP:
         t = self.target
+        # Connected to the checked address; the name is kept for TLS (SNI, the certificate's
+        # name). Passive data connections go to the control connection's peer, never to an
+        # address the server names (ftplib's default).
+        address = checked_address(t.host, t.port, self.policy, "FTP")
         ftp: ftplib.FTP
         if t.tls:
             tls = _FtpsWithSessionReuse(context=self._context(), timeout=t.timeout)
-            tls.connect(t.host, t.port)
+            tls.connect(address, t.port)
+            tls.host = t.host
             tls.auth()
             tls.login(t.username, t.password)
             tls.prot_p()
             ftp = tls
         else:
             ftp = ftplib.FTP(timeout=t.timeout)
-            ftp.connect(t.host, t.port)
+            ftp.connect(address, t.port)
+            ftp.host = t.host
             ftp.login(t.username, t.password)
         ftp.set_pasv(True)
         return ftp
@@ -382,30 +430,31 @@ class FtpUpload:
             except ftplib.error_perm:
                 size = None  # SIZE is optional
             if size is not None and size != self.path.stat().st_size:
-                raise _Failure(f"FTP: the stored file has {size} bytes, not {self.path.stat().st_size}", True)
+                raise DeliveryFailure(f"FTP: the stored file has {size} bytes, not {self.path.stat().st_size}", True)
             try:
                 ftp.quit()
             except (ftplib.Error, OSError, EOFError):
                 pass
             ftp = None
-        except (_Failure, DeliveryStopped):
+        except (DeliveryFailure, DeliveryStopped):
             raise
         except ftplib.error_perm as exc:
-            raise _Failure(f"FTP: {_reply(exc)}", retryable=False) from None
+            raise DeliveryFailure(f"FTP: {_reply(exc)}", retryable=False) from None
         except (ftplib.error_temp, ftplib.error_reply, ftplib.error_proto) as exc:
-            raise _Failure(f"FTP: {_reply(exc)}", retryable=True) from None
+            raise DeliveryFailure(f"FTP: {_reply(exc)}", retryable=True) from None
         except ssl.SSLCertVerificationError as exc:
-            raise _Failure(
-                f"FTPS: the server's certificate is not trusted ({exc.verify_message}); give ca_file, or verify: false",
+            raise DeliveryFailure(
+                f"FTPS: the server's certificate is not trusted ({exc.verify_message}); "
+                "the operator can set FTPS_CA_FILE (ca_file), or give verify: false",
                 retryable=False,
             ) from None
         except ssl.SSLError as exc:
-            raise _Failure(f"FTPS: TLS failed ({exc.reason or type(exc).__name__})", retryable=True) from None
+            raise DeliveryFailure(f"FTPS: TLS failed ({exc.reason or type(exc).__name__})", retryable=True) from None
         except (OSError, EOFError) as exc:
             what = (
                 "timed out" if isinstance(exc, TimeoutError) else (getattr(exc, "strerror", None) or type(exc).__name__)
             )
-            raise _Failure(
+            raise DeliveryFailure(
                 f"FTP: connection to {self.target.host}:{self.target.port} failed ({what})", retryable=True
             ) from None
         finally:

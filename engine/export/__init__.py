@@ -86,7 +86,8 @@ def export_tables(
     Encodings (see the writer modules for details):
     - csv: header always; lists/structs as compact JSON text, nulls as empty cells; dates ISO
       `2024-01-31`, datetimes ISO 8601 `2024-01-31T12:30:00.000000[+01:00]`, durations ISO 8601,
-      binary base64; `escape_formulas` prefixes `'` to strings starting with `= + - @`.
+      binary base64; `escape_formulas` prefixes `'` to strings starting with `= + - @`, TAB or CR,
+      header cells included.
     - ndjson / json: lists/structs stay JSON arrays/objects; datetimes ISO 8601 with `T` and only
       the fractional digits needed; NaN/inf as null (Polars' JSON writer); binary base64.
     - parquet: zstd, types kept.

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import polars as pl
 
-FORMULA_PREFIX = r"^[=+\-@]"
+FORMULA_PREFIX = r"^[=+\-@\t\r]"  # what a spreadsheet may read as a formula (OWASP: TAB and CR too)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NESTED = (pl.List, pl.Array, pl.Struct)
 
 
@@ -40,7 +41,7 @@ def datetime_iso(expr: pl.Expr, dtype: pl.Datetime, *, fixed_fraction: bool) -> 
 
 
 def escape_formula(expr: pl.Expr) -> pl.Expr:
-    """Prefix `'` to strings that start with = + - @ (spreadsheet formula injection guard)."""
+    """Prefix `'` to strings that start with = + - @, TAB or CR (spreadsheet formula injection guard)."""
     return pl.when(expr.str.contains(FORMULA_PREFIX)).then(pl.concat_str([pl.lit("'"), expr])).otherwise(expr)
 
 
@@ -64,6 +65,21 @@ def for_csv(schema: pl.Schema, *, escape_formulas: bool) -> list[pl.Expr]:
         if expr is not None:
             out.append(expr.alias(name))
     return out
+
+
+def escaped_names(names: list[str]) -> dict[str, str]:
+    """Header cells get the same guard as values: {column: its escaped name} for the columns
+    whose name a spreadsheet would read as a formula (kept distinct from every other name)."""
+    taken = set(names)
+    renamed: dict[str, str] = {}
+    for name in names:
+        if name.startswith(FORMULA_START):
+            new = "'" + name
+            while new in taken:
+                new = "'" + new
+            taken.add(new)
+            renamed[name] = new
+    return renamed
 
 
 def for_json(schema: pl.Schema) -> list[pl.Expr]:

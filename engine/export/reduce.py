@@ -112,7 +112,7 @@ def export_job(request: ExportRequest) -> ExportedFile:
         Table(name, shape(_typed(scan_source(paths), name in inferring), spec, table=name))
         for name, paths in request.tables
     ]
-    return export_tables(
+    exported = export_tables(
         tables,
         spec.export.format,
         Path(request.output),
@@ -121,3 +121,8 @@ def export_job(request: ExportRequest) -> ExportedFile:
         escape_formulas=spec.export.csv.escape_formulas,
         manifest=request.manifest,
     )
+    if request.table_job is not None:  # table targets: each source's shaped rows as Parquet
+        from engine.deliver.tables import write_shaped_parquet
+
+        write_shaped_parquet([(t.name, t.frame) for t in tables], request.table_job)
+    return exported

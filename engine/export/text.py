@@ -20,6 +20,8 @@ def write_csv(
     the written file (quote-aware, so embedded newlines are not rows)."""
     schema = frame.collect_schema()
     frame = encode.apply(frame, encode.for_csv(schema, escape_formulas=escape_formulas))
+    if escape_formulas and (renamed := encode.escaped_names(list(schema.names()))):
+        frame = frame.rename(renamed)  # header cells (column names come from API keys) too
     sink_into(path, lambda out: frame.sink_csv(out, separator=separator, include_header=True, quote_char='"'))
 
     def count_rows() -> int:

@@ -129,9 +129,11 @@ class OAuth2ClientCredentials(Auth):
         timeout: float,
         client: HttpClient,
         clock: Callable[[], float] = time.time,
+        on_token: Callable[[str], None] | None = None,
     ):
         self.spec, self.store, self.key, self.timeout, self.client = spec, store, key, timeout, client
         self.clock = clock
+        self.on_token = on_token  # told every access token this process uses (to mask it)
         self._current: dict | None = None
         self._stale: dict | None = None
         self._carried: ContextVar[dict | None] = ContextVar(f"carried:{key}", default=None)  # per task
@@ -243,7 +245,10 @@ class OAuth2ClientCredentials(Auth):
             self._local_lock = asyncio.Lock()
         async with self._local_lock:  # one token request per process, the other lanes wait for it
             if not self._valid(self._current):
-                self._current = await self._token(stale=self._stale)
+                current = await self._token(stale=self._stale)
+                if self.on_token is not None:
+                    self.on_token(current["token"])
+                self._current = current
 
     def apply(self, headers: dict, params: dict) -> None:
         current = self._current
@@ -293,8 +298,16 @@ def _oauth_error(response) -> str:
     return f" ({body['error'][:80]})"
 
 
-def make_auth(spec: Any, store: TokenStore | None, key: str, timeout: float, client: HttpClient | None = None) -> Auth:
-    """The applier for a source's (resolved) `auth` spec."""
+def make_auth(
+    spec: Any,
+    store: TokenStore | None,
+    key: str,
+    timeout: float,
+    client: HttpClient | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Auth:
+    """The applier for a source's (resolved) `auth` spec. `on_token`: told each OAuth2 access
+    token obtained at run time (the job's redactor masks it from then on)."""
     if spec is None:
         return Auth()
     if spec.type == "bearer":
@@ -309,5 +322,5 @@ def make_auth(spec: Any, store: TokenStore | None, key: str, timeout: float, cli
     if spec.type == "oauth2":
         if store is None or client is None:
             raise ValueError("oauth2 needs a token store and an HTTP client")
-        return OAuth2ClientCredentials(spec, store, key, timeout, client)
+        return OAuth2ClientCredentials(spec, store, key, timeout, client, on_token=on_token)
     raise ValueError(f"unknown auth type {spec.type}")

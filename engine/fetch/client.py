@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import re
 import ssl
 import urllib.request
@@ -28,7 +27,7 @@ from aiohttp.resolver import DefaultResolver
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from engine.fetch.outbound import host_matches, not_allowed_message
+from engine.fetch.outbound import OutboundPolicy, OutboundRefused, is_address
 from engine.fetch.retry import FetchError
 
 __all__ = ["MAX_REDIRECTS", "FetchError", "HttpClient", "OutboundGuard", "Response", "should_strip_auth"]
@@ -71,12 +70,16 @@ def invalid_url() -> FetchError:
 
 
 class OutboundGuard:
-    """What may be asked for. `check_url`: every URL and hop, parsed once by yarl (aiohttp's
-    own parser), so the host checked is the host connected to. `check_address`: every address
-    a host resolves to (see `CheckedResolver`); it accepts all, a hook for an address policy."""
+    """What may be asked for, by one `OutboundPolicy` (engine/fetch/outbound.py). `check_url`:
+    every URL and hop, parsed once by yarl (aiohttp's own parser), so the host checked is the
+    host connected to; an address literal is checked there. `check_address`: every address a
+    host name resolves to (see `CheckedResolver`), on every connection - a name that resolves
+    somewhere else next time (DNS rebinding) is caught when it connects. The environment's
+    proxies are the operator's: their own addresses are not refused."""
 
-    def __init__(self, allowed_hosts: tuple[str, ...] = ()):
-        self.allowed_hosts = tuple(allowed_hosts)
+    def __init__(self, policy: OutboundPolicy | None = None, proxy_hosts: frozenset[str] = frozenset()):
+        self.policy = policy or OutboundPolicy()
+        self.proxy_hosts = frozenset(h.lower() for h in proxy_hosts)
         self._passed: set[str] = set()  # hosts already checked
 
     def parse(self, raw: str) -> URL:
@@ -111,19 +114,37 @@ class OutboundGuard:
                 raise invalid_url()
         except UnicodeError:  # a punycode label that does not decode
             raise invalid_url() from None
-        if not host_matches(host, self.allowed_hosts):
-            raise FetchError(not_allowed_message(host), retryable=False)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            pass
-        else:  # an address literal is connected to without resolving: check it here
+        if is_address(host):  # connected to without resolving: checked here
             self.check_address(host, host)
+        else:
+            try:
+                self.policy.check_host(host)
+            except OutboundRefused as exc:
+                raise FetchError(str(exc), retryable=False) from None
         if len(self._passed) < 1024:
             self._passed.add(host)
 
     def check_address(self, host: str, address: str) -> None:
         """Raise a FetchError to refuse connecting to `address` (resolved from `host`)."""
+        try:
+            self.policy.check_address(host, address)
+        except OutboundRefused as exc:
+            raise FetchError(str(exc), retryable=False) from None
+
+
+def proxy_hosts(proxies: Mapping[str, str]) -> frozenset[str]:
+    """The hosts of the environment's proxies (`urllib.request.getproxies()`)."""
+    hosts = set()
+    for scheme, value in proxies.items():
+        if scheme == "no":  # no_proxy: a list of hosts, not a proxy
+            continue
+        try:
+            host = URL(value if "://" in value else f"http://{value}").raw_host
+        except (ValueError, TypeError):
+            continue
+        if host:
+            hosts.add(host.lower())
+    return frozenset(hosts)
 
 
 class CheckedResolver(AbstractResolver):
@@ -136,9 +157,20 @@ class CheckedResolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolveResult]:
         # family 0 is AF_UNSPEC; aiohttp always passes the connector's own.
         results = await self._inner.resolve(host, port, family)  # type: ignore[arg-type]
+        if host.lower() in self._guard.proxy_hosts:  # the environment's proxy: the operator's
+            return results
+        # Only checked addresses are connected to; none left: the first refusal is the error.
+        allowed, refusal = [], None
         for result in results:
-            self._guard.check_address(host, result["host"])
-        return results
+            try:
+                self._guard.check_address(host, result["host"])
+            except FetchError as exc:
+                refusal = refusal or exc
+            else:
+                allowed.append(result)
+        if not allowed and refusal is not None:
+            raise refusal
+        return allowed
 
     async def close(self) -> None:
         await self._inner.close()
@@ -176,16 +208,16 @@ class HttpClient:
     def __init__(
         self,
         max_body: int,
-        allowed_hosts: tuple[str, ...] = (),
+        policy: OutboundPolicy | None = None,
         lanes: int = 16,
         ssl_context: ssl.SSLContext | None = None,
         guard: OutboundGuard | None = None,
     ):
         self.max_body = max_body
         self.lanes = max(lanes, 1)
-        self.guard = guard or OutboundGuard(allowed_hosts)
         self.ssl_context = ssl_context or ssl.create_default_context(cafile=certifi.where())
         self._env_proxies = urllib.request.getproxies()
+        self.guard = guard or OutboundGuard(policy, proxy_hosts(self._env_proxies))
         self._proxies: dict[tuple[str, str | None], str | None] = {}
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._session: aiohttp.ClientSession | None = None

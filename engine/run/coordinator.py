@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.deliver.table_targets import in_spec_order, table_job
 from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
+from engine.fetch.outbound import OutboundPolicy
 from engine.plan.scheduler import Piece, PieceResult, Scheduler
 from engine.run.entrypoints import greet, init_worker, ready, run_export, run_piece, start_export_process
 from engine.run.messages import ExportRequest, SharedState, WorkerJob
@@ -62,7 +64,9 @@ class JobOptions:
     output: Path
     workers: int
     max_body: int
-    allowed_hosts: tuple[str, ...] = ()
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)  # every connection's check
+    ambient_credentials: bool = True  # deliveries may use boto3's environment/instance credentials
+    ftps_ca_file: str | None = None  # FTPS_CA_FILE: the CA bundle FTPS targets are checked with
     deadline: float | None = None  # time.monotonic() after which the job fails (WORKER_TIMEOUT)
     timeout_seconds: float | None = None
     nice: int = 0  # added niceness of the job's processes (the service: web threads first)
@@ -265,7 +269,7 @@ class JobRunner:
             shards_dir=str(shards_dir),
             threads=threads,
             max_body=options.max_body,
-            allowed_hosts=options.allowed_hosts,
+            outbound=options.outbound,
             coordinator_pid=os.getpid(),
             id_values=self.prepared.id_values,
             unit_offsets=offsets,
@@ -293,7 +297,7 @@ class JobRunner:
             if self.spec.deliver:
                 self.phase = "delivering"
                 self._changed()
-                result.deliveries = self._deliver(result)
+                result.deliveries = in_spec_order(self.spec.deliver, result.deliveries, self._deliver(result))
             self.result = result
             return result
         finally:
@@ -543,6 +547,7 @@ class JobRunner:
             output=str(self.options.output),
             manifest=manifest,
             tables=[(self.spec.sources[i].name, [str(x.path) for x in infos]) for i, infos in enumerate(selected)],
+            table_job=table_job(self.spec, self.options.workdir, redactor.secrets, self.options.outbound),
         )
         self.phase = "exporting"
         self._changed()
@@ -578,6 +583,7 @@ class JobRunner:
             seconds=round(time.monotonic() - started, 3),
             started_at=self.started_at,
             finished_at=finished_at,
+            deliveries=list(exported.deliveries),  # the table targets' (loaded by the export process)
             sources=[
                 {
                     **s,
@@ -597,7 +603,15 @@ class JobRunner:
             return self._cancel.is_set()
 
         try:
-            return deliver_all(self.spec.deliver, result.output, self.prepared.redactor, stop)
+            return deliver_all(
+                self.spec.deliver,
+                result.output,
+                self.prepared.redactor,
+                stop,
+                policy=self.options.outbound,
+                ambient_credentials=self.options.ambient_credentials,
+                ca_file=self.options.ftps_ca_file,
+            )
         except DeliveryStopped:
             if self._cancel_reason.startswith("timed out"):
                 raise JobFailed(self._cancel_reason) from None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from config import Settings
 from engine.errors import JobCancelled, JobFailed
+from engine.fetch.outbound import outbound_policy
 from engine.run.coordinator import JobOptions, JobResult, JobRunner
 from engine.run.pool import mp_context
 from engine.spec.prepare import PreparedJob
@@ -69,8 +70,13 @@ class JobHandle:
 
 
 class Engine:
-    def __init__(self, settings: Settings):
+    """`service`: jobs run for the service's clients - outbound connections to public
+    addresses only unless ALLOWED_SOURCE_HOSTS says otherwise, no ambient cloud credentials
+    unless ALLOW_AMBIENT_CREDENTIALS (the CLI runs for its own user: both allowed)."""
+
+    def __init__(self, settings: Settings, service: bool = False):
         self.settings = settings
+        self.service = service
         self._manager: SyncManager | None = None
         self._lock = threading.Lock()
 
@@ -97,7 +103,9 @@ class Engine:
             output=output,
             workers=workers or self.settings.workers,
             max_body=self.settings.max_file_size,
-            allowed_hosts=self.settings.allowed_source_hosts,
+            outbound=outbound_policy(self.settings, self.service),
+            ambient_credentials=not self.service or self.settings.allow_ambient_credentials,
+            ftps_ca_file=str(self.settings.ftps_ca_file) if self.settings.ftps_ca_file else None,
             deadline=deadline,
             timeout_seconds=self.settings.worker_timeout,
             nice=nice,

@@ -36,7 +36,12 @@ def run_export(request: ExportRequest) -> ExportOutcome:
     from engine.run.worker import run_export as run
 
     exported = run(request)
-    return ExportOutcome(exported.path, exported.bytes, exported.sha256, dict(exported.rows))
+    deliveries: list[dict] = []
+    if request.table_job is not None:  # table targets load here, in the export process
+        from engine.deliver.tables import load_all
+
+        deliveries = load_all(request.spec.deliver, request.table_job, [name for name, _ in request.tables])
+    return ExportOutcome(exported.path, exported.bytes, exported.sha256, dict(exported.rows), deliveries)
 
 
 def start_export_process(nice: int, coordinator_pid: int | None = None) -> None:

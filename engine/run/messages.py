@@ -6,9 +6,11 @@ functions (`engine.run.entrypoints`). A leaf: it imports nothing that fetches or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from engine.deliver.table_targets import TableJob
+from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.ratelimit import SharedLimiterState
 from engine.spec.models import JobSpec
 
@@ -25,7 +27,7 @@ class WorkerJob:
     shards_dir: str
     threads: int
     max_body: int
-    allowed_hosts: tuple
+    outbound: OutboundPolicy  # where it may connect (every connection and redirect hop)
     coordinator_pid: int
     id_values: list  # per source: ids read from a file, or None
     unit_offsets: list[int]  # per source: index of its first unit in `ends`
@@ -40,6 +42,7 @@ class ExportRequest:
     tables: list[tuple[str, list[str]]]  # (source name, its shard paths in row order)
     output: str
     manifest: dict | None
+    table_job: TableJob | None = None  # table targets: shaped Parquet + loads (engine/deliver/tables.py)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class ExportOutcome:
     bytes: int
     sha256: str
     rows: dict[str, int]
+    deliveries: list[dict] = field(default_factory=list)  # the table targets' outcomes
 
 
 @dataclass

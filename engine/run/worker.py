@@ -91,9 +91,10 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
         shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0, rl.effective_burst if rl else None
     )
     loop = asyncio.new_event_loop()
-    client = HttpClient(job.max_body, job.allowed_hosts, lanes=job.threads)
+    client = HttpClient(job.max_body, job.outbound, lanes=job.threads)
     counters = Counters(len(spec.sources))
     store = DictTokenStore(shared.board, shared.token_lock)
+    redactor = Redactor(job.secrets)  # grows: OAuth2 access tokens are added as they are obtained
     sources = []
     for i, source in enumerate(spec.sources):
         gate = Gate(
@@ -105,7 +106,7 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
             on_retry=partial(counters.add, i, Counter.RETRIES),
             on_bytes=partial(counters.add, i, Counter.BYTES),
         )
-        auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client)
+        auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client, redactor.add)
         request = SourceRequestSpec(
             method=source.method,
             headers=dict(source.headers),
@@ -120,7 +121,7 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
                 i, FanOut(source, job.id_values[i]), request, PageFetcher(client, gate, spec.retry, spec.timeout)
             )
         )
-    _P = _Process(job, shared, counters, sources, loop, client, Redactor(job.secrets))
+    _P = _Process(job, shared, counters, sources, loop, client, redactor)
     Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
 

@@ -33,6 +33,7 @@ PAGINATION_TYPES = ("none", "page", "offset", "cursor", "next_url", "link")
 COLUMN_TYPES = ("string", "int", "float", "bool", "date", "datetime")
 FILTER_OPS = ("==", "!=", ">", ">=", "<", "<=", "in", "not_in", "contains", "starts_with", "is_null", "not_null")
 AGGREGATIONS = ("sum", "mean", "min", "max", "count", "n_unique", "first", "last")
+FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # the client's own
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,99}\Z")  # use fullmatch
 
@@ -451,7 +452,7 @@ class FtpTarget(Model):
     directory: str = "/"
     tls: bool = False
     verify: bool = True  # FTPS: check the server's certificate (false: accept any)
-    ca_file: str | None = Field(None, min_length=1)  # FTPS: trust this CA bundle (PEM) instead
+    ca_file: str | None = None  # refused (a validation error): the CA bundle is FTPS_CA_FILE, a setting
     timeout: float = Field(30.0, gt=0, le=600)
 
     @field_validator("directory")
@@ -462,7 +463,103 @@ class FtpTarget(Model):
         return value
 
 
-DeliveryTarget = Annotated[S3Target | FtpTarget, Field(discriminator="type")]
+class GcsTarget(Model):
+    """Google Cloud Storage (engine/deliver/gcs.py): `credentials_file` (a service-account JSON
+    file) or `credentials` (the JSON itself, from a `${NAME}` secret), or neither (an emulator
+    at `endpoint_url`: anonymous; else the ambient Google credentials, where allowed)."""
+
+    type: Literal["gcs"]
+    url: str
+    endpoint_url: str | None = None
+    credentials_file: str | None = Field(None, min_length=1)
+    credentials: str | None = Field(None, min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _gcs_url(cls, value: str) -> str:
+        if not re.fullmatch(r"gs://[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9](?:/[^\r\n\x00]*)?", value):
+            raise ValueError("must be gs://bucket/prefix/ (a bucket: lower-case letters, digits, '-', '_', '.')")
+        if any(part in (".", "..") for part in value[len("gs://") :].split("/")[1:]):
+            raise ValueError("must not contain '.' or '..' path segments")
+        return value
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _gcs_endpoint(cls, value: str | None) -> str | None:
+        problem = None if value is None or ENV_REF.search(value) else check_http_url(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _one_credential(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("credentials_file") is not None:
+            raise ValueError("give credentials or credentials_file, not both")
+        return value
+
+
+class _TableTarget(Model):
+    """A table target (engine/deliver/tables.py): one table per source (`{source}` in `table`)."""
+
+    table: str = Field("{source}", min_length=1, max_length=200)
+    mode: Literal["append", "replace", "merge"] = "append"
+    key: tuple[str, ...] | None = Field(None, validate_default=True)
+    schema_change: Literal["evolve", "freeze"] = "evolve"
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if any(ord(c) < 32 or c == '"' for c in value):
+            raise ValueError("must not contain control characters or '\"'")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        mode = info.data.get("mode")
+        if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+            raise ValueError("must be a non-empty list of column names")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("must not name a column twice")
+        if mode == "merge" and value is None:
+            raise ValueError("mode 'merge' needs key: a list of column names")
+        if mode in ("append", "replace") and value is not None:
+            raise ValueError("applies only with mode 'merge'")
+        return value
+
+
+class DuckdbTarget(_TableTarget):
+    type: Literal["duckdb"]
+    path: str = Field(..., min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if any(ord(c) < 32 for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class PostgresTarget(_TableTarget):
+    type: Literal["postgres"]
+    dsn: str = Field(..., min_length=1)  # a secret: `${NAME}`; masked like passwords
+    schema_: str = Field("public", alias="schema", min_length=1, max_length=63)
+    timeout: float = Field(30.0, gt=0, le=600)  # seconds to connect
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema_name(cls, value: str) -> str:
+        if any(ord(c) < 32 or c == '"' for c in value):
+            raise ValueError("must not contain control characters or '\"'")
+        return value
+
+
+TABLE_TARGET_TYPES = ("duckdb", "postgres")
+
+DeliveryTarget = Annotated[
+    S3Target | FtpTarget | GcsTarget | DuckdbTarget | PostgresTarget, Field(discriminator="type")
+]
 
 
 class JobSpec(Model):
@@ -548,6 +645,9 @@ def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
         out.append(FieldError(f"{at}.ids.param", "needed when url has no {id} placeholder"))
     if source.method == "GET" and source.body is not None:
         out.append(FieldError(f"{at}.body", "a body needs method POST"))
+    for name in source.headers:
+        if name.strip().lower() in FRAMING_HEADERS:
+            out.append(FieldError(f"{at}.headers.{name}", "is set by the HTTP client; a spec cannot set it"))
 
 
 def _source_names_ok(spec: JobSpec, out: list[FieldError]) -> None:
@@ -577,10 +677,16 @@ def _targets_coherent(spec: JobSpec, out: list[FieldError]) -> None:
                     "give both access_key and secret_key, or neither (then the AWS environment is used)",
                 )
             )
+        if isinstance(target, FtpTarget) and target.ca_file is not None:
+            out.append(
+                FieldError(
+                    f"{at}.ca_file",
+                    "is not a spec field: the CA bundle for FTPS is the FTPS_CA_FILE setting (the operator's)",
+                )
+            )
         if isinstance(target, FtpTarget) and not target.tls:
-            for name in ("verify", "ca_file"):
-                if name in target.model_fields_set and getattr(target, name) != FtpTarget.model_fields[name].default:
-                    out.append(FieldError(f"{at}.{name}", "applies only with tls: true"))
+            if "verify" in target.model_fields_set and target.verify is not FtpTarget.model_fields["verify"].default:
+                out.append(FieldError(f"{at}.verify", "applies only with tls: true"))
 
 
 def _export_fits_sources(spec: JobSpec, out: list[FieldError]) -> None:
@@ -606,7 +712,7 @@ def _loc_to_path(loc: tuple) -> str:
             and isinstance(previous, int)
             and len(parts) >= 2
             and parts[-2] == "deliver"
-            and item in ("s3", "ftp")
+            and item in ("s3", "ftp", "gcs", "duckdb", "postgres")
         ):
             continue
         if isinstance(item, str) and item.startswith("function-"):

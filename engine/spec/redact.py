@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
@@ -15,7 +16,7 @@ from engine.errors import FieldError, SpecError
 from engine.spec.models import ENV_REF, JobSpec, parse_spec, spec_to_json
 
 MASK = "***"
-SECRET_FIELDS = {"token", "password", "client_secret", "secret", "secret_key", "access_key"}
+SECRET_FIELDS = {"token", "password", "client_secret", "secret", "secret_key", "access_key", "credentials", "dsn"}
 SENSITIVE_NAME = re.compile(
     r"(auth|token|secret|passw|api[-_]?key|apikey|signature|session|cookie|credential)", re.IGNORECASE
 )
@@ -31,7 +32,7 @@ def _is_secret_path(path: tuple) -> bool:
         return True
     if path[0] == "webhook" and last == "secret":
         return True
-    if path[0] == "deliver" and last in ("secret_key", "password", "access_key"):
+    if path[0] == "deliver" and last in ("secret_key", "password", "access_key", "credentials", "dsn"):
         return True
     if len(path) >= 2 and path[-2] in ("headers", "params") and isinstance(last, str) and SENSITIVE_NAME.search(last):
         return True
@@ -65,7 +66,16 @@ class Redactor:
     """Removes the job's secrets from anything about to be shown, logged or stored."""
 
     def __init__(self, secrets: set[str] | frozenset[str] = frozenset()):
-        self.secrets = frozenset(s for s in secrets if isinstance(s, str) and len(s) >= MIN_SCRUB_LENGTH)
+        self._compile(frozenset(s for s in secrets if isinstance(s, str) and len(s) >= MIN_SCRUB_LENGTH))
+
+    def add(self, secret: str) -> None:
+        """Mask `secret` too from now on: a credential obtained at run time (an OAuth2 access
+        token), in the process that obtained it."""
+        if isinstance(secret, str) and len(secret) >= MIN_SCRUB_LENGTH and secret not in self.secrets:
+            self._compile(self.secrets | {secret})
+
+    def _compile(self, secrets: frozenset[str]) -> None:
+        self.secrets = secrets
         # A secret inside a URL is percent-encoded (a query-param key with '/', '+' or '='):
         # those forms are masked too.
         forms = set(self.secrets)
@@ -129,8 +139,79 @@ def env_references(spec: JobSpec) -> set[str]:
     return names
 
 
-def resolve(spec: JobSpec, env: Mapping[str, str]) -> tuple[JobSpec, Redactor]:
-    """Substitute `${NAME}` from `env`. A missing variable is a SpecError naming field and variable."""
+def _name_matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in patterns)
+
+
+@dataclass(frozen=True)
+class SecretNames:
+    """Which `${NAME}` a spec may use (the service's SECRET_NAMES): names and `PREFIX*`
+    patterns in `allowed`; `forbidden` (names and patterns: the service's own settings) never,
+    even when `allowed` matches them."""
+
+    allowed: tuple[str, ...] = ("PAGEFERRY_SECRET_*",)
+    forbidden: tuple[str, ...] = ()
+
+    def permits(self, name: str) -> bool:
+        return _name_matches(name, self.allowed) and not _name_matches(name, self.forbidden)
+
+
+# The service's own settings and credentials: never a job's `${NAME}`, whatever SECRET_NAMES
+# says (besides every name config/settings.py reads, see `service_secret_names`).
+SERVICE_OWN_ENV = (
+    "API_TOKEN",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "RESULT_STORE*",
+    "EXECUTOR",
+    "AWS_*",
+    "GOOGLE_*",
+    "AZURE_*",
+    "SECRET_NAMES",
+    "ALLOW_*",
+    "FTPS_CA_FILE",
+    "GUNICORN_*",
+    "PAGEFERRY_SIGNING*",
+)
+
+
+class _Recorder(dict):
+    """An empty environment that remembers every name looked up in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def get(self, key, default=None):
+        self.seen.add(key)
+        return default
+
+    def __contains__(self, key) -> bool:
+        self.seen.add(key)
+        return False
+
+
+def settings_env_names() -> tuple[str, ...]:
+    """Every environment variable `config.load_settings` reads."""
+    from config import load_settings
+
+    recorder = _Recorder()
+    try:
+        load_settings(recorder)
+    except Exception:  # noqa: BLE001 - a setting that needs a value: the names seen so far still count
+        pass
+    return tuple(sorted(recorder.seen))
+
+
+def service_secret_names(settings) -> SecretNames:
+    """The service's rule: SECRET_NAMES, minus the service's own settings, always."""
+    return SecretNames(tuple(settings.secret_names), SERVICE_OWN_ENV + settings_env_names())
+
+
+def resolve(spec: JobSpec, env: Mapping[str, str], names: SecretNames | None = None) -> tuple[JobSpec, Redactor]:
+    """Substitute `${NAME}` from `env`. A missing variable is a SpecError naming field and
+    variable. `names` (the service): only the names it permits resolve, any other is a
+    SpecError naming the field; None (the CLI): any name of its own environment."""
     problems: list[FieldError] = []
     secrets: set[str] = set()
 
@@ -142,6 +223,9 @@ def resolve(spec: JobSpec, env: Mapping[str, str]) -> tuple[JobSpec, Redactor]:
 
         def one(match: re.Match) -> str:
             name = match.group(1)
+            if names is not None and not names.permits(name):
+                problems.append(FieldError(_dotted(path), f"${{{name}}} is not an allowed secret name (SECRET_NAMES)"))
+                return ""
             if name not in env:
                 problems.append(FieldError(_dotted(path), f"environment variable {name} is not set"))
                 return ""
@@ -153,7 +237,9 @@ def resolve(spec: JobSpec, env: Mapping[str, str]) -> tuple[JobSpec, Redactor]:
         if resolved != value:
             # Values kept in the environment are treated as secrets wherever they are used
             # (a token in a URL path, say): masked in every message, not just in auth fields.
-            secrets.update(env[name] for name in ENV_REF.findall(value) if name in env)
+            secrets.update(
+                env[name] for name in ENV_REF.findall(value) if name in env and (names is None or names.permits(name))
+            )
         return resolved
 
     resolved_json = _replace(spec_to_json(spec), substitute)

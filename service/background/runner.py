@@ -91,7 +91,7 @@ class TaskRunner(BackgroundLoop):
         if self._engine is None:
             from engine import Engine
 
-            self._engine = Engine(self.settings)
+            self._engine = Engine(self.settings, service=True)
         return self._engine
 
     def start(self) -> TaskRunner:
@@ -135,18 +135,13 @@ class TaskRunner(BackgroundLoop):
             self._launch(task)
 
     def _launch(self, task: dict) -> None:
-        from engine import parse_spec, prepare
+        from engine import parse_spec
+        from service.rules import prepare_for_service
 
         task_id = task["id"]
         try:
             spec = parse_spec(task["spec"])
-            prepared = prepare(
-                spec,
-                self.env,
-                self.settings.allowed_source_hosts,
-                id_files=read_uploads(self.settings, task_id),
-                read_id_files=False,
-            )
+            prepared = prepare_for_service(spec, self.settings, self.env, read_uploads(self.settings, task_id))
         except SpecError as exc:  # e.g. an environment variable gone since the task was queued
             self._record_failure(task_id, {"message": f"invalid spec: {exc}", "pages": []}, task)
             return

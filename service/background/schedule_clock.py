@@ -32,11 +32,12 @@ class ScheduleClock(BackgroundLoop):
     log = log
     failed = "schedule clock failed"
 
-    def __init__(self, store: TaskStore, on_fired=None, clock=time.time):
+    def __init__(self, store: TaskStore, on_fired=None, clock=time.time, max_queued: int | None = None):
         super().__init__()
         self.store = store
         self.on_fired = on_fired
         self.clock = clock
+        self.max_queued = max_queued  # MAX_QUEUED_PER_PROFILE: a firing over it is skipped
 
     def iterate(self) -> list[dict]:
         return self.tick()
@@ -57,11 +58,22 @@ class ScheduleClock(BackgroundLoop):
                 "name": schedule["spec"].get("name"),
                 "spec": schedule["spec"],
                 "schedule_id": schedule["id"],
+                "profile": schedule.get("profile") or "default",
                 "created_at": now,
                 "extra": extra,
             }
 
-        fired = self.store.fire_schedules(now, plan_runs, make_task, STALE)
+        def skipped(schedule: dict, task: dict) -> None:
+            log_event(
+                "schedule_skipped",
+                level=logging.WARNING,
+                schedule_id=schedule["id"],
+                profile=task.get("profile"),
+                scheduled_for=task["extra"]["scheduled_for"],
+                reason=f"MAX_QUEUED_PER_PROFILE ({self.max_queued}) tasks are queued",
+            )
+
+        fired = self.store.fire_schedules(now, plan_runs, make_task, STALE, self.max_queued, skipped)
         for task in fired:
             log_event(
                 "schedule_fired",

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from engine import SpecError, parse_spec, resolve
+from engine import OutboundPolicy, SecretNames, SpecError, parse_spec, resolve
 from engine import webhook_body as body_of
 from engine import webhook_delay as delay_before
 from engine import webhook_send_once as send_once
@@ -43,11 +43,20 @@ class WebhookDispatcher(BackgroundLoop):
     log = log
     failed = "webhook dispatch failed"
 
-    def __init__(self, store: TaskStore, env: Mapping[str, str], owner: str):
+    def __init__(
+        self,
+        store: TaskStore,
+        env: Mapping[str, str],
+        owner: str,
+        policy: OutboundPolicy | None = None,
+        secret_names: SecretNames | None = None,
+    ):
         super().__init__()
         self.store = store
         self.env = env
+        self.secret_names = secret_names  # a spec stored before SECRET_NAMES still resolves no other name
         self.owner = owner
+        self.policy = policy or OutboundPolicy(public_only=True)  # the service's: outbound_policy(settings, True)
         self._pool = cf.ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="webhook")
         self._busy = 0
         self._lock = threading.Lock()
@@ -81,14 +90,14 @@ class WebhookDispatcher(BackgroundLoop):
             self._wake.set()
 
     def attempt(self, task_id: str, attempt: int) -> dict:
-        task = self.store.get_task(task_id)
+        task = self.store.get_task(task_id, with_spec=True)  # its webhook section
         if task is None:
             outcome = {"delivered": False, "attempts": attempt, "error": "the task is gone", "pending": False}
             self.store.settle_webhook(task_id, self.owner, outcome, None)
             return outcome
         try:  # only the webhook's own ${NAME} references matter here
             minimal = {"sources": [{"url": "http://webhook.invalid/"}], "webhook": task["spec"].get("webhook")}
-            resolved, redactor = resolve(parse_spec(minimal), self.env)
+            resolved, redactor = resolve(parse_spec(minimal), self.env, self.secret_names)
             webhook = resolved.webhook
         except SpecError as exc:  # e.g. ${HOOK_SECRET} no longer set in this environment
             outcome = {"delivered": False, "attempts": attempt, "error": f"invalid webhook: {exc}", "pending": False}
@@ -96,7 +105,7 @@ class WebhookDispatcher(BackgroundLoop):
             return outcome
         if webhook is None:  # only tasks whose spec has a webhook are queued (_enqueue_webhook)
             raise RuntimeError(f"task {task_id} has no webhook")
-        sent = send_once(webhook, body_of(payload_of(task)), task_id)
+        sent = send_once(webhook, body_of(payload_of(task)), task_id, self.policy)
         final = sent.ok or not sent.retryable or attempt >= webhook.attempts
         error = None if sent.ok else redactor.url(sent.error or "failed")
         outcome = {"delivered": sent.ok, "attempts": attempt, "error": error, "pending": not final}

@@ -7,6 +7,7 @@ from flask import Flask
 
 
 def register(app: Flask) -> None:
+    from service.routes import links  # noqa: F401 - adds /download-link and /ws-link to `bp`
     from service.routes.exports import bp
     from service.routes.page import page_bp
     from service.routes.profiles import profiles_bp

@@ -3,18 +3,27 @@ detail, download a result, cancel. Starting only queues: the background runner d
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 
 from flask import Blueprint, Response, jsonify, request, send_file
 
-from engine import FieldError, SpecError, env_references, parse_spec, spec_to_json
+from engine import FieldError, SpecError, parse_spec, spec_to_json
 from service import profiles
 from service.auth import require_token
 from service.background.runner import uploads_dir
 from service.errors import ApiError, invalid
-from service.routes.common import FORBIDDEN_ENV, base_url, find_task, json_body, profile_name, services, urls
-from service.store import TaskStatus
+from service.limits import check_spec_size
+from service.routes.common import (
+    base_url,
+    find_task,
+    json_body,
+    parse_json,
+    profile_name,
+    services,
+    urls,
+)
+from service.store import LimitReached, TaskStatus
 from service.views.detail import task_detail
 from service.views.status import status_json
 
@@ -41,7 +50,7 @@ def _spec_and_uploads():
     if request.mimetype == "multipart/form-data":
         text = request.form.get("spec")
         if text is None and "spec" in request.files:
-            text = request.files["spec"].read().decode("utf-8", errors="replace")
+            text = request.files["spec"].read()
         if not text:
             raise ApiError(
                 400,
@@ -49,15 +58,7 @@ def _spec_and_uploads():
                 "validation_error",
                 [{"field": "spec", "message": "field required"}],
             )
-        try:
-            document = json.loads(text)
-        except ValueError:
-            raise ApiError(
-                400,
-                "the `spec` field is not valid JSON",
-                "invalid_json",
-                [{"field": "spec", "message": "not valid JSON"}],
-            ) from None
+        document = parse_json(text, "spec")
         files = [f for key, f in request.files.items(multi=True) if key != "spec"]
         return document, files
     body = json_body(required=False)
@@ -100,17 +101,16 @@ def _match_uploads(spec, files) -> dict[int, bytes]:
 def _checked_spec():
     """The request's job spec and its uploaded ids files, checked as a task would need them
     (the same checks for /start and /validate); a 4xx naming the fields when not."""
-    from engine import prepare
+    from service.rules import prepare_for_service
 
     svc = services()
     document, files = _spec_and_uploads()
+    check_spec_size(document, svc.settings.max_spec_bytes)  # before the (costly) validation
     try:
         spec = parse_spec(document)
-        forbidden = sorted(env_references(spec) & FORBIDDEN_ENV)
-        if forbidden:
-            raise SpecError([FieldError("spec", f"${{{forbidden[0]}}} is the service's own secret")])
+        check_spec_size(spec_to_json(spec), svc.settings.max_spec_bytes)  # as it would be stored
         uploads = _match_uploads(spec, files)
-        prepare(spec, svc.env, svc.settings.allowed_source_hosts, id_files=uploads, read_id_files=False)
+        prepare_for_service(spec, svc.settings, svc.env, id_files=uploads)
     except SpecError as exc:
         raise invalid(exc) from None
     return spec, uploads
@@ -129,25 +129,49 @@ def start():
     from engine import new_job_id
 
     svc = services()
+    _check_queue(svc, profile_name())  # before reading and checking the spec: cheap to refuse
     spec, uploads = _checked_spec()
     task_id = new_job_id("task")
-    if uploads:
-        folder = uploads_dir(svc.settings, task_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, data in uploads.items():
-            (folder / f"source-{i}.csv").write_bytes(data)
-    svc.store.create_task(
-        {
-            "id": task_id,
-            "name": spec.name,
-            "spec": spec_to_json(spec),
-            "profile": profile_name(),
-            "created_at": time.time(),
-            "extra": {"base_url": base_url()},
-        }
-    )
+    task = {
+        "id": task_id,
+        "name": spec.name,
+        "spec": spec_to_json(spec),
+        "profile": profile_name(),
+        "created_at": time.time(),
+        "extra": {"base_url": base_url()},
+    }
+    try:
+        if uploads:
+            folder = uploads_dir(svc.settings, task_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, data in uploads.items():
+                (folder / f"source-{i}.csv").write_bytes(data)
+        try:  # the cap again, atomically with the insert
+            svc.store.create_task(task, max_queued=svc.settings.max_queued_per_profile)
+        except LimitReached as exc:
+            raise _queue_full(exc.value) from None
+    except BaseException:
+        # nothing half-written: no task without its uploads, no uploads without a task (a
+        # full disk is a 507, an unavailable store a 503 - service.errors)
+        shutil.rmtree(uploads_dir(svc.settings, task_id).parent, ignore_errors=True)
+        raise
     svc.runner.wake()
     return jsonify({"task_id": task_id, "status": TaskStatus.QUEUED, **urls(task_id)}), 202
+
+
+def _queue_full(cap: int) -> ApiError:
+    return ApiError(
+        429,
+        f"this profile already has MAX_QUEUED_PER_PROFILE ({cap}) queued tasks; start more once some have run",
+        "too_many_requests",
+        [{"field": "X-Profile", "message": f"at most {cap} queued tasks (MAX_QUEUED_PER_PROFILE)"}],
+    )
+
+
+def _check_queue(svc, profile: str) -> None:
+    cap = svc.settings.max_queued_per_profile
+    if svc.store.queued_count(profile, cap) >= cap:
+        raise _queue_full(cap)
 
 
 @bp.get("/tasks")
@@ -181,7 +205,7 @@ def status(task_id: str):
 @bp.get("/detail/<task_id>")
 def detail(task_id: str):
     """Read-only extras for the progress page: the redacted spec and the manifest summary."""
-    return jsonify(task_detail(find_task(task_id), services().settings.results_dir))
+    return jsonify(task_detail(find_task(task_id, with_spec=True), services().settings.results_dir))
 
 
 @bp.get("/download/<task_id>")

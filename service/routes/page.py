@@ -1,6 +1,7 @@
 """GET /: the live progress page (plain HTML/CSS/JS from service/static, no build step, no
-CDN: it works offline). The page talks to /api/export like any client: fetch with
-`Authorization: Bearer`, websockets with `?token=`."""
+CDN: it works offline). The page talks to /api/export like any client: every fetch with
+`Authorization: Bearer`; websockets and downloads through the short-lived URLs that
+/ws-link and /download-link sign for one task - the token never goes into a URL."""
 
 from __future__ import annotations
 

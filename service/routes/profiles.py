@@ -9,7 +9,9 @@ from engine import FieldError, SpecError, parse_spec
 from service import profiles
 from service.auth import require_token
 from service.errors import ApiError, invalid
+from service.limits import check_spec_size
 from service.routes.common import json_body, profile_name, services
+from service.views.detail import redacted_spec
 
 profiles_bp = Blueprint("profiles", __name__, url_prefix="/api/export")
 profiles_bp.before_request(require_token)
@@ -22,7 +24,7 @@ def add_input():
     except SpecError as exc:
         raise invalid(exc) from None
     stored = services().store.update_profile(
-        profile_name(), lambda p: {**p, "inputs": profiles.upsert_inputs(p["inputs"], [item])}
+        profile_name(), lambda p: _stored_size_ok({**p, "inputs": profiles.upsert_inputs(p["inputs"], [item])})
     )
     return jsonify({"input": item, "inputs": profiles.in_output_order(stored["inputs"])})
 
@@ -51,7 +53,7 @@ def add_inputs():
     if problems:
         raise invalid(SpecError(problems))
     stored = services().store.update_profile(
-        profile_name(), lambda p: {**p, "inputs": profiles.upsert_inputs(p["inputs"], checked)}
+        profile_name(), lambda p: _stored_size_ok({**p, "inputs": profiles.upsert_inputs(p["inputs"], checked)})
     )
     return jsonify({"inputs": profiles.in_output_order(stored["inputs"])})
 
@@ -80,10 +82,18 @@ def _check_configuration(config: dict, inputs: list) -> None:
         raise invalid(exc, profiles.seed_path) from None
 
 
+def _stored_size_ok(profile: dict) -> dict:
+    """413 when a profile (configuration and inputs: what /start turns into a spec) would be
+    stored over MAX_SPEC_BYTES; checked inside the update, so nothing is written then."""
+    check_spec_size(profile, services().settings.max_spec_bytes, "configuration")
+    return profile
+
+
 @profiles_bp.post("/configure")
 def configure():
     change = json_body()
     name = profile_name()
+    check_spec_size(change, services().settings.max_spec_bytes, "configuration")
 
     def apply(current):
         try:
@@ -91,12 +101,13 @@ def configure():
         except SpecError as exc:
             raise invalid(exc) from None
         _check_configuration(merged, current["inputs"])
-        return {**current, "configuration": merged}
+        return _stored_size_ok({**current, "configuration": merged})
 
     stored = services().store.update_profile(name, apply)
-    return jsonify({"configuration": stored["configuration"]})
+    return jsonify({"configuration": redacted_spec(stored["configuration"])})
 
 
 @profiles_bp.get("/configure")
 def show_configuration():
-    return jsonify({"configuration": services().store.profile(profile_name())["configuration"]})
+    """The stored configuration, redacted like /detail: literal secrets read `***`, shape kept."""
+    return jsonify({"configuration": redacted_spec(services().store.profile(profile_name())["configuration"])})

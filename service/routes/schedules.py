@@ -14,12 +14,14 @@ import time
 
 from flask import Blueprint, jsonify
 
-from engine import FieldError, Redactor, SpecError, env_references, parse_spec, spec_to_json
+from engine import FieldError, Redactor, SpecError, parse_spec, spec_to_json
 from service.auth import require_token
 from service.cron import check_cron, check_timezone, next_after
 from service.errors import ApiError, invalid
+from service.limits import check_spec_size
 from service.logs import log_event
-from service.routes.common import FORBIDDEN_ENV, base_url, json_body, services
+from service.routes.common import base_url, json_body, profile_name, services
+from service.store import LimitReached
 from service.views.status import iso
 
 SCHEDULE_ID = re.compile(r"sch_[0-9a-f]{12}")
@@ -38,21 +40,21 @@ def schedule_json(schedule: dict) -> dict:
         "last_run": iso(schedule.get("last_run")),
         "last_task_id": schedule.get("last_task_id"),
         "created_at": iso(schedule["created_at"]),
+        "profile": schedule.get("profile") or "default",
+        "skipped_runs": schedule.get("skipped_runs") or 0,  # firings skipped: MAX_QUEUED_PER_PROFILE
+        "last_skipped": iso(schedule.get("last_skipped")),
         "name": schedule["spec"].get("name"),
         "spec": Redactor().spec(schedule["spec"]),
     }
 
 
 def _check_spec(document) -> dict:
-    from engine import prepare
+    from service.rules import prepare_for_service
 
     svc = services()
     if not isinstance(document, dict):
         raise SpecError([FieldError("spec", "must be a JSON object (a job spec)")])
     spec = parse_spec(document)
-    forbidden = sorted(env_references(spec) & FORBIDDEN_ENV)
-    if forbidden:
-        raise SpecError([FieldError("spec", f"${{{forbidden[0]}}} is the service's own secret")])
     for i, source in enumerate(spec.sources):
         if source.ids is not None and source.ids.file is not None:
             raise SpecError(
@@ -63,7 +65,7 @@ def _check_spec(document) -> dict:
                     )
                 ]
             )
-    prepare(spec, svc.env, svc.settings.allowed_source_hosts)
+    prepare_for_service(spec, svc.settings, svc.env)
     return spec_to_json(spec)
 
 
@@ -87,7 +89,9 @@ def create_schedule():
     if tz_problem:
         problems.append(FieldError("timezone", tz_problem))
     spec = None
+    limit = services().settings.max_spec_bytes
     if "spec" in body:
+        check_spec_size(body["spec"], limit)
         try:
             spec = _check_spec(body["spec"])
         except SpecError as exc:
@@ -96,6 +100,7 @@ def create_schedule():
             ]
     if problems:
         raise invalid(SpecError(problems))
+    check_spec_size(spec, limit)  # as stored
     import secrets
 
     now = time.time()
@@ -106,9 +111,19 @@ def create_schedule():
         "spec": spec,
         "created_at": now,
         "base_url": base_url(),
+        "profile": profile_name(),
     }
     schedule["next_run"] = next_after(schedule["cron"], timezone, now)
-    services().store.create_schedule(schedule)
+    cap = services().settings.max_schedules_per_profile
+    try:
+        services().store.create_schedule(schedule, max_per_profile=cap)
+    except LimitReached:
+        raise ApiError(
+            429,
+            f"this profile already has MAX_SCHEDULES_PER_PROFILE ({cap}) schedules; delete one first",
+            "too_many_requests",
+            [{"field": "X-Profile", "message": f"at most {cap} schedules (MAX_SCHEDULES_PER_PROFILE)"}],
+        ) from None
     log_event(
         "schedule_created",
         schedule_id=schedule["id"],

@@ -2,9 +2,12 @@
 
    Views (hash routes): #/ the task list, #/task/<id> one task, #/new the new-task form.
    Data: GET /api/export/tasks (a slow poll, for the list itself and new tasks), one websocket
-   per unfinished task shown (/api/export/ws/<id>), and a per-task poll of /status/<id> only
+      per unfinished task shown (/api/export/ws/<id>), and a per-task poll of /status/<id> only
    when its websocket cannot be used. With API_TOKEN set, the token (kept in sessionStorage)
-   goes as `Authorization: Bearer` on fetch and as `?token=` on websockets and download links.
+   goes as `Authorization: Bearer` on every fetch and never into a URL: websockets open the
+   short-lived URL that POST /ws-link/<id> signs for the task, and download links carry the URL
+   that POST /download-link/<id> signs (fetched when the link is hovered, focused or pressed,
+   so a Ctrl+click or a middle click opens a working URL too).
 
    Everything that comes from the API (names, errors, URLs) is put into the page with
    textContent / text nodes only - never parsed as HTML. */
@@ -124,14 +127,10 @@
     } catch (e) { /* storage refused: the token lives as long as the page */ }
   }
 
-  function withToken(path) { return token ? path + (path.includes('?') ? '&' : '?') + 'token=' + encodeURIComponent(token) : path; }
+  /** A URL signed for one task and route ('ws-link' | 'download-link'): {url, expires_at}. */
+  function signedLink(kind, id) { return api('POST', API + '/' + kind + '/' + encodeURIComponent(id)); }
 
-  function wsUrl(id) {
-    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
-    return withToken(scheme + location.host + API + '/ws/' + encodeURIComponent(id));
-  }
-
-  function downloadHref(id) { return withToken(API + '/download/' + encodeURIComponent(id)); }
+  function downloadHref(id) { return API + '/download/' + encodeURIComponent(id); }
 
   // ------------------------------------------------------------------ API calls
   class ApiError extends Error {
@@ -268,10 +267,18 @@
       return this;
     }
 
-    openSocket() {
+    async openSocket() {
       let ws;
       this.setMode('connecting');
-      try { ws = new WebSocket(wsUrl(this.id)); } catch (e) { sockets.failures += 1; this.poll(); return; }
+      let link;
+      try { link = await signedLink('ws-link', this.id); } catch (e) {
+        if (this.stopped) return;
+        if (e.status === 404) { this.stop(); forget(this.id); return; }
+        this.poll();
+        return;
+      }
+      if (this.stopped) return;
+      try { ws = new WebSocket(link.url); } catch (e) { sockets.failures += 1; this.poll(); return; }
       this.ws = ws;
       let delivered = false;
       ws.onmessage = (event) => {
@@ -456,13 +463,45 @@
     return h('span', { class: 'badge status-' + s.status }, STATUS_LABEL[s.status] || s.status);
   }
 
+  const LINK_FRESH_MS = 40000;  // a signed link lives 60 s: renew it when older than this
+
   function downloadLink(s) {
     const r = s.result || {};
     if (s.expired) return h('span', { class: 'muted' }, 'Result expired');
-    return h('a', { class: 'btn btn-primary download', href: downloadHref(s.task_id), download: r.filename || '' },
+    const a = h('a', { class: 'btn btn-primary download', href: downloadHref(s.task_id), download: r.filename || '' },
       h('span', { class: 'dl-label' }, 'Download'), ' ',
       h('span', { class: 'dl-file' }, h('span', { class: 'filename' }, r.filename || 'result'), ' ',
         h('span', { class: 'size' }, '(' + size(r.bytes) + ')')));
+    // The href becomes a URL signed for this task (no header needed, no token in it) as soon as
+    // the pointer or the keyboard reaches the link; a press before that fetches it, then follows it.
+    let signedAt = 0;
+    let pending = null;
+    const fresh = () => signedAt && Date.now() - signedAt < LINK_FRESH_MS;
+    const sign = () => {
+      if (fresh()) return Promise.resolve(a.href);
+      if (!pending) {
+        pending = signedLink('download-link', s.task_id)
+          .then((link) => { a.href = link.url; signedAt = Date.now(); return link.url; })
+          .finally(() => { pending = null; });
+      }
+      return pending;
+    };
+    const warm = () => { sign().catch(() => { /* shown when the link is pressed */ }); };
+    for (const type of ['pointerenter', 'focus', 'pointerdown', 'touchstart']) a.addEventListener(type, warm, { passive: true });
+    const follow = (event) => {
+      if (fresh()) return;  // the browser follows the signed href itself (Ctrl+click: a new tab)
+      event.preventDefault();
+      const newTab = event.ctrlKey || event.metaKey || event.shiftKey || event.button === 1;
+      sign().then((url) => {
+        if (newTab) window.open(url, '_blank', 'noopener');
+        else a.click();  // the fresh href, with the download attribute
+      }).catch((e) => {
+        if (e.status !== 401) announce('Could not download ' + taskName(s) + ': ' + e.message);
+      });
+    };
+    a.addEventListener('click', follow);
+    a.addEventListener('auxclick', (event) => { if (event.button === 1) follow(event); });
+    return a;
   }
 
   function cancelButton(s) {

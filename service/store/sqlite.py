@@ -35,9 +35,78 @@ def _adopt_unversioned(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE schedules ADD COLUMN base_url TEXT")
 
 
+METRIC_COLUMNS = ("m_pages", "m_requests", "m_retries", "m_bytes", "m_rows")
+STATUSES = tuple(s.value for s in TaskStatus)
+
+
+def _counters(db: sqlite3.Connection) -> None:
+    """1 -> 2: what status calls and /metrics read without parsing JSON or scanning every task.
+
+    - `m_pages`..`m_rows`: a task's work as numbers (from its progress and result), written
+      with them; `task_totals` (one row) and `task_counts` (one row per status) are kept up to
+      date by triggers, in the writing transaction itself, so /metrics reads 6 rows.
+    - `tasks(profile, status)`: the per-profile queue cap counts queued tasks by index.
+    - `schedules.profile` (the X-Profile that created it; NULL = "default"), and
+      `skipped_runs`/`last_skipped` (firings skipped because the profile's queue was full)."""
+    for column in METRIC_COLUMNS:
+        db.execute(f"ALTER TABLE tasks ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE tasks SET "
+        "m_pages = coalesce(json_extract(progress, '$.progress.pages_done'), 0), "
+        "m_requests = coalesce(json_extract(progress, '$.progress.requests'), 0), "
+        "m_retries = coalesce(json_extract(progress, '$.progress.retries'), 0), "
+        "m_bytes = coalesce(json_extract(progress, '$.progress.bytes'), 0), "
+        "m_rows = coalesce(json_extract(result, '$.rows'), 0) "
+        "WHERE progress IS NOT NULL"
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS task_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL DEFAULT 0)")
+    db.executemany("INSERT OR IGNORE INTO task_counts (status, n) VALUES (?, 0)", [(s,) for s in STATUSES])
+    db.execute("UPDATE task_counts SET n = (SELECT count(*) FROM tasks WHERE tasks.status = task_counts.status)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS task_totals (id INTEGER PRIMARY KEY CHECK (id = 1), "
+        + ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in METRIC_COLUMNS)
+        + ")"
+    )
+    db.execute(
+        "INSERT OR REPLACE INTO task_totals (id, {cols}) SELECT 1, {sums} FROM tasks".format(
+            cols=", ".join(METRIC_COLUMNS), sums=", ".join(f"coalesce(sum({c}), 0)" for c in METRIC_COLUMNS)
+        )
+    )
+    plus = ", ".join(f"{c} = {c} + NEW.{c}" for c in METRIC_COLUMNS)
+    minus = ", ".join(f"{c} = {c} - OLD.{c}" for c in METRIC_COLUMNS)
+    delta = ", ".join(f"{c} = {c} + NEW.{c} - OLD.{c}" for c in METRIC_COLUMNS)
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS tasks_counted AFTER INSERT ON tasks BEGIN "
+        "INSERT OR IGNORE INTO task_counts (status, n) VALUES (NEW.status, 0); "
+        "UPDATE task_counts SET n = n + 1 WHERE status = NEW.status; "
+        f"UPDATE task_totals SET {plus} WHERE id = 1; END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS tasks_recounted AFTER UPDATE OF status ON tasks "
+        "WHEN OLD.status IS NOT NEW.status BEGIN "
+        "INSERT OR IGNORE INTO task_counts (status, n) VALUES (NEW.status, 0); "
+        "UPDATE task_counts SET n = n - 1 WHERE status = OLD.status; "
+        "UPDATE task_counts SET n = n + 1 WHERE status = NEW.status; END"
+    )
+    db.execute(
+        f"CREATE TRIGGER IF NOT EXISTS tasks_totalled AFTER UPDATE OF {', '.join(METRIC_COLUMNS)} ON tasks BEGIN "
+        f"UPDATE task_totals SET {delta} WHERE id = 1; END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS tasks_uncounted AFTER DELETE ON tasks BEGIN "
+        "UPDATE task_counts SET n = n - 1 WHERE status = OLD.status; "
+        f"UPDATE task_totals SET {minus} WHERE id = 1; END"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS tasks_profile ON tasks(profile, status)")
+    db.execute("ALTER TABLE schedules ADD COLUMN profile TEXT")
+    db.execute("ALTER TABLE schedules ADD COLUMN skipped_runs INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE schedules ADD COLUMN last_skipped REAL")
+    db.execute("CREATE INDEX IF NOT EXISTS schedules_profile ON schedules(profile)")
+
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1, a new one included (step 0
 # creates schema.sql). Append a step for a change; never edit schema.sql or a step once shipped.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_adopt_unversioned]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_adopt_unversioned, _counters]
 SCHEMA_VERSION = len(MIGRATIONS)
 WEBHOOK_PENDING = {"delivered": False, "attempts": 0, "error": None, "pending": True}
 
@@ -46,12 +115,39 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+# What status, listing and websocket pushes read: every column but the spec (which can be
+# ~MAX_SPEC_BYTES and is parsed only where it is used: a claim, /detail, a webhook).
+STATUS_COLUMNS = (
+    "id, status, phase, name, profile, schedule_id, created_at, started_at, finished_at, progress, result, "
+    "error, extra, partial, cancel_requested, owner, lease_until, runs, expired"
+)
+
+
+class LimitReached(Exception):
+    """A per-profile cap (queued tasks, schedules) is reached: nothing was written."""
+
+    def __init__(self, limit: str, value: int):
+        super().__init__(f"{limit} ({value}) reached")
+        self.limit, self.value = limit, value
+
+
 def _row(row: sqlite3.Row | None) -> dict | None:
     return None if row is None else _task(row)
 
 
+def _metrics(progress: Any) -> dict[str, Any]:
+    """A progress snapshot's numbers, for the m_* columns (what /metrics adds up)."""
+    numbers = (progress or {}).get("progress") or {}
+    return {
+        "m_pages": numbers.get("pages_done") or 0,
+        "m_requests": numbers.get("requests") or 0,
+        "m_retries": numbers.get("retries") or 0,
+        "m_bytes": numbers.get("bytes") or 0,
+    }
+
+
 def _task(row: sqlite3.Row) -> dict:
-    task = dict(row)
+    task = {k: row[k] for k in row.keys() if not k.startswith("m_")}
     for key in ("spec", "progress", "result", "error", "extra"):
         if task.get(key) is not None:
             task[key] = json.loads(task[key])
@@ -128,18 +224,25 @@ class SQLiteTaskStore:
         return True
 
     # ------------------------------------------------------------ tasks
-    def create_task(self, task: dict) -> None:
+    def create_task(self, task: dict, max_queued: int | None = None) -> None:
+        """Insert a queued task; with `max_queued`, only if its profile has fewer queued tasks
+        (checked in the inserting transaction), else `LimitReached`."""
         with self._write() as db:
+            if max_queued is not None and _queued(db, task.get("profile") or "default", max_queued) >= max_queued:
+                raise LimitReached("MAX_QUEUED_PER_PROFILE", max_queued)
             _insert_task(db, task)
 
-    def get_task(self, task_id: str) -> dict | None:
-        return _row(self._connection().execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
+    def get_task(self, task_id: str, with_spec: bool = False) -> dict | None:
+        """A task; its `spec` only `with_spec` (status and websocket pushes never need it)."""
+        columns = "*" if with_spec else STATUS_COLUMNS
+        return _row(self._connection().execute(f"SELECT {columns} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
     def list_tasks(self, limit: int, status: str | None = None, schedule_id: str | None = None) -> list[dict]:
+        """The newest tasks, without their specs."""
         where = [(k, v) for k, v in (("status", status), ("schedule_id", schedule_id)) if v]
         clause = ("WHERE " + " AND ".join(f"{k} = ?" for k, _ in where)) if where else ""
         rows = self._connection().execute(
-            f"SELECT * FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            f"SELECT {STATUS_COLUMNS} FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
             [v for _, v in where] + [limit],
         )
         return [_task(r) for r in rows.fetchall()]
@@ -192,9 +295,11 @@ class SQLiteTaskStore:
 
     def save_progress(self, task_id: str, owner: str, progress: dict) -> None:
         with self._write() as db:
+            numbers = _metrics(progress)
             db.execute(
-                "UPDATE tasks SET progress = ?, phase = ? WHERE id = ? AND owner = ? AND status = 'running'",
-                (_json(progress), progress.get("phase"), task_id, owner),
+                "UPDATE tasks SET progress = ?, phase = ?, m_pages = ?, m_requests = ?, m_retries = ?, m_bytes = ? "
+                "WHERE id = ? AND owner = ? AND status = 'running'",
+                (_json(progress), progress.get("phase"), *numbers.values(), task_id, owner),
             )
 
     def finish(self, task_id: str, owner: str | None, status: TaskStatus, **fields: Any) -> bool:
@@ -206,6 +311,10 @@ class SQLiteTaskStore:
             "phase": None,
             "cancel_requested": 0,
         }
+        if "progress" in fields:
+            values.update(_metrics(fields["progress"]))
+        if "result" in fields:
+            values["m_rows"] = (fields["result"] or {}).get("rows") or 0
         for key in ("result", "error", "extra", "progress"):
             if key in fields:
                 values[key] = _json(fields.pop(key))
@@ -259,7 +368,8 @@ class SQLiteTaskStore:
     def expired_results(self, ttl: float) -> list[dict]:
         cutoff = time.time() - ttl
         rows = self._connection().execute(
-            "SELECT * FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?", (cutoff,)
+            f"SELECT {STATUS_COLUMNS} FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?",
+            (cutoff,),
         )
         return [_task(r) for r in rows.fetchall()]
 
@@ -275,18 +385,17 @@ class SQLiteTaskStore:
         return {r["id"] for r in rows}
 
     def counts(self) -> dict:
-        """Tasks by status, and work done by finished tasks (for /metrics)."""
+        """Tasks by status, and work done by all tasks (for /metrics): read from the counters
+        the triggers keep (`task_counts`, `task_totals`), not from the tasks themselves."""
         db = self._connection()
-        by_status = {r["status"]: r["n"] for r in db.execute("SELECT status, count(*) AS n FROM tasks GROUP BY status")}
-        totals = {"pages": 0, "requests": 0, "retries": 0, "bytes": 0, "rows": 0}
-        for row in db.execute("SELECT progress, result FROM tasks WHERE progress IS NOT NULL"):
-            progress = (json.loads(row["progress"]) or {}).get("progress") or {}
-            for key in ("requests", "retries", "bytes"):
-                totals[key] += progress.get(key) or 0
-            totals["pages"] += progress.get("pages_done") or 0
-            if row["result"]:
-                totals["rows"] += (json.loads(row["result"]) or {}).get("rows") or 0
+        by_status = {r["status"]: r["n"] for r in db.execute("SELECT status, n FROM task_counts")}
+        row = db.execute(f"SELECT {', '.join(METRIC_COLUMNS)} FROM task_totals WHERE id = 1").fetchone()
+        totals = {column[2:]: (row[column] if row is not None else 0) for column in METRIC_COLUMNS}
         return {"by_status": by_status, "totals": totals}
+
+    def queued_count(self, profile: str, cap: int) -> int:
+        """Queued tasks of a profile, counted up to `cap` (by index)."""
+        return _queued(self._connection(), profile, cap)
 
     # ------------------------------------------------------------ profiles
     def profile(self, name: str) -> dict:
@@ -375,11 +484,20 @@ class SQLiteTaskStore:
             return bool(changed)
 
     # ------------------------------------------------------------ schedules
-    def create_schedule(self, schedule: dict) -> None:
+    def create_schedule(self, schedule: dict, max_per_profile: int | None = None) -> None:
+        """Insert a schedule; with `max_per_profile`, only if its profile has fewer schedules
+        (checked in the inserting transaction), else `LimitReached`."""
+        profile = schedule.get("profile") or "default"
         with self._write() as db:
+            if max_per_profile is not None:
+                found = db.execute(
+                    "SELECT count(*) FROM schedules WHERE coalesce(profile, 'default') = ?", (profile,)
+                ).fetchone()[0]
+                if found >= max_per_profile:
+                    raise LimitReached("MAX_SCHEDULES_PER_PROFILE", max_per_profile)
             db.execute(
-                "INSERT INTO schedules (id, cron, timezone, spec, created_at, next_run, base_url) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO schedules (id, cron, timezone, spec, created_at, next_run, base_url, profile) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     schedule["id"],
                     schedule["cron"],
@@ -388,6 +506,7 @@ class SQLiteTaskStore:
                     schedule.get("created_at", time.time()),
                     schedule["next_run"],
                     schedule.get("base_url"),
+                    profile,
                 ),
             )
 
@@ -403,7 +522,9 @@ class SQLiteTaskStore:
         with self._write() as db:
             return db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount == 1
 
-    def fire_schedules(self, now: float, plan, make_task, stale: float) -> list[dict]:
+    def fire_schedules(
+        self, now: float, plan, make_task, stale: float, max_queued: int | None = None, on_skip=None
+    ) -> list[dict]:
         """Turn every due time of every schedule into a queued task, exactly once across all
         workers and restarts: the schedule's `next_run` moves on and its tasks are inserted in
         one write transaction (guarded by `next_run = <the value read>`).
@@ -411,7 +532,11 @@ class SQLiteTaskStore:
         `plan(schedule, now, caught_up) -> ([(due, missed), ...], next_run)` decides which runs
         to make; `caught_up` says some scheduler looked within the last `stale` seconds (a
         gap shorter than that is caught up run by run; after a longer downtime `plan` makes
-        one run). `make_task(schedule, due, missed) -> task dict`. Returns the new tasks."""
+        one run). `make_task(schedule, due, missed) -> task dict`. Returns the new tasks.
+
+        `max_queued`: a run whose profile already has that many queued tasks is skipped, not
+        queued: the schedule counts it (`skipped_runs`, `last_skipped`) and `on_skip(schedule,
+        task)` is told (after the commit)."""
         db = self._connection()
         if db.execute("SELECT 1 FROM schedules LIMIT 1").fetchone() is None:
             return []
@@ -420,6 +545,7 @@ class SQLiteTaskStore:
             if beat is not None and now - beat["value"] < 1.0:
                 return []  # nothing due, and the heartbeat is fresh: no write needed
         fired: list[dict] = []
+        skipped: list[tuple[dict, dict]] = []
         with self._write() as db:
             beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
             caught_up = beat is not None and now - beat["value"] <= stale
@@ -439,14 +565,29 @@ class SQLiteTaskStore:
                 )
                 if moved.rowcount != 1:
                     continue
+                last_task_id = row["last_task_id"]
                 for task in tasks:
+                    profile = task.get("profile") or "default"
+                    if max_queued is not None and _queued(db, profile, max_queued) >= max_queued:
+                        db.execute(
+                            "UPDATE schedules SET skipped_runs = skipped_runs + 1, last_skipped = ? WHERE id = ?",
+                            (now, row["id"]),
+                        )
+                        skipped.append((schedule, task))
+                        continue
                     _insert_task(db, task)
-                fired.extend(tasks)
+                    fired.append(task)
+                    last_task_id = task["id"]
+                if tasks and last_task_id != tasks[-1]["id"]:  # the last run was skipped: no such task
+                    db.execute("UPDATE schedules SET last_task_id = ? WHERE id = ?", (last_task_id, row["id"]))
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('scheduler_beat', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
                 (now,),
             )
+        if on_skip is not None:
+            for schedule, task in skipped:
+                on_skip(schedule, task)
         return fired
 
 
@@ -456,6 +597,12 @@ def _migrate(db: sqlite3.Connection) -> None:
         step(db)
     if version < SCHEMA_VERSION:  # a newer database (a rollback) is left as it is
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _queued(db: sqlite3.Connection, profile: str, cap: int) -> int:
+    return db.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE profile = ? AND status = 'queued' LIMIT ?)", (profile, cap)
+    ).fetchone()[0]
 
 
 def _insert_task(db: sqlite3.Connection, task: dict) -> None:
@@ -512,4 +659,21 @@ class _Transaction:
         return self.db
 
     def __exit__(self, kind, value, traceback) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        # SQLite may already have rolled back (SQLITE_FULL, an I/O error): a second ROLLBACK
+        # would fail and hide the first error; a failed COMMIT must not leave the connection
+        # inside a transaction (the thread's next request would find it open).
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the error being raised says more

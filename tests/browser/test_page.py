@@ -68,7 +68,8 @@ def browser(tmp_path_factory):
         "--hide-scrollbars",
     ):
         options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.set_page_load_timeout(30)
     downloads = tmp_path_factory.mktemp("downloads")
@@ -214,6 +215,20 @@ def downloaded(folder: Path, name: str, timeout=30) -> Path:
     return path
 
 
+def requested_urls(driver) -> list[str]:
+    """Every URL the browser requested (fetches, navigations, downloads, websockets) since the
+    last call, from Chrome's performance log."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(params["request"]["url"])
+        elif message.get("method") == "Network.webSocketCreated":
+            urls.append(params["url"])
+    return urls
+
+
 def hash_task_id(driver) -> str:
     match = wait_for(
         lambda: re.fullmatch(r"#/task/(task_[0-9a-f]{12})", driver.execute_script("return location.hash")),
@@ -276,7 +291,8 @@ def test_validate_endpoint_answers_like_start_without_starting(api, service):
         "/api/export/validate",
         json={"sources": [{"url": "http://x", "auth": {"type": "bearer", "token": "${API_TOKEN}"}}]},
     )
-    assert r.status_code == 400 and r.json()["details"][0]["field"] == "spec"
+    # the service's own secret is refused, naming the field that references it (SECRET_NAMES)
+    assert r.status_code == 400 and r.json()["details"][0]["field"] == "sources.0.auth.token"
     r = service.call("POST", "/api/export/validate", files={"spec": (None, json.dumps(page_spec(api, n=10)))})
     assert r.status_code == 200, r.text
     assert len(service.call("GET", "/api/export/tasks").json()["tasks"]) == before
@@ -518,7 +534,10 @@ def test_the_page_falls_back_to_polling_when_websockets_fail(api, service, page)
 
 
 def test_with_an_api_token_the_page_works_once_the_token_is_entered(api, token_service, page):
+    from selenium.webdriver.common.action_chains import ActionChains
+
     svc = token_service
+    requested_urls(page)  # from here on: no request URL may carry the token
     page.get(svc.url("/"))
     notice = wait_for(lambda: css(page, "#notice").is_displayed() and css(page, "#notice"), message="the token notice")
     assert "API token" in notice.text
@@ -546,14 +565,29 @@ def test_with_an_api_token_the_page_works_once_the_token_is_entered(api, token_s
     task_id = hash_task_id(page)
     samples = watch_detail_until_final(page)
     assert samples[-1]["status"] == "completed"
-    assert "socket" in {s["live"] for s in samples}, "the websocket takes ?token="
+    assert "socket" in {s["live"] for s in samples}, "the websocket opens through /ws-link"
     wait_for(lambda: "with-token" in css(page, ".detail-spec").text, message="the spec (fetched with the token)")
-    href = css(page, ".detail-actions a.download").get_attribute("href")
-    assert f"token={TOKEN}" in href
-    assert requests.get(href.replace(f"token={TOKEN}", "token=nope"), timeout=10).status_code == 401
-    download = requests.get(href, timeout=10)
-    assert download.status_code == 200 and len(rows_of(download.content, "csv")) == 400
+
+    # the download link: hovered, its href becomes a URL signed for this task (so a Ctrl+click or
+    # "open in a new tab" works), which needs no header; a click downloads through it
+    link = css(page, ".detail-actions a.download")
+    assert "sig=" not in link.get_attribute("href")
+    ActionChains(page).move_to_element(link).perform()
+    wait_for(lambda: "sig=" in link.get_attribute("href"), message="the signed download link")
+    href = link.get_attribute("href")
+    assert f"/api/export/download/{task_id}?" in href and TOKEN not in href
+    assert requests.get(href, timeout=10).status_code == 200
+    assert requests.get(href.split("?")[0], timeout=10).status_code == 401
+    link.click()
+    path = downloaded(page.downloads, "with-token.csv")
+    assert len(rows_of(path.read_bytes(), "csv")) == 400
     shot(page, "09-token-detail")
+
+    urls = requested_urls(page)
+    # (the download itself is the browser's, not the page's: it is not in the page's network log)
+    assert any(u.startswith("ws://") and "/ws/" in u and "sig=" in u for u in urls), urls
+    leaked = [u for u in urls if TOKEN in u or "token=" in u]
+    assert not leaked, f"the token went into a URL: {leaked}"
 
     page.refresh()  # sessionStorage keeps the token for the tab
     wait_for(lambda: detail_state(page)["status"] == "completed", message="the view after a reload")

@@ -36,9 +36,15 @@ def s3():
         yield server
 
 
+@pytest.fixture(scope="module")
+def ftps_certs(tmp_path_factory):
+    """One folder for the FTPS servers' certificates: FTPS_CA_FILE (a setting) names its cert.pem."""
+    return tmp_path_factory.mktemp("ftps-certs")
+
+
 @pytest.fixture
-def ftps(tmp_path):
-    with FtpServer(tmp_path / "ftp-root", password=FTP_PASSWORD) as server:
+def ftps(tmp_path, ftps_certs):
+    with FtpServer(tmp_path / "ftp-root", password=FTP_PASSWORD, certs=ftps_certs) as server:
         yield server
 
 
@@ -197,7 +203,9 @@ def test_s3_failures_are_outcomes_retried_only_when_transient(s3, tmp_path, monk
 
 def test_ftps_creates_the_directory_and_renames_a_temp_file_into_place(ftps, tmp_path):
     path = result_file(tmp_path, size=300_000)
-    [outcome] = deliver_all(targets(ftps.target(directory="/exports/daily/eu")), path, Redactor({FTP_PASSWORD}))
+    [outcome] = deliver_all(
+        targets(ftps.target(directory="/exports/daily/eu")), path, Redactor({FTP_PASSWORD}), ca_file=str(ftps.cert)
+    )
     assert outcome["ok"] is True, outcome
     assert outcome["target"] == f"ftps://ferry@127.0.0.1:{ftps.port}/exports/daily/eu/orders.csv"
     final = ftps.root / "exports" / "daily" / "eu" / "orders.csv"
@@ -209,7 +217,9 @@ def test_ftps_creates_the_directory_and_renames_a_temp_file_into_place(ftps, tmp
     assert sorted(p.name for p in final.parent.iterdir()) == ["orders.csv"]
     # a second delivery replaces the file (and again leaves no temp file behind)
     path.write_bytes(b"second version")
-    assert deliver_all(targets(ftps.target(directory="/exports/daily/eu")), path, Redactor())[0]["ok"]
+    assert deliver_all(targets(ftps.target(directory="/exports/daily/eu")), path, Redactor(), ca_file=str(ftps.cert))[
+        0
+    ]["ok"]
     assert final.read_bytes() == b"second version" and len(list(final.parent.iterdir())) == 1
 
 
@@ -227,7 +237,7 @@ def test_ftp_transient_errors_are_retried(tmp_path, monkeypatch):
 def test_ftps_certificate_is_checked_unless_told_otherwise(ftps, tmp_path):
     path = result_file(tmp_path)
     untrusted, lenient = deliver_all(
-        targets(ftps.target(ca_file=None), ftps.target(ca_file=None, verify=False, directory="lenient")),
+        targets(ftps.target(), ftps.target(verify=False, directory="lenient")),
         path,
         Redactor(),
     )
@@ -238,7 +248,9 @@ def test_ftps_certificate_is_checked_unless_told_otherwise(ftps, tmp_path):
 
 def test_ftp_wrong_password_fails_that_target_without_retries(ftps, tmp_path):
     path = result_file(tmp_path)
-    [outcome] = deliver_all(targets(ftps.target(password="wrong-pw-Xy4")), path, Redactor({"wrong-pw-Xy4"}))
+    [outcome] = deliver_all(
+        targets(ftps.target(password="wrong-pw-Xy4")), path, Redactor({"wrong-pw-Xy4"}), ca_file=str(ftps.cert)
+    )
     assert outcome["ok"] is False and outcome["attempts"] == 1 and "530" in outcome["error"]
     assert "wrong-pw-Xy4" not in json.dumps(outcome)
 
@@ -335,10 +347,17 @@ def test_cli_exits_3_when_the_webhook_finally_fails(api, cli, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def service(module_service_factory):
-    """One service for the module's tests (overrides conftest's per-test one), with the secrets."""
+def service(module_service_factory, ftps_certs):
+    """One service for the module's tests (overrides conftest's per-test one), with the secrets
+    (SECRET_NAMES lists them) and the FTPS servers' certificate (FTPS_CA_FILE)."""
     return module_service_factory(
-        {"HOOK_SECRET": HOOK_SECRET, "FTP_PASSWORD": FTP_PASSWORD, "MAX_CONCURRENT_TASKS": "1"}
+        {
+            "HOOK_SECRET": HOOK_SECRET,
+            "FTP_PASSWORD": FTP_PASSWORD,
+            "SECRET_NAMES": "HOOK_SECRET,FTP_PASSWORD",
+            "FTPS_CA_FILE": str(ftps_certs / "cert.pem"),
+            "MAX_CONCURRENT_TASKS": "1",
+        }
     )
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from engine.fetch.auth import Auth, HeaderValueAuth, QueryAuth
 from engine.fetch.client import MAX_REDIRECTS, HttpClient, should_strip_auth
-from engine.fetch.outbound import host_allowed
+from engine.fetch.outbound import OutboundPolicy, host_matches
 from engine.fetch.page import FetchError, Gate, PageFetcher, SourceRequestSpec
 from engine.spec.models import CsvSourceOptions, Retry
 from tests.support.scripted_server import Reply, ScriptedServer
@@ -98,7 +98,7 @@ class Harness:
             on_retry=self._on_retry,
             on_bytes=self._on_bytes,
         )
-        self.client = HttpClient(max_body, allowed_hosts, ssl_context=ssl_context)
+        self.client = HttpClient(max_body, OutboundPolicy(allowed_hosts), ssl_context=ssl_context)
         self.fetcher = PageFetcher(self.client, self.gate, retry or Retry(), timeout=timeout)
         _CLIENTS.append(self)
 
@@ -602,13 +602,13 @@ def test_redirect_loop_fails(server, url):
 
 
 def test_redirect_outside_allowed_hosts_is_refused(server, url):
-    server.add("GET", PATH, Reply.redirect(server.url("/steal", host="localhost")))
+    server.add("GET", PATH, Reply.redirect(server.url("/steal", host="127.0.0.2")))
     server.add("GET", "/steal", Reply.json([{"stolen": True}]))
     h = Harness(allowed_hosts=("127.0.0.1",))
     out = h.fetch(url)
     assert out.parsed is None
     assert out.error.retryable is False and out.attempts == 1
-    assert "'localhost'" in out.error.message and "ALLOWED_SOURCE_HOSTS" in out.error.message
+    assert "'127.0.0.2'" in out.error.message and "ALLOWED_SOURCE_HOSTS" in out.error.message
     assert targets(server) == [PATH]  # the other host was never asked
     assert h.limiter.acquired == 1
 
@@ -621,13 +621,14 @@ def test_redirect_within_allowed_hosts_is_followed(server, url):
     assert [r.host for r in server.requests()] == ["127.0.0.1", "localhost"]
 
 
-def test_allowed_hosts_suffix_entries_match_subdomains_only():
-    allowed = ("api.example.com", ".example.com")
-    assert host_allowed("https://cdn.example.com/x", allowed)
-    assert host_allowed("https://API.example.com/x", allowed)
-    assert not host_allowed("https://example.com.evil.org/x", allowed)
-    assert not host_allowed("https://evilexample.com/x", allowed)
-    assert host_allowed("https://anything.org/x", ())
+@pytest.mark.parametrize("suffix", ["*.example.com", ".example.com"])  # the older form is still read
+def test_allowed_hosts_suffix_entries_match_subdomains_only(suffix):
+    allowed = ("api.example.com", suffix)
+    assert host_matches("cdn.example.com", allowed)
+    assert host_matches("API.example.com", allowed)
+    assert not host_matches("example.com.evil.org", allowed)
+    assert not host_matches("evilexample.com", allowed)
+    assert host_matches("anything.org", ())
 
 
 def test_start_url_outside_allowed_hosts_is_refused(server, url):
@@ -795,7 +796,7 @@ def _case_redirect_loop(server, refused):
 
 
 def _case_host_refused(server, refused):
-    server.add("GET", PATH, Reply.redirect(server.url(f"/steal?api_key={SECRET}", host="localhost")))
+    server.add("GET", PATH, Reply.redirect(server.url(f"/steal?api_key={SECRET}", host="127.0.0.2")))
     return Harness(Retry(attempts=1), allowed_hosts=("127.0.0.1",)), server.url(PATH)
 
 
@@ -1070,6 +1071,6 @@ def test_oauth2_token_endpoint_redirect_is_not_followed(server, other_server, ur
 
 def test_oauth2_token_endpoint_outside_allowed_hosts_is_refused(server, url):
     h = Harness(allowed_hosts=("127.0.0.1",))
-    out = h.fetch(url, auth=_oauth2(server.url("/oauth/token", host="localhost"), h.client))
+    out = h.fetch(url, auth=_oauth2(server.url("/oauth/token", host="127.0.0.2"), h.client))
     assert "ALLOWED_SOURCE_HOSTS" in out.error.message and "token endpoint" in out.error.message
     assert server.requests() == []

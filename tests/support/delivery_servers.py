@@ -264,9 +264,7 @@ class FtpServer:
             "password": self.password,
             "directory": "/exports/daily",
             "tls": self.tls,
-        }
-        if self.tls:
-            target["ca_file"] = str(self.cert)
+        }  # its certificate is trusted through FTPS_CA_FILE (`self.cert`), a setting, not a spec field
         target.update(overrides)
         return target
 

@@ -30,6 +30,8 @@ class ServiceProcess:
                 "WEB_CONCURRENCY": str(workers),
                 "WORKERS": "2",
                 "PYTHONPATH": str(REPO),
+                # The service refuses loopback by default; the tests' APIs and peers are there.
+                "ALLOWED_SOURCE_HOSTS": "127.0.0.1,localhost",
             }
         )
         self.env.update(env or {})

@@ -152,7 +152,7 @@ def test_a_short_restart_catches_up_each_run_a_long_downtime_runs_once(tmp_path)
 @pytest.fixture
 def client(tmp_path):
     settings = load_settings({"DATA_DIR": str(tmp_path / "data")})
-    app = create_app(settings, run_tasks=False, env={"ORDERS_TOKEN": "tok-from-env"})
+    app = create_app(settings, run_tasks=False, env={"PAGEFERRY_SECRET_ORDERS_TOKEN": "tok-from-env"})
     return app.test_client()
 
 
@@ -209,7 +209,10 @@ def test_create_list_delete_a_schedule(client):
         "name": "orders",
         "sources": [
             {"url": "https://api.example.com/orders", "auth": {"type": "bearer", "token": "literal-token-123"}},
-            {"url": "https://api.example.com/refunds", "auth": {"type": "bearer", "token": "${ORDERS_TOKEN}"}},
+            {
+                "url": "https://api.example.com/refunds",
+                "auth": {"type": "bearer", "token": "${PAGEFERRY_SECRET_ORDERS_TOKEN}"},
+            },
         ],
         "export": {"format": "zip"},
         "webhook": {"url": "https://hooks.example.com/x", "secret": "hook-s3cret"},

@@ -461,7 +461,12 @@ def test_api_token(api, service_factory):
     assert service.call("GET", "/api/export/tasks").status_code == 200
     task_id = service.start_task(page_spec(api, n=50))
     service.wait(task_id)
-    assert requests.get(service.url(f"/api/export/download/{task_id}?token=tok-123456")).status_code == 200
+    # the token only as a header: `?token=` is refused; browsers download through a signed link
+    assert requests.get(service.url(f"/api/export/download/{task_id}?token=tok-123456")).status_code == 401
+    link = service.call("POST", f"/api/export/download-link/{task_id}").json()
+    assert "tok-123456" not in link["url"]
+    assert requests.get(link["url"]).status_code == 200
+    assert requests.get(service.url("/metrics")).status_code == 401
     assert requests.get(service.url("/healthz")).status_code == 200  # outside /api
 
 

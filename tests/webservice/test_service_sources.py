@@ -92,7 +92,9 @@ def test_upload_over_max_file_size_is_413(api, service_factory):
 
 
 def test_secrets_never_leak_through_the_service(api, service_factory, tmp_path):
-    service = service_factory({"PF_CANARY": CANARY, "LOG_LEVEL": "DEBUG"}, data_dir=tmp_path / "data")
+    service = service_factory(
+        {"PF_CANARY": CANARY, "SECRET_NAMES": "PF_CANARY", "LOG_LEVEL": "DEBUG"}, data_dir=tmp_path / "data"
+    )
     forms = secret_forms(CANARY, "someone")
 
     ok = service.start_task(leak_spec(api, False))
