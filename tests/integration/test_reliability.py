@@ -175,10 +175,16 @@ def test_allowed_source_hosts_refuses_other_hosts_at_validation(api, cli, tmp_pa
 
 
 def test_allowed_source_hosts_refuses_a_redirect_to_another_host(api, cli, tmp_path):
-    target = f"http://localhost:{api.port}/items/list?n=5"
+    # An IP entry allows that address under any name (localhost included), nothing else.
+    target = f"http://127.0.0.2:{api.port}/items/list?n=5"
     spec = {"sources": [{"url": api.url("/redirect", to=target)}], "retry": {"attempts": 2, "backoff": 0.01}}
     api.reset()
     run = cli("run", str(write_spec(tmp_path / "s.json", spec)), "--quiet", env={"ALLOWED_SOURCE_HOSTS": "127.0.0.1"})
     assert run.code == 1
-    assert "localhost" in run.summary["error"] and "ALLOWED_SOURCE_HOSTS" in run.summary["error"]
+    assert "127.0.0.2" in run.summary["error"] and "ALLOWED_SOURCE_HOSTS" in run.summary["error"]
     assert [e["path"] for e in api.log()] == ["/redirect"]  # the other host was never asked
+    by_name = {"sources": [{"url": api.url("/redirect", to=f"http://localhost:{api.port}/items/list?n=5")}]}
+    allowed = cli(
+        "run", str(write_spec(tmp_path / "n.json", by_name)), "--quiet", env={"ALLOWED_SOURCE_HOSTS": "127.0.0.1"}
+    )
+    assert allowed.code == 0 and allowed.summary["rows"] == 5  # localhost is 127.0.0.1: the listed address
