@@ -306,6 +306,8 @@ def _columns(frame: pl.LazyFrame, columns: tuple[Column, ...], schema: pl.Schema
                 raise ctx.missing(at, label, schema, fetched=True)
             expr, dtype = found
         if column.type is not None:
+            if column.type != "string" and kind_of(dtype) == "string":
+                expr = pl.when(expr.str.strip_chars() != "").then(expr)  # a blank text is a missing value
             result = cast_expr(expr, dtype, column.type)
             if column.on_cast_error == "fail" and cast_can_fail(dtype, column.type):
                 checks.append(_CastCheck(i, column.name, label, column.type, expr, result))

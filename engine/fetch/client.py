@@ -19,7 +19,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-import certifi
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import ContentEncodingError, DecompressSizeError, TransferEncodingError
@@ -215,7 +214,8 @@ class HttpClient:
     ):
         self.max_body = max_body
         self.lanes = max(lanes, 1)
-        self.ssl_context = ssl_context or ssl.create_default_context(cafile=certifi.where())
+        # None: aiohttp's own verifying context (the system trust store), built once at import.
+        self.ssl_context = ssl_context
         self._env_proxies = urllib.request.getproxies()
         self.guard = guard or OutboundGuard(policy, proxy_hosts(self._env_proxies))
         self._proxies: dict[tuple[str, str | None], str | None] = {}
@@ -224,7 +224,9 @@ class HttpClient:
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self.lanes + 2, ssl=self.ssl_context, resolver=CheckedResolver(self.guard)
+            limit=self.lanes + 2,
+            ssl=self.ssl_context if self.ssl_context is not None else True,
+            resolver=CheckedResolver(self.guard),
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -335,9 +337,16 @@ class HttpClient:
         declared = resp.content_length
         if declared is not None and declared > limit:
             raise FetchError(f"body of {declared} bytes exceeds MAX_FILE_SIZE ({limit} bytes)", False, status)
+        loop = asyncio.get_running_loop()
+        if declared is not None and "Content-Encoding" not in resp.headers:
+            # Its size is known and within the limit: one read, no per-chunk bookkeeping.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await resp.read()
+            except TimeoutError:
+                raise FetchError(f"body not complete within {timeout:g} s (timeout)", True, status) from None
         chunks: list[bytes] = []
         size = 0
-        loop = asyncio.get_running_loop()
         # A stalled body ends at the read timeout; a trickling one at this deadline.
         async for chunk in resp.content.iter_chunked(CHUNK):
             size += len(chunk)

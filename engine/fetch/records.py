@@ -202,8 +202,8 @@ def _fields_bound(body: bytes, options: CsvSourceOptions) -> int:
 
 def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
     """A CSV page as a table of text columns, each value exactly as written (no type
-    inference: `01067`, `1e3` and `TRUE` stay as they are). Fields in `csv.null_values` (by
-    default the empty field) are null. `csv.infer_types` is applied later, over the whole
+    inference: `01067`, `1e3`, `TRUE` and an empty field stay as they are). Fields in
+    `csv.null_values` (none by default) are null. `csv.infer_types` is applied later, over the whole
     column (`engine.export.infer`)."""
     if not body.strip():
         return pa.table({})

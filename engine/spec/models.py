@@ -75,7 +75,7 @@ class CsvSourceOptions(Model):
     separator: str = Field(",", min_length=1, max_length=1)
     encoding: str = "utf-8"
     header: bool = True
-    null_values: tuple[str, ...] = ("",)
+    null_values: tuple[str, ...] = ()  # an empty field stays "" (text as written)
     skip_rows: int = Field(0, ge=0)
     infer_types: bool = False  # true: whole columns of plain integers/decimals become numbers
 

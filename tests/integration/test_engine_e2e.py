@@ -214,7 +214,7 @@ def test_ndjson_and_csv_sources(api, run_job):
     rows = read_export(run_job(spec).output, "parquet")
     assert [r["id"] for r in rows] == list(range(1, 231))
     assert rows[6]["name"] == "café-7"
-    assert rows[4]["note"] is None  # an empty cell is null
+    assert rows[4]["note"] == ""  # an empty cell stays empty text
 
     spec = {
         "sources": [

@@ -252,7 +252,9 @@ def test_csv_without_header_names_columns():
 
 
 def test_csv_null_values():
-    table = csv_table(b"a,b\n,x\n1,\n", CsvSourceOptions())
+    table = csv_table(b"a,b\n,x\n1,\n", CsvSourceOptions())  # empty fields stay empty text
+    assert table.to_pylist() == [{"a": "", "b": "x"}, {"a": "1", "b": ""}]
+    table = csv_table(b"a,b\n,x\n1,\n", CsvSourceOptions(null_values=("",)))
     assert table.to_pylist() == [{"a": None, "b": "x"}, {"a": "1", "b": None}]
     table = csv_table(b"a,b\nNA,NA\nq,r\n", CsvSourceOptions(null_values=("NA",)))
     assert table.to_pylist() == [{"a": None, "b": None}, {"a": "q", "b": "r"}]
@@ -282,7 +284,7 @@ def test_csv_fields_arrive_as_written_text():
             "plus": "+5",
             "space": " 5",
             "date": "2024-01-02",
-            "empty": None,
+            "empty": "",
             "formula": "=1+2",
         },
         {

@@ -194,7 +194,7 @@ def test_pagination_given_values_override_the_defaults():
 def test_csv_source_options_defaults_and_values():
     src = parse_spec(one(format="csv", csv={"separator": ";", "encoding": "latin-1", "header": False})).sources[0]
     assert (src.csv.separator, src.csv.encoding, src.csv.header) == (";", "latin-1", False)
-    assert parse_spec(one(format="csv")).sources[0].csv.null_values == ("",)
+    assert parse_spec(one(format="csv")).sources[0].csv.null_values == ()
     assert parse_spec(one(format="csv")).sources[0].csv.skip_rows == 0
 
 
