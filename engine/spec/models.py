@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -66,6 +67,17 @@ def check_http_url(url: str) -> str | None:
     if not parts.hostname:
         return "must name a host"
     return None
+
+
+def _http_url_or_ref(value: str) -> str:
+    """An absolute http(s) URL; a `${NAME}` reference is checked once resolved (prepare)."""
+    problem = None if ENV_REF.search(value) else check_http_url(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+HttpUrlOrRef = Annotated[str, AfterValidator(_http_url_or_ref)]
 
 
 # ---------------------------------------------------------------- sources
@@ -228,18 +240,10 @@ class BasicAuth(Model):
 
 class OAuth2Auth(Model):
     type: Literal["oauth2"]
-    token_url: str
+    token_url: HttpUrlOrRef
     client_id: str = Field(..., min_length=1)
     client_secret: str = Field(..., min_length=1)
     scope: str | None = None
-
-    @field_validator("token_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        problem = None if ENV_REF.search(value) else check_http_url(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
 Auth = Annotated[BearerAuth | HeaderAuth | QueryAuth | BasicAuth | OAuth2Auth, Field(discriminator="type")]
@@ -410,37 +414,21 @@ class Export(Model):
 
 
 class Webhook(Model):
-    url: str
+    url: HttpUrlOrRef
     secret: str | None = None
     timeout: float = Field(10.0, gt=0, le=300)
     attempts: int = Field(5, ge=1, le=20)
     backoff: float = Field(1.0, ge=0, le=300)  # seconds before the 2nd attempt, doubling (max 60 s)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        problem = None if ENV_REF.search(value) else check_http_url(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
 
 class S3Target(Model):
     type: Literal["s3"]
     url: str = Field(..., pattern=r"^s3://[^/\s]+(?:/[^\r\n\x00]*)?\z")
-    endpoint_url: str | None = None
+    endpoint_url: HttpUrlOrRef | None = None
     access_key: str | None = None
     secret_key: str | None = None
     region: str | None = None
     inner_files: bool = False
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        problem = None if value is None or ENV_REF.search(value) else check_http_url(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
 class FtpTarget(Model):
@@ -470,7 +458,7 @@ class GcsTarget(Model):
 
     type: Literal["gcs"]
     url: str
-    endpoint_url: str | None = None
+    endpoint_url: HttpUrlOrRef | None = None
     credentials_file: str | None = Field(None, min_length=1)
     credentials: str | None = Field(None, min_length=1)
 
@@ -481,14 +469,6 @@ class GcsTarget(Model):
             raise ValueError("must be gs://bucket/prefix/ (a bucket: lower-case letters, digits, '-', '_', '.')")
         if any(part in (".", "..") for part in value[len("gs://") :].split("/")[1:]):
             raise ValueError("must not contain '.' or '..' path segments")
-        return value
-
-    @field_validator("endpoint_url")
-    @classmethod
-    def _gcs_endpoint(cls, value: str | None) -> str | None:
-        problem = None if value is None or ENV_REF.search(value) else check_http_url(value)
-        if problem:
-            raise ValueError(problem)
         return value
 
     @field_validator("credentials")

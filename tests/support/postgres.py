@@ -40,8 +40,7 @@ def _run(cmd: list[str]) -> None:
 class PostgresCluster:
     def __init__(self, root: Path):
         binaries = pg_bin()
-        if binaries is None:
-            pytest.skip("PostgreSQL server binaries are not installed (.ci/install)")
+        assert binaries is not None, "PostgreSQL server binaries are not installed: run .ci/install"
         self.bin = binaries
         self.root = root
         self.data = root / "data"
