@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from engine.deliver.common import DeliveryFailure, checked_address
 from engine.deliver.table_targets import TableJob, is_table_target
 from engine.fetch.outbound import OutboundPolicy, OutboundRefused
 from engine.spec.redact import Redactor
@@ -363,7 +363,7 @@ def _load_target(target, job: TableJob, sources: Sequence[str], redactor: Redact
         plans = plan_tables(target, job, sources)
         written = loader.load(plans)
         outcome.update(ok=True, rows=sum(written.values()), tables=written)
-    except TargetFailed as exc:
+    except (TargetFailed, DeliveryFailure) as exc:
         outcome["error"] = scrub.text(str(exc))[:1000]
     except OutboundRefused as exc:
         outcome["error"] = scrub.text(f"refused: {exc}")
@@ -373,6 +373,14 @@ def _load_target(target, job: TableJob, sources: Sequence[str], redactor: Redact
     outcome["seconds"] = round(time.monotonic() - started, 3)
     log.info("table target %s: %s", outcome["target"], "ok" if outcome["ok"] else outcome["error"])
     return outcome
+
+
+def _upsert_action(columns: Sequence[str], key: Sequence[str]) -> str:
+    """`ON CONFLICT (key) …`'s action: every other column takes the new row's value."""
+    others = [c for c in columns if c not in key]
+    if not others:
+        return "DO NOTHING"
+    return "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
 
 
 # ---------------------------------------------------------------- DuckDB
@@ -458,12 +466,7 @@ class DuckdbLoader:
             f"(SELECT * FROM {source} QUALIFY row_number() OVER "
             f"(PARTITION BY {', '.join(quote(k) for k in key)} ORDER BY file_row_number DESC) = 1)"
         )
-        others = [c for c in columns if c not in key]
-        action = (
-            "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
-            if others
-            else "DO NOTHING"
-        )
+        action = _upsert_action(columns, key)
         conflict = ", ".join(quote(k) for k in key)
         count = con.execute(
             f"INSERT INTO {quote(table)} ({names}) SELECT {select} FROM {newest} ON CONFLICT ({conflict}) {action}"
@@ -508,24 +511,6 @@ class DuckdbLoader:
 # ---------------------------------------------------------------- PostgreSQL
 
 
-def check_database_host(policy: OutboundPolicy, host: str, port: int) -> list[str]:
-    """OUTBOUND CHECK POINT (engine/fetch/outbound.py): the DSN's host is checked like every
-    outbound connection - the name first, then each address it resolves to; the connection
-    is then made to a checked address (`hostaddr`), so a second lookup cannot change it."""
-    policy.check_host(host)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise TargetFailed(f"cannot resolve database host {host!r}: {exc.strerror}") from None
-    addresses = []
-    for info in infos:
-        address = str(info[4][0])
-        policy.check_address(host, address)
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
 class PostgresLoader:
     def __init__(self, target, policy: OutboundPolicy | None = None):
         self.target = target
@@ -556,7 +541,9 @@ class PostgresLoader:
         if not host or "," in host or host.startswith("/"):
             raise TargetFailed("dsn must name one TCP host (host=... or postgresql://host/...)")
         port = int((self.params.get("port") or "5432").split(",")[0])
-        addresses = check_database_host(self.policy, host, port)  # <- the outbound policy
+        # The outbound policy: resolved once, each address checked; connect to the checked one
+        # (`hostaddr`), so a second lookup cannot answer differently.
+        addresses = [checked_address(host, port, self.policy, "database host")]
         last: Exception | None = None
         for attempt in range(CONNECT_ATTEMPTS):
             for address in addresses:
@@ -648,12 +635,7 @@ class PostgresLoader:
         self._unique_key(conn, name, table, key)
         columns = list(plan.load)
         keys = ", ".join(quote(k) for k in key)
-        others = [c for c in columns if c not in key]
-        action = (
-            "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
-            if others
-            else "DO NOTHING"
-        )
+        action = _upsert_action(columns, key)
         names = ", ".join(quote(c) for c in columns)
         with conn.cursor() as cur:
             cur.execute(

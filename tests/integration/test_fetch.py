@@ -162,14 +162,18 @@ def _no_proxies(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def server():
+def _scripted_server():
+    """A loopback server for one test; closes the test's clients first, then checks that every
+    request it got was scripted."""
     srv = ScriptedServer()
     yield srv
     while _CLIENTS:
         _CLIENTS.pop().close()
     srv.close()
     assert not srv.unscripted, [r.target for r in srv.unscripted]
+
+
+server = pytest.fixture(_scripted_server, name="server")
 
 
 @pytest.fixture
@@ -847,14 +851,7 @@ def test_fetch_error_fields():
 # ------------------------------------------------------------------ credentials stay with their origin
 
 
-@pytest.fixture
-def other_server():
-    srv = ScriptedServer()
-    yield srv
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-    srv.close()
-    assert not srv.unscripted, [r.target for r in srv.unscripted]
+other_server = pytest.fixture(_scripted_server, name="other_server")
 
 
 def _credentialed_fetch(h: Harness, first_url: str):
