@@ -103,12 +103,13 @@ class CsvSourceOptions(Model):
 
 _PAGINATION_FIELDS = {
     "none": set(),
-    "page": {"param", "start", "size_param", "size", "total_pages", "total_records"},
-    "offset": {"param", "start", "size_param", "size", "total_records"},
-    "cursor": {"param", "next"},
+    "page": {"param", "start", "size_param", "size", "total_pages", "total_records", "in_"},
+    "offset": {"param", "start", "size_param", "size", "total_records", "in_"},
+    "cursor": {"param", "next", "has_more", "in_", "size_param", "size"},
     "next_url": {"next"},
     "link": set(),
 }
+HEADER_PREFIX = "header:"  # `total_pages`/`total_records`/`next` read from a response header
 _PAGINATION_DEFAULTS: dict[str, dict[str, Any]] = {
     "page": {"param": "page", "start": 1, "size_param": "per_page"},
     "offset": {"param": "offset", "start": 0, "size_param": "limit"},
@@ -128,6 +129,12 @@ class Pagination(Model):
     total_pages: str | None = Field(None, min_length=1)
     total_records: str | None = Field(None, min_length=1)
     next: str | None = Field(None, min_length=1)
+    has_more: str | None = Field(None, min_length=1)  # cursor: dotted path to a boolean (false: stop)
+    in_: Literal["query", "body"] | None = Field(None, alias="in")  # where param/size_param go
+
+    @property
+    def location(self) -> str:
+        return self.in_ or "query"
 
     @model_validator(mode="before")
     @classmethod
@@ -138,13 +145,32 @@ class Pagination(Model):
         defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(data.get("type", "none"), {}).items() if k not in given}
         return {**defaults, **given}
 
-    @field_validator("param", "start", "size_param", "size", "total_pages", "total_records", "next")
+    @field_validator(
+        "param", "start", "size_param", "size", "total_pages", "total_records", "next", "has_more", "in_"
+    )
     @classmethod
     def _applies_to_type(cls, value: Any, info: ValidationInfo) -> Any:
         kind = info.data.get("type")
         if value is not None and kind in _PAGINATION_FIELDS and info.field_name not in _PAGINATION_FIELDS[kind]:
-            raise ValueError(f"field {info.field_name!r} does not apply to pagination type {kind!r}")
+            shown = "in" if info.field_name == "in_" else info.field_name
+            raise ValueError(f"field {shown!r} does not apply to pagination type {kind!r}")
         return value
+
+    @field_validator("total_pages", "total_records", "next")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and value.lower().startswith(HEADER_PREFIX):
+            name = value[len(HEADER_PREFIX) :].strip()
+            if not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError("'header:' must be followed by a header name, e.g. header:X-Total-Count")
+        return value
+
+    def from_header(self, field_name: str) -> str | None:
+        """The response header a value is read from (`header:X-Total-Count`), or None (a body path)."""
+        value = getattr(self, field_name)
+        if isinstance(value, str) and value.lower().startswith(HEADER_PREFIX):
+            return value[len(HEADER_PREFIX) :].strip()
+        return None
 
 
 class IdRange(Model):
@@ -168,6 +194,10 @@ class IdsFanout(Model):
     range: IdRange | None = None
     file: str | None = Field(None, min_length=1)
     column: str | None = Field(None, min_length=1)
+    from_: str | None = Field(None, alias="from", min_length=1)  # a parent source's name
+    field: str = Field("id", min_length=1)  # with `from`: dotted path in the parent's records
+    batch: int = Field(1, ge=1, le=10_000)  # values joined into one `{id}`
+    separator: str = ","
     param: str | None = Field(None, min_length=1)
 
     @field_validator("values")
@@ -186,9 +216,11 @@ class IdsFanout(Model):
 
     @model_validator(mode="after")
     def _one_origin(self) -> IdsFanout:
-        given = [k for k in ("values", "range", "file") if getattr(self, k) is not None]
+        given = [k for k in ("values", "range", "file", "from_") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of values, range or file")
+            raise ValueError("give exactly one of values, range, file or from")
+        if self.field != "id" and self.from_ is None:
+            raise ValueError("field applies only with from (the parent source's records)")
         return self
 
 
@@ -249,6 +281,63 @@ class OAuth2Auth(Model):
 Auth = Annotated[BearerAuth | HeaderAuth | QueryAuth | BasicAuth | OAuth2Auth, Field(discriminator="type")]
 
 
+class GraphQL(Model):
+    query: str = Field(..., min_length=1, max_length=100_000)
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResponseRule(Model):
+    """Checked in order before the default handling of a response (docs/sources.md)."""
+
+    status: tuple[Annotated[int, Field(ge=100, le=599)], ...] | None = None
+    path: str | None = Field(None, min_length=1)
+    equals: Any = None
+    action: Literal["skip", "retry", "fail"]
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _one_status(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> ResponseRule:
+        if (self.status is None) == (self.path is None):
+            raise ValueError("give status (a list of codes) or path with equals, not both")
+        if self.status is not None and not self.status:
+            raise ValueError("status must list at least one code")
+        if self.path is None and "equals" in self.model_fields_set:
+            raise ValueError("equals applies only with path")
+        if self.path is not None and "equals" not in self.model_fields_set:
+            raise ValueError("path needs equals (the value that triggers the rule)")
+        return self
+
+
+class Incremental(Model):
+    cursor: str = Field(..., min_length=1)  # dotted path in each record: an ISO-8601 time or a number
+    param: str = Field(..., min_length=1)  # query parameter, `header:Name`, or a body path
+    start: str | int | float
+    lookback: float = Field(0, ge=0)
+
+    @field_validator("start")
+    @classmethod
+    def _bound(cls, value: str | int | float) -> str | int | float:
+        if isinstance(value, bool):
+            raise ValueError("must be an ISO-8601 time or a number")
+        if isinstance(value, str):
+            try:
+                dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("must be an ISO-8601 time (2024-01-01T00:00:00Z) or a number") from None
+        return value
+
+    @field_validator("param")
+    @classmethod
+    def _param(cls, value: str) -> str:
+        if value.lower().startswith(HEADER_PREFIX) and not value[len(HEADER_PREFIX) :].strip():
+            raise ValueError("'header:' must be followed by a header name, e.g. header:If-Modified-Since")
+        return value
+
+
 class Source(Model):
     name: str
     url: str = Field(..., min_length=1)
@@ -264,11 +353,37 @@ class Source(Model):
     auth: Auth | None = None
     ids: IdsFanout | None = None
     windows: DateWindows | None = None
+    graphql: GraphQL | None = None
+    responses: tuple[ResponseRule, ...] = ()
+    incremental: Incremental | None = None
+    export: bool = True  # false: fetched only for its records' ids (a parent), written nowhere
+
+    @property
+    def sends_body(self) -> bool:
+        return self.body is not None or self.graphql is not None
+
+    @property
+    def in_body(self) -> bool:
+        """Pagination parameters go into the JSON body (always so for GraphQL)."""
+        if self.pagination.in_ is not None:
+            return self.pagination.in_ == "body"
+        return self.graphql is not None
+
+    @property
+    def parent(self) -> str | None:
+        return self.ids.from_ if self.ids is not None else None
 
     @field_validator("method", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graphql_posts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("graphql") is not None and data.get("method") is None:
+            return {**data, "method": "POST"}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -287,6 +402,7 @@ class RateLimit(Model):
     requests: int = Field(..., ge=1, le=1_000_000)
     per: float = Field(1.0, gt=0, le=86_400)
     burst: int | None = Field(None, ge=1)
+    budget: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")  # shared by jobs naming it
 
     @field_validator("burst")
     @classmethod
@@ -600,7 +716,10 @@ class JobSpec(Model):
 
 def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
     at = f"sources.{i}"
-    body_paths = [n for n in ("total_pages", "total_records") if getattr(source.pagination, n)]
+    pagination = source.pagination
+    body_paths = [
+        n for n in ("total_pages", "total_records") if getattr(pagination, n) and not pagination.from_header(n)
+    ]
     if source.format != "json":
         if source.pagination.type in ("cursor", "next_url"):
             out.append(
@@ -619,12 +738,42 @@ def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
             )
         if source.records:
             out.append(FieldError(f"{at}.records", "applies only to format 'json'"))
+        if pagination.has_more:
+            out.append(FieldError(f"{at}.pagination.has_more", "reads a JSON body; it needs format 'json'"))
+        if source.graphql is not None:
+            out.append(FieldError(f"{at}.format", "a GraphQL source answers JSON: format must be 'json'"))
+        if source.incremental is not None:
+            out.append(FieldError(f"{at}.incremental.cursor", "reads JSON records; it needs format 'json'"))
     if "{id}" in source.url and source.ids is None:
         out.append(FieldError(f"{at}.url", "has an {id} placeholder but the source has no ids fan-out"))
     if source.ids is not None and source.ids.param is None and "{id}" not in source.url:
         out.append(FieldError(f"{at}.ids.param", "needed when url has no {id} placeholder"))
     if source.method == "GET" and source.body is not None:
         out.append(FieldError(f"{at}.body", "a body needs method POST"))
+    if source.body is not None and not isinstance(source.body, dict):
+        out.append(FieldError(f"{at}.body", "must be a JSON object"))
+    if source.graphql is not None:
+        if source.body is not None:
+            out.append(FieldError(f"{at}.body", "give body or graphql, not both (graphql builds the body)"))
+        if "method" in source.model_fields_set and source.method != "POST":
+            out.append(FieldError(f"{at}.method", "a GraphQL source is a POST"))
+        if pagination.in_ == "query":
+            out.append(FieldError(f"{at}.pagination.in", "a GraphQL source pages through its variables (in: body)"))
+    if source.in_body:
+        if not source.sends_body:
+            out.append(FieldError(f"{at}.pagination.in", "'body' needs a body (or graphql) to put the parameter in"))
+        for name in ("param", "size_param"):
+            path = getattr(pagination, name)
+            if path is not None and source.graphql is not None and not path.startswith("variables."):
+                out.append(FieldError(f"{at}.pagination.{name}", "a GraphQL variable: variables.<name>"))
+    if pagination.type == "cursor" and pagination.size is not None and pagination.size_param is None:
+        out.append(FieldError(f"{at}.pagination.size_param", "needed with size: the parameter that carries it"))
+    if source.incremental is not None:
+        param = source.incremental.param
+        if source.graphql is not None and not (
+            param.lower().startswith(HEADER_PREFIX) or param.startswith(("variables.", "query:"))
+        ):
+            out.append(FieldError(f"{at}.incremental.param", "a GraphQL variable: variables.<name>"))
     for name in source.headers:
         if name.strip().lower() in FRAMING_HEADERS:
             out.append(FieldError(f"{at}.headers.{name}", "is set by the HTTP client; a spec cannot set it"))
@@ -670,14 +819,61 @@ def _targets_coherent(spec: JobSpec, out: list[FieldError]) -> None:
 
 
 def _export_fits_sources(spec: JobSpec, out: list[FieldError]) -> None:
-    if len(spec.sources) > 1 and spec.export.format not in ("zip", "xlsx"):
+    exported = [s for s in spec.sources if s.export]
+    if not exported:
+        out.append(FieldError("sources", 'every source has "export": false; at least one must be exported'))
+    if len(exported) > 1 and spec.export.format not in ("zip", "xlsx"):
         out.append(
             FieldError(
                 "export.format",
-                f"{len(spec.sources)} sources need format 'zip' or "
+                f"{len(exported)} sources need format 'zip' or "
                 f"'xlsx' (one file or sheet per source), not {spec.export.format!r}",
             )
         )
+
+
+def _dependencies_ok(spec: JobSpec, out: list[FieldError]) -> None:
+    """`ids.from` names another source; following parents never comes back to a source."""
+    by_name = {s.name: s for s in spec.sources}
+    for i, source in enumerate(spec.sources):
+        parent = source.parent
+        if parent is None:
+            continue
+        if parent not in by_name:
+            known = ", ".join(repr(s.name) for s in spec.sources if s.name != source.name)[:200] or "none"
+            out.append(FieldError(f"sources.{i}.ids.from", f"no source named {parent!r} (sources: {known})"))
+            continue
+        seen = [source.name]
+        node: str | None = parent
+        while node is not None and node in by_name:
+            if node in seen:
+                chain = " -> ".join([*seen, node])
+                out.append(FieldError(f"sources.{i}.ids.from", f"sources depend on each other in a cycle ({chain})"))
+                break
+            seen.append(node)
+            node = by_name[node].parent
+
+
+def _incremental_named(spec: JobSpec, out: list[FieldError]) -> None:
+    if any(s.incremental is not None for s in spec.sources) and "name" not in spec.model_fields_set:
+        out.append(FieldError("name", "required with incremental: the saved state is kept by job name"))
+
+
+def dependency_order(spec: JobSpec) -> list[list[int]]:
+    """Source indexes in waves: each wave's parents are all in earlier waves."""
+    index = {s.name: i for i, s in enumerate(spec.sources)}
+    level: dict[int, int] = {}
+
+    def depth(i: int) -> int:
+        if i not in level:
+            parent = spec.sources[i].parent
+            level[i] = 0 if parent is None else depth(index[parent]) + 1
+        return level[i]
+
+    waves: dict[int, list[int]] = {}
+    for i in range(len(spec.sources)):
+        waves.setdefault(depth(i), []).append(i)
+    return [waves[k] for k in sorted(waves)]
 
 
 def _loc_to_path(loc: tuple) -> str:
@@ -733,6 +929,8 @@ def parse_spec(data: Any) -> JobSpec:
     for i, source in enumerate(spec.sources):
         _source_coherent(i, source, problems)
     _export_fits_sources(spec, problems)
+    _dependencies_ok(spec, problems)
+    _incremental_named(spec, problems)
     _targets_coherent(spec, problems)
     from engine.spec.shaping_rules import check as shaping_problems
 

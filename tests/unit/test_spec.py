@@ -495,7 +495,7 @@ def test_field_that_does_not_apply_to_the_pagination_type_is_named(data, path):
 
 @pytest.mark.parametrize(
     "kind, field",
-    [("cursor", "size"), ("none", "size"), ("next_url", "param"), ("offset", "total_pages"), ("page", "next")],
+    [("link", "size"), ("none", "size"), ("next_url", "param"), ("offset", "total_pages"), ("page", "next")],
 )
 def test_field_that_does_not_apply_to_the_pagination_type_is_rejected(kind, field):
     errors = errors_of(one(pagination={"type": kind, field: 10 if field == "size" else "x"}))
@@ -668,7 +668,7 @@ def test_round_trip(data):
 
 def test_spec_to_json_normalises_and_keeps_references():
     as_json = spec_to_json(parse_spec(copy.deepcopy(FULL)))
-    assert as_json["rate_limit"] == {"requests": 5, "per": 2.0, "burst": None}
+    assert as_json["rate_limit"] == {"requests": 5, "per": 2.0, "burst": None, "budget": None}
     assert as_json["sources"][0]["auth"] == {"type": "bearer", "token": "${ORDERS_TOKEN}"}
     assert as_json["sources"][2]["name"] == "source_3"
     assert as_json["sources"][2]["method"] == "POST"
