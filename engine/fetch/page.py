@@ -8,7 +8,7 @@ counts as fetched only once its body parses, so a truncated or invalid body is r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,11 +77,24 @@ class PageFetcher:
         self.client, self.gate, self.retry, self.timeout = client, gate, retry, timeout
         self.policy = RetryPolicy(retry)
 
-    async def fetch(self, source: SourceRequestSpec, url: str, params: dict) -> PageOutcome:
+    async def fetch(
+        self,
+        source: SourceRequestSpec,
+        url: str,
+        params: dict,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PageOutcome:
+        """One page. `body` (a JSON object) replaces the source's body for this request (its
+        pagination or fan-out values are in it); `headers` are added to the source's."""
         outcome = PageOutcome(url=url)
+        data = orjson.dumps(body) if body is not None else source.data
         try:
             await retrying(
-                self.policy, lambda: self._attempt(source, url, params, outcome), self._sleep, self._before_sleep
+                self.policy,
+                lambda: self._attempt(source, url, params, outcome, data, headers),
+                self._sleep,
+                self._before_sleep,
             )
         except FetchError as exc:
             outcome.error = exc
@@ -89,13 +102,23 @@ class PageFetcher:
             outcome.cancelled = True
         return outcome
 
-    async def _attempt(self, source: SourceRequestSpec, url: str, params: dict, outcome: PageOutcome) -> None:
+    async def _attempt(
+        self,
+        source: SourceRequestSpec,
+        url: str,
+        params: dict,
+        outcome: PageOutcome,
+        data: bytes | None,
+        extra_headers: Mapping[str, str] | None,
+    ) -> None:
         gate = self.gate
         if gate.cancelled():
             raise Cancelled()
         auth = source.auth
         await auth.ready()  # an OAuth2 token fetch; its AuthError is a FetchError
         headers = dict(source.headers)
+        if extra_headers:
+            headers.update(extra_headers)
         credentials: dict = {}
         auth.apply(headers, credentials)
         await self._slot()
@@ -106,7 +129,7 @@ class PageFetcher:
                 url,
                 params,
                 headers,
-                source.data,
+                data,
                 self.timeout,
                 self._ticket,
                 gate.limiter.answered,

@@ -135,6 +135,26 @@ class FanOut:
                 params[windows.end_param] = last
         return url, params
 
+    def body_base(self, unit: Unit) -> Any:
+        """The unit's JSON body before pagination (a GraphQL source's `{query, variables}`), with
+        `{id}`, `{start}` and `{end}` substituted in its strings; None when the source sends none.
+        A string that is exactly `{id}` becomes the value itself (a number stays a number)."""
+        source = self.source
+        if source.graphql is not None:
+            body: Any = {"query": source.graphql.query, "variables": dict(source.graphql.variables)}
+        elif source.body is not None:
+            body = source.body
+        else:
+            return None
+        marks: dict[str, Any] = {}
+        if unit.id is not None:
+            marks["{id}"] = unit.id
+        if unit.window is not None:
+            windows = source.windows
+            assert windows is not None  # a unit has a window only when its source has windows
+            marks["{start}"], marks["{end}"] = (d.strftime(windows.date_format) for d in unit.window)
+        return _substitute(body, marks) if marks else body
+
     def check_urls(self, index: int) -> list[FieldError]:
         """Whole-URL fan-out (`"url": "{id}"`): every value must be an http(s) URL."""
         if self.source.url.strip() != "{id}" or self._ids is None:
@@ -167,3 +187,17 @@ class FanOut:
             assert unit.window is not None  # every unit of a windowed fan-out has a window
             out[WINDOW_COLUMN] = unit.window[0]
         return out
+
+
+def _substitute(node: Any, marks: dict[str, Any]) -> Any:
+    if isinstance(node, str):
+        if node in marks:
+            return marks[node]
+        for mark, value in marks.items():
+            node = node.replace(mark, str(value))
+        return node
+    if isinstance(node, dict):
+        return {key: _substitute(value, marks) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_substitute(value, marks) for value in node]
+    return node

@@ -43,32 +43,72 @@ def is_sequential(pagination: Pagination) -> bool:
 class PageRequest:
     url: str
     params: dict
+    body: Any = None  # the JSON body to send (None: the source's own, or none)
+    headers: Mapping[str, str] | None = None  # headers beside the source's (incremental `header:` bounds)
 
 
-def addressable_request(pagination: Pagination, url: str, params: dict, page: int, step: int | None) -> PageRequest:
+def set_path(doc: Any, path: str, value: Any) -> dict:
+    """A copy of the JSON object `doc` with `value` at the dotted `path` (objects on the way
+    are copied, or created when absent; nothing else is copied)."""
+    head, _, rest = path.partition(".")
+    out = dict(doc) if isinstance(doc, dict) else {}
+    out[head] = set_path(out.get(head), rest, value) if rest else value
+    return out
+
+
+def _put(request: PageRequest, name: str | None, value: Any, in_body: bool) -> PageRequest:
+    if name is None:
+        return request
+    if in_body:
+        return PageRequest(request.url, request.params, set_path(request.body or {}, name, value), request.headers)
+    return PageRequest(request.url, {**request.params, name: value}, request.body, request.headers)
+
+
+def addressable_request(
+    pagination: Pagination,
+    url: str,
+    params: dict,
+    page: int,
+    step: int | None,
+    body: Any = None,
+    in_body: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> PageRequest:
     """Request for page `page` (1-based) of an addressable pagination. `step` is the page size
-    used for offsets: the configured size, or the size learned from page 1."""
-    params = dict(params)
+    used for offsets: the configured size, or the size learned from page 1. `in_body`: the
+    parameters are dotted paths inside the JSON `body` (`pagination.in: body`)."""
+    request = PageRequest(url, dict(params), body, headers)
     kind = pagination.type
     if kind == "page":
         assert pagination.start is not None  # the model's type defaults always set it
-        params[pagination.param] = pagination.start + page - 1
+        request = _put(request, pagination.param, pagination.start + page - 1, in_body)
     elif kind == "offset":
         assert pagination.start is not None  # the model's type defaults always set it
-        params[pagination.param] = pagination.start + (page - 1) * (step or 0)
+        request = _put(request, pagination.param, pagination.start + (page - 1) * (step or 0), in_body)
     if kind in ("page", "offset") and pagination.size is not None:
-        params[pagination.size_param] = pagination.size
-    return PageRequest(url, params)
+        request = _put(request, pagination.size_param, pagination.size, in_body)
+    return request
 
 
-def sequential_request(pagination: Pagination, url: str, params: dict, token: str | None) -> PageRequest:
+def sequential_request(
+    pagination: Pagination,
+    url: str,
+    params: dict,
+    token: str | None,
+    body: Any = None,
+    in_body: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> PageRequest:
     """Request for the page after `token` (None: the first page). For `next_url` and `link` the
     token is the next URL, requested as given (the source's params are not added again)."""
+    request = PageRequest(url, dict(params), body, headers)
+    if pagination.type == "cursor" and pagination.size is not None:
+        request = _put(request, pagination.size_param, pagination.size, in_body)
     if token is None:
-        return PageRequest(url, dict(params))
+        return request
     if pagination.type == "cursor":
-        return PageRequest(url, {**params, pagination.param: token})
-    return PageRequest(token, {})
+        return _put(request, pagination.param, token, in_body)
+    return PageRequest(token, {}, body, headers)
 
 
 def _as_count(value: Any) -> int | None:
@@ -83,32 +123,57 @@ def _as_count(value: Any) -> int | None:
     return int(number)
 
 
-def total_pages(pagination: Pagination, doc: Any, size: int | None) -> int | None:
+def _value(pagination: Pagination, field_name: str, doc: Any, headers: Mapping[str, str] | None) -> Any:
+    """A pagination value from the body (a dotted path) or from a response header (`header:Name`)."""
+    header = pagination.from_header(field_name)
+    if header is not None:
+        return (headers or {}).get(header)  # aiohttp's headers are case-insensitive
+    path = getattr(pagination, field_name)
+    return get_path(doc, path) if path and doc is not None else None
+
+
+def total_pages(
+    pagination: Pagination, doc: Any, size: int | None, headers: Mapping[str, str] | None = None
+) -> int | None:
     """Pages in the sequence as page 1 tells it; None when unknown (absent or null: keep going)."""
-    if doc is None:
-        return None
     if pagination.total_pages:
-        pages = _as_count(get_path(doc, pagination.total_pages))
+        pages = _as_count(_value(pagination, "total_pages", doc, headers))
         if pages is not None:
             return pages
     if pagination.total_records and size:
-        records = _as_count(get_path(doc, pagination.total_records))
+        records = _as_count(_value(pagination, "total_records", doc, headers))
         if records is not None:
             return math.ceil(records / size)
     return None
 
 
-def next_token(pagination: Pagination, doc: Any, links: Mapping[str, Mapping[str, str]], page_url: str) -> str | None:
+def _no_more(pagination: Pagination, doc: Any) -> bool:
+    """`has_more` (a dotted path to a boolean) says the sequence ends here."""
+    if not pagination.has_more or doc is None:
+        return False
+    value = get_path(doc, pagination.has_more)
+    return value is False or (isinstance(value, str) and value.strip().lower() in ("false", "0", ""))
+
+
+def next_token(
+    pagination: Pagination,
+    doc: Any,
+    links: Mapping[str, Mapping[str, str]],
+    page_url: str,
+    headers: Mapping[str, str] | None = None,
+) -> str | None:
     """The token of the following page, or None at the end of the sequence."""
     if pagination.type == "cursor":
         assert pagination.next is not None  # the model's type defaults always set it
-        value = get_path(doc, pagination.next) if doc is not None else None
+        if _no_more(pagination, doc):
+            return None
+        value = _value(pagination, "next", doc, headers)
         if value is None or value == "" or isinstance(value, (dict, list)):
             return None
         return str(value).lower() if isinstance(value, bool) else str(value)
     if pagination.type == "next_url":
         assert pagination.next is not None  # the model's type defaults always set it
-        value = get_path(doc, pagination.next) if doc is not None else None
+        value = _value(pagination, "next", doc, headers)
         if not isinstance(value, str) or not value.strip():
             return None
         return urljoin(page_url, value.strip())

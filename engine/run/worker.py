@@ -32,8 +32,15 @@ from engine.fetch.auth import DictTokenStore, make_auth
 from engine.fetch.client import HttpClient, with_query
 from engine.fetch.page import Gate, PageFetcher, PageOutcome, SourceRequestSpec
 from engine.fetch.ratelimit import RateLimiter
-from engine.plan.fanout import FanOut
-from engine.plan.pagination import addressable_request, is_last_addressable, next_token, sequential_request, total_pages
+from engine.plan.fanout import FanOut, Unit
+from engine.plan.pagination import (
+    PageRequest,
+    addressable_request,
+    is_last_addressable,
+    next_token,
+    sequential_request,
+    total_pages,
+)
 from engine.plan.scheduler import Piece, PieceResult, RunSpan, _digest
 from engine.run.messages import UNKNOWN_END, ExportRequest, SharedState, WorkerJob
 from engine.run.pool import lower_priority, process_alive
@@ -110,7 +117,7 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
         request = SourceRequestSpec(
             method=source.method,
             headers=dict(source.headers),
-            body=source.body,
+            body=source.body if source.graphql is None else source.graphql.model_dump(),
             fmt=source.format,
             records=source.records,
             csv=source.csv,
@@ -259,11 +266,19 @@ def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Tab
     return table
 
 
+def _unit_request(runtime: _SourceRuntime, unit: Unit) -> PageRequest:
+    """The unit's request before pagination: URL, query, body (fan-out values substituted)
+    and the incremental lower bound, wherever `incremental.param` puts it."""
+    url, params = runtime.fanout.request_base(unit)
+    body = runtime.fanout.body_base(unit)
+    return PageRequest(url, params, body, None)
+
+
 async def _fetch_addressable(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
     request = _addressable_request(runtime, unit_index, page, size)
     if request is None:
         return _Page(unit_index, page)
-    outcome = await runtime.fetcher.fetch(runtime.request, request.url, request.params)
+    outcome = await runtime.fetcher.fetch(runtime.request, request.url, request.params, request.body, request.headers)
     return _addressable_page(runtime, unit_index, page, size, request, outcome)
 
 
@@ -273,8 +288,10 @@ def _addressable_request(runtime: _SourceRuntime, unit_index: int, page: int, si
     if _cancelled() or page > _end_of(runtime.index, unit_index):
         return None
     source = _state().job.spec.sources[runtime.index]
-    url, params = runtime.fanout.request_base(runtime.fanout.unit(unit_index))
-    return addressable_request(source.pagination, url, params, page, size)
+    base = _unit_request(runtime, runtime.fanout.unit(unit_index))
+    return addressable_request(
+        source.pagination, base.url, base.params, page, size, base.body, source.in_body, base.headers
+    )
 
 
 def _addressable_page(
@@ -295,7 +312,8 @@ def _addressable_page(
     result.table = _with_unit_columns(runtime, unit, parsed.table)
     if page == 1:
         result.size = size or (parsed.records or None)
-        result.total = total_pages(source.pagination, parsed.doc, result.size)
+        headers = outcome.response.headers if outcome.response is not None else None
+        result.total = total_pages(source.pagination, parsed.doc, result.size, headers)
     effective_size = size or result.size
     result.last = is_last_addressable(
         source.pagination,
@@ -315,15 +333,19 @@ async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
     """Fetch one chunk of a sequential pagination, page after page."""
     source = _state().job.spec.sources[runtime.index]
     unit = runtime.fanout.unit(run.unit)
-    base_url, base_params = runtime.fanout.request_base(unit)
+    base = _unit_request(runtime, unit)
     pages: list[_Page] = []
     token = run.token
     tokens = set(run.seen)
     for page in range(run.page, run.page + run.max_pages):
         if _cancelled():
             break
-        request = sequential_request(source.pagination, base_url, base_params, token)
-        outcome = await runtime.fetcher.fetch(runtime.request, request.url, request.params)
+        request = sequential_request(
+            source.pagination, base.url, base.params, token, base.body, source.in_body, base.headers
+        )
+        outcome = await runtime.fetcher.fetch(
+            runtime.request, request.url, request.params, request.body, request.headers
+        )
         if outcome.cancelled:
             break
         result = _Page(run.unit, page, fetched=True)
@@ -337,7 +359,7 @@ async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
         result.records = parsed.records
         result.table = _with_unit_columns(runtime, unit, parsed.table)
         _state().counters.add_page(runtime.index, parsed.records)
-        following = next_token(source.pagination, parsed.doc, response.links, response.url)
+        following = next_token(source.pagination, parsed.doc, response.links, response.url, response.headers)
         if following is not None and source.pagination.type in ("next_url", "link"):
             following = runtime.request.auth.without_credentials(following)
         if following is not None and _digest(following) in tokens:

@@ -145,9 +145,7 @@ class Pagination(Model):
         defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(data.get("type", "none"), {}).items() if k not in given}
         return {**defaults, **given}
 
-    @field_validator(
-        "param", "start", "size_param", "size", "total_pages", "total_records", "next", "has_more", "in_"
-    )
+    @field_validator("param", "start", "size_param", "size", "total_pages", "total_records", "next", "has_more", "in_")
     @classmethod
     def _applies_to_type(cls, value: Any, info: ValidationInfo) -> Any:
         kind = info.data.get("type")

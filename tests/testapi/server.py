@@ -51,7 +51,7 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import BasicAuth, web
 
-from . import creds, faults
+from . import bodies_api, creds, faults, incremental_api, parents_api, ratelimit_api, rules_api
 from .records import (
     BAD_UTF8,
     CSV_COLUMNS,
@@ -568,6 +568,9 @@ SPECIAL = {
     "/redirect": redirect,
     "/hang": hang,
 }
+EXTENSIONS = (incremental_api, parents_api, bodies_api, rules_api, ratelimit_api)
+for _extension in EXTENSIONS:
+    SPECIAL.update(_extension.ROUTES)
 
 
 async def dispatch(request, path: str, q, entry) -> web.StreamResponse:
@@ -708,6 +711,8 @@ async def ctl_reset(request) -> web.Response:
     if request.method != "POST":
         return _error(405, "method_not_allowed", "POST /_reset")
     STATE.reset()
+    for extension in EXTENSIONS:
+        extension.reset()
     return _json(200, {"ok": True})
 
 
