@@ -54,6 +54,13 @@ _EXPORTS = {
     "webhook_delay": ("engine.deliver.webhook", "delay_before"),
     "webhook_send_once": ("engine.deliver.webhook", "send_once"),
     "post_webhook": "engine.deliver.webhook",
+    # incremental loading: the state the service keeps per profile and job name
+    "has_incremental": "engine.run.incremental",
+    "merge_incremental_states": ("engine.run.incremental", "merge_states"),
+    "incremental_state_of": ("engine.run.incremental", "of_spec"),
+    # page 1 of each source, nothing written (`python -m engine preview`, POST /preview)
+    "run_preview": "engine.preview",
+    "preview_spec_document": ("engine.preview", "as_job_document"),
 }
 
 __all__ = sorted(_EXPORTS)
@@ -77,8 +84,13 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from engine.deliver.webhook import send_once as webhook_send_once
     from engine.errors import FieldError, JobCancelled, JobFailed, SpecError
     from engine.fetch.outbound import OutboundPolicy, outbound_policy
+    from engine.preview import as_job_document as preview_spec_document
+    from engine.preview import run_preview
     from engine.run.coordinator import JobOptions, JobResult, WorkdirMismatch
     from engine.run.engine import Engine, JobHandle, new_job_id
+    from engine.run.incremental import has_incremental
+    from engine.run.incremental import merge_states as merge_incremental_states
+    from engine.run.incremental import of_spec as incremental_state_of
     from engine.spec.models import COLUMN_TYPES, JobSpec, Source, parse_spec, spec_to_json
     from engine.spec.prepare import PreparedJob, prepare
     from engine.spec.redact import MASK, Redactor, SecretNames, env_references, resolve, service_secret_names

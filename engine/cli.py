@@ -1,4 +1,4 @@
-"""`python -m engine run|validate`: the command line over the engine (docs/cli.md). stdout
+"""`python -m engine run|validate|preview`: the command line over the engine (docs/cli.md). stdout
 carries exactly one line, the JSON summary, so scripts can parse it; progress and logs go to
 stderr. Exit codes: 0 completed (and every delivery and the webhook succeeded), 1 failed, 2
 invalid spec or command line, 3 the result was written but a delivery target or the webhook
@@ -35,9 +35,11 @@ from engine import (
     parse_spec,
     prepare,
 )
+from engine.run.incremental import load_for_run, save_after_run
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_UNDELIVERED = 3  # the result was written; a delivery target or the webhook failed
+BUDGET_DIR = Path(".pageferry") / "budgets"  # rate_limit.budget files: shared by the runs in this directory
 
 
 def _emit(summary: dict) -> None:
@@ -91,6 +93,19 @@ def _output_path(out: str | None, filename: str) -> Path:
     return path / filename if path.is_dir() else path
 
 
+def _save_state(path: Path | None, spec, state: dict | None) -> tuple[dict | None, str | None]:
+    """A completed run's incremental state, saved to `path` (the summary's `state`), and why it
+    could not be saved (None when it was)."""
+    if path is None or state is None:
+        return None, None
+    try:
+        return save_after_run(path, spec, state), None
+    except OSError as exc:
+        message = f"cannot save the incremental state to {path}: {exc.strerror or exc}"
+        print(message, file=sys.stderr)
+        return state, message
+
+
 def _check_output_location(output: Path) -> None:
     """Refuse an output nobody can write before anything is fetched (not after an hour)."""
     folder = output.parent
@@ -126,6 +141,35 @@ def cmd_validate(args) -> int:
         }
     )
     return EXIT_OK
+
+
+def cmd_preview(args) -> int:
+    """Page 1 of each source, read as a run would read it (engine/preview.py, docs/preview.md):
+    one JSON line; exit 0 when every source answered, 1 when one failed, 2 an invalid spec."""
+    from engine.preview import as_job_document, run_preview
+
+    try:
+        settings = load_settings()
+        document, base = _read_spec(args.spec)
+        spec = parse_spec(as_job_document(document)[0])
+        policy = outbound_policy(settings, service=False)
+        prepared = prepare(spec, os.environ, policy, base_dir=base)
+    except SettingsError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        _emit({"status": "invalid", "error": str(exc)})
+        return EXIT_INVALID
+    except SpecError as exc:
+        return _invalid(exc)
+    try:
+        result = run_preview(prepared, policy, settings.max_file_size)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for source in result["sources"]:
+        if source["status"] == "failed":
+            print(f"{source['name']}: failed: {source['error']}", file=sys.stderr)
+    _emit(result)
+    return EXIT_FAILED if any(s["status"] == "failed" for s in result["sources"]) else EXIT_OK
 
 
 class _ProgressBar:
@@ -198,6 +242,7 @@ def cmd_run(args) -> int:
     output = _output_path(args.output, spec.output_name)
     try:
         _check_output_location(output)
+        state_path, saved_state = load_for_run(args.state, spec)  # incremental sources only
     except SpecError as exc:
         return _invalid(exc)
     engine = Engine(settings)
@@ -206,7 +251,10 @@ def cmd_run(args) -> int:
     started = time.monotonic()
     handle = None
     try:
-        options = engine.options(job_id, workdir.resolve(), output.resolve(), workers=args.workers)
+        options = engine.options(
+            job_id, workdir.resolve(), output.resolve(), workers=args.workers, budget_dir=BUDGET_DIR.resolve()
+        )
+        options.incremental_state = saved_state
         handle = engine.start(prepared, options)
 
         def on_signal(signum, frame):
@@ -243,6 +291,7 @@ def cmd_run(args) -> int:
     if error is None:
         result = handle.result
         assert result is not None  # the run ended without an error: it returned its result
+        state, state_error = _save_state(state_path, spec, result.state)
         shutil.rmtree(workdir, ignore_errors=True)
         summary: dict[str, Any] = {
             "status": "completed",
@@ -256,7 +305,12 @@ def cmd_run(args) -> int:
             "bytes": result.bytes,
             "sha256": result.sha256,
             "partial": result.partial,
+            "skipped_pages": result.skipped_pages,
         }
+        if state is not None:
+            summary["state"] = state
+        if state_error is not None:
+            summary["state_error"] = state_error
         if result.deliveries:
             summary["deliveries"] = result.deliveries
             for failed in (d for d in result.deliveries if not d["ok"]):
@@ -266,6 +320,8 @@ def cmd_run(args) -> int:
         undelivered = any(not d["ok"] for d in summary.get("deliveries", ())) or (
             "webhook" in summary and not summary["webhook"]["delivered"]
         )
+        if state_error is not None:
+            return EXIT_FAILED  # the next run would ask from the old bounds again
         return EXIT_UNDELIVERED if undelivered else EXIT_OK
     if isinstance(error, JobCancelled):
         print(f"interrupted; the work is kept: resume with --resume {workdir}", file=sys.stderr)
@@ -301,8 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="engine processes (default: WORKERS)")
     run.add_argument("--resume", metavar="WORKDIR", help="continue an interrupted run from its work directory")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--state", metavar="FILE", help="incremental state file (default: .pageferry/state/<name>.json)")
     validate = commands.add_parser("validate", help="check a job spec without fetching")
     validate.add_argument("spec", help="job spec (JSON file, or - for stdin)")
+    preview = commands.add_parser("preview", help="fetch page 1 of each source and show what it holds; writes nothing")
+    preview.add_argument("spec", help="job spec or one source object (JSON file, or - for stdin)")
     return parser
 
 
@@ -312,4 +371,4 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_INVALID if exc.code not in (0, None) else EXIT_OK
-    return cmd_validate(args) if args.command == "validate" else cmd_run(args)
+    return {"validate": cmd_validate, "preview": cmd_preview}.get(args.command, cmd_run)(args)

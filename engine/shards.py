@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # pyarrow is imported where it is used: the coordinator imports this module for `ShardInfo`
 # and the ledger, and only pool processes (which have pyarrow preloaded) read or write shards.
@@ -44,10 +45,14 @@ class ShardInfo:
     pages: int = 0  # pages fetched into it (skipped pages not counted)
     records: int = 0
     skipped: list[dict] = field(default_factory=list)  # [{"unit", "page", "url", "status", "error"}]
+    rule_skipped: int = 0  # pages a `skip` response rule matched (no records, not failures)
     ends: dict[int, int] = field(default_factory=dict)  # unit -> its last page, when this shard holds it
     totals: dict[int, int] = field(default_factory=dict)  # unit -> pages_total learned from page 1
     sizes: dict[int, int] = field(default_factory=dict)  # unit -> page size learned from page 1
     next_tokens: dict[int, str] = field(default_factory=dict)  # unit -> token after `last` (sequential)
+    # incremental sources: unit key -> the largest cursor in the shard; None: a page of the
+    # unit was skipped (engine/run/incremental.py)
+    cursors: dict[str, Any] = field(default_factory=dict)
 
     @property
     def file_name(self) -> str:
@@ -63,10 +68,12 @@ class ShardInfo:
             "pages": self.pages,
             "records": self.records,
             "skipped": self.skipped,
+            "rule_skipped": self.rule_skipped,
             "ends": self.ends,
             "totals": self.totals,
             "sizes": self.sizes,
             "next_tokens": self.next_tokens,
+            **({"cursors": self.cursors} if self.cursors else {}),  # only incremental runs pay for it
         }
 
     @classmethod
@@ -82,10 +89,12 @@ class ShardInfo:
             pages=meta.get("pages", 0),
             records=meta.get("records", 0),
             skipped=meta.get("skipped", []),
+            rule_skipped=meta.get("rule_skipped", 0),
             ends=ints(meta.get("ends")),
             totals=ints(meta.get("totals")),
             sizes=ints(meta.get("sizes")),
             next_tokens=ints(meta.get("next_tokens")),
+            cursors=dict(meta.get("cursors") or {}),
         )
 
 

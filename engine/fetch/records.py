@@ -33,7 +33,7 @@ class BodyError(Exception):
 
 
 def find_records(doc: Any, path: str | None) -> list:
-    """The list of records inside a decoded JSON page (contract: `records` auto-detection)."""
+    """The list of records inside a decoded JSON page (docs/spec.md: `records` auto-detection)."""
     if path:
         found = get_path(doc, path)
         if found is None:

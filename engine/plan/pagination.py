@@ -152,6 +152,8 @@ def _no_more(pagination: Pagination, doc: Any) -> bool:
     if not pagination.has_more or doc is None:
         return False
     value = get_path(doc, pagination.has_more)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value == 0  # a 0/1 flag, read like the string "0"
     return value is False or (isinstance(value, str) and value.strip().lower() in ("false", "0", ""))
 
 

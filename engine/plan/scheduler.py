@@ -325,12 +325,14 @@ class SourcePlan:
 
     # ------------------------------------------------------------ state
     def done(self) -> bool:
-        if self.probed.count() < self.fanout.count:
+        if self.fanout.pending or self.probed.count() < self.fanout.count:
             return False
         return all(state.done() for state in self.units.values())
 
     def pages_total(self) -> int | None:
         """Pages the source will take, once every unit knows its end (or total)."""
+        if self.fanout.pending:
+            return None
         if self.pagination.type == "none":
             return self.fanout.count
         if self.probed.count() < self.fanout.count:
@@ -364,14 +366,19 @@ class Scheduler:
     - Sequential pagination (`cursor`, `next_url`, `link`): each unit runs in chunks of pages,
       each chunk continuing from the previous one's next token; units of a source (and sources)
       run side by side.
+    - A source fed by another's records (`ids.from`) plans nothing until its parent is done and
+      its values are set (`waiting`, `set_fanout`); its shards found on disk wait until then.
     """
 
     def __init__(
         self, spec: JobSpec, fanouts: list[FanOut], threads: int, ledger: Sequence[ShardInfo] = (), processes: int = 1
     ):
         self.sources = [SourcePlan(i, spec, fanouts[i], threads, processes) for i in range(len(spec.sources))]
+        index = {s.name: i for i, s in enumerate(spec.sources)}
+        self.parents = [index.get(s.parent) if s.parent is not None else None for s in spec.sources]
+        self.deferred: dict[int, list[ShardInfo]] = {}  # shards of sources whose units are not known yet
         for info in ledger:
-            self.sources[info.source].record(info)
+            self.record(info)
         self._ids = itertools.count(1)
         self.in_flight: dict[int, Piece] = {}
 
@@ -399,7 +406,33 @@ class Scheduler:
         self.sources[piece.source].release(piece)
 
     def record(self, info: ShardInfo) -> None:
-        self.sources[info.source].record(info)
+        if self.sources[info.source].fanout.pending:
+            self.deferred.setdefault(info.source, []).append(info)
+        else:
+            self.sources[info.source].record(info)
 
     def done(self) -> bool:
         return all(plan.done() for plan in self.sources)
+
+    # ------------------------------------------------------------ dependent sources
+    def waiting(self) -> list[int]:
+        """Sources whose units are still unknown while their parent is done: their ids can be
+        read now."""
+        ready = []
+        for i, plan in enumerate(self.sources):
+            parent = self.parents[i]
+            if plan.fanout.pending and parent is not None and self.sources[parent].done():
+                ready.append(i)
+        return ready
+
+    def deferred_shards(self, index: int) -> list[ShardInfo]:
+        return list(self.deferred.get(index, []))
+
+    def set_fanout(self, index: int, fanout: FanOut, keep: bool = True) -> None:
+        """A source's units, now known. Its shards found on disk (--resume) are taken in, or,
+        `keep=False` (they were fetched for other ids), forgotten: the caller deletes them."""
+        plan = self.sources[index]
+        plan.fanout = fanout
+        for info in self.deferred.pop(index, []):
+            if keep:
+                plan.record(info)

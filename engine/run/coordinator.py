@@ -18,21 +18,24 @@ import time
 from collections import deque
 from collections.abc import Callable, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from engine.deliver.table_targets import in_spec_order, table_job
 from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
+from engine.fetch.budget import open_for_job
 from engine.fetch.outbound import OutboundPolicy
+from engine.plan.fanout import MAX_UNITS, FanOut, ParentValues, parent_values
 from engine.plan.scheduler import Piece, PieceResult, Scheduler
+from engine.run import incremental
 from engine.run.entrypoints import greet, init_worker, ready, run_export, run_piece, start_export_process
 from engine.run.messages import ExportRequest, SharedState, WorkerJob
 from engine.run.pool import mp_context
 from engine.run.progress import WIDTH, Counter
-from engine.shards import ShardInfo, list_shards, remove_temp_files
+from engine.shards import ShardInfo, drop_shard, list_shards, remove_temp_files
 from engine.spec.models import spec_to_json
-from engine.spec.prepare import PreparedJob
+from engine.spec.prepare import PreparedJob, check_child
 
 log = logging.getLogger("pageferry.engine")
 
@@ -70,6 +73,8 @@ class JobOptions:
     deadline: float | None = None  # time.monotonic() after which the job fails (WORKER_TIMEOUT)
     timeout_seconds: float | None = None
     nice: int = 0  # added niceness of the job's processes (the service: web threads first)
+    budget_dir: Path = Path(".pageferry") / "budgets"  # rate_limit.budget files (the service: DATA_DIR/budgets)
+    incremental_state: dict | None = None  # the saved state of the job's name (engine/run/incremental.py)
 
 
 @dataclass
@@ -92,6 +97,8 @@ class JobResult:
     finished_at: str
     sources: list[dict] = field(default_factory=list)
     deliveries: list[dict] = field(default_factory=list)  # one outcome per `deliver` target
+    state: dict | None = None  # incremental sources: the state after this run (not saved yet)
+    skipped_pages: int = 0  # pages skipped: failed ones (on_error: skip) and rule-skipped ones
 
 
 class _Progress:
@@ -159,6 +166,8 @@ class JobRunner:
         self._known: dict[str, ShardInfo] = {}  # finished shards by file name
         self._started = time.monotonic()
         self._source_seconds: dict[int, float] = {}  # source index -> seconds until all its pages were in
+        self._incremental: list | None = None  # per source: the units' cursors the run started from
+        self._fetch_pool: tuple[Any, SharedState] | None = None  # the pool _fetch (re)built last
 
     # ------------------------------------------------------------ control
     def cancel(self, reason: str = "cancelled") -> None:
@@ -243,6 +252,8 @@ class JobRunner:
         options = self.options
         shards_dir = options.workdir / "shards"
         self._claim_workdir()
+        # fixed in the work directory on the first run: a resumed run asks for the same bounds
+        self._incremental = incremental.started_state(self.spec, options.workdir, options.incremental_state)
         remove_temp_files(shards_dir)
         ledger = list_shards(shards_dir)
         self._progress.base = [[0, 0] for _ in self.spec.sources]
@@ -258,10 +269,23 @@ class JobRunner:
         for fanout in self.prepared.fanouts:
             offsets.append(total_units)
             total_units += fanout.count
+        rl = self.spec.rate_limit
+        budget = None
+        if rl is not None and rl.budget:
+            # One limit for every job naming the budget: the budget's, maybe stricter than ours.
+            budget, limit = open_for_job(rl, options.budget_dir)
+            if limit is not rl:
+                log.warning(
+                    "rate_limit: budget %r is in use at %d per %g s; this job sends under it",
+                    rl.budget,
+                    limit.requests,
+                    limit.per,
+                )
+                self.spec = self.spec.model_copy(update={"rate_limit": limit})
+                rl = limit
         ctx = mp_context()
         self._board = self.manager.dict()
-        rl = self.spec.rate_limit
-        shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, self._board)
+        shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, self._board, budget)
         worker_job = WorkerJob(
             job_id=options.job_id,
             spec=self.spec,
@@ -274,6 +298,7 @@ class JobRunner:
             id_values=self.prepared.id_values,
             unit_offsets=offsets,
             nice=options.nice,
+            incremental=self._incremental,
         )
         known = {info.file_name: info for info in ledger}  # finished shards: name -> what it holds
         self._known = known
@@ -290,7 +315,7 @@ class JobRunner:
             # The fetch processes go before the export starts: their memory is not needed
             # any more, and the export is the job's memory peak.
             self._stop_pool(pool, shared)
-            pool = None
+            pool = self._fetch_pool = None
             self.phase = "merging"
             self._changed()
             result = self._export(scheduler, ctx, shards_dir, started)
@@ -303,6 +328,9 @@ class JobRunner:
         finally:
             if pool is not None:
                 self._stop_pool(pool, shared)
+            rebuilt, self._fetch_pool = self._fetch_pool, None
+            if rebuilt is not None and rebuilt[0] is not pool:  # _fetch rebuilt its pool, then stopped
+                self._stop_pool(*rebuilt)
             export_pool, self._export_pool = self._export_pool, None
             if export_pool is not None:
                 self._kill(export_pool)
@@ -314,6 +342,7 @@ class JobRunner:
                     board.clear()
                 except Exception:
                     pass
+            shared.close()  # a budget's file: this job no longer counts as using it
 
     def _claim_workdir(self) -> None:
         workdir = self.options.workdir
@@ -378,12 +407,19 @@ class JobRunner:
             self._check_deadline()
             if self._cancel.is_set() or failures:
                 break
-            while len(in_flight) < processes * PIECES_PER_PROCESS:
+            # Sources fed by a parent that is now fetched: the pool drains, then restarts with them.
+            waiting = scheduler.waiting()
+            while not waiting and len(in_flight) < processes * PIECES_PER_PROCESS:
                 piece = scheduler.next_piece()
                 if piece is None:
                     break
                 in_flight[pool.submit(run_piece, piece)] = piece
             if not in_flight:
+                if waiting:
+                    pool, shared, worker_job = self._start_children(
+                        waiting, scheduler, pool, ctx, processes, worker_job, shared, shards_dir
+                    )
+                    continue
                 if scheduler.done():
                     break
                 raise JobFailed("internal error: the planner has pages left but nothing to fetch")
@@ -429,6 +465,7 @@ class JobRunner:
                     self.spec.concurrency or self.options.workers,
                 )
                 pool = self._new_pool(ctx, processes, worker_job, shared)
+                self._fetch_pool = (pool, shared)
             now = time.monotonic()
             for i, plan in enumerate(scheduler.sources):
                 if i not in self._source_seconds and plan.done():
@@ -461,6 +498,124 @@ class JobRunner:
             scheduler.settle(in_flight[future], result)
             failures.extend(f for f in result.fatal if f not in failures)
 
+    # ------------------------------------------------------------ dependent sources
+    def _start_children(
+        self,
+        waiting: list[int],
+        scheduler: Scheduler,
+        pool,
+        ctx,
+        processes: int,
+        worker_job: WorkerJob,
+        shared: SharedState,
+        shards_dir: Path,
+    ):
+        """Sources fed by a parent's records (`ids.from`) whose parent is fetched: their values
+        are read from the parent's shards in row order (in a pool process: Arrow), their units
+        planned, and the pool started again knowing them - a pool process learns a job's ids
+        and unit slots when it starts. Called with nothing in flight."""
+        selected = self._select_shards(scheduler, shards_dir)
+        id_values, offsets = list(worker_job.id_values), list(worker_job.unit_offsets)
+        slots = max(
+            (offsets[i] + p.fanout.count for i, p in enumerate(scheduler.sources) if not p.fanout.pending), default=0
+        )
+        for i in waiting:
+            source = self.spec.sources[i]
+            parent = scheduler.parents[i]
+            assert source.ids is not None and parent is not None  # waiting: a source with `ids.from`
+            at = f"sources.{i}.ids.field"
+            paths = [str(x.path) for x in selected[parent]]
+            for attempt in range(3):
+                try:
+                    found: ParentValues = self._await(pool.submit(parent_values, paths, source.ids.field))
+                    break
+                except BrokenProcessPool:  # a pool process was killed: a new pool reads them
+                    if attempt == 2:
+                        raise JobFailed("engine processes kept dying while reading a parent's records") from None
+                    self._kill(pool)
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    shared = self._renew(ctx, shared)
+                    pool = self._new_pool(ctx, processes, worker_job, shared)
+                    self._fetch_pool = (pool, shared)
+                except ValueError as exc:
+                    raise JobFailed(f"{at}: {exc}") from None
+                except (JobFailed, JobCancelled):
+                    raise
+                except Exception as exc:  # an unreadable shard: say so, not "internal error"
+                    raise JobFailed(
+                        f"cannot read the records of source {self.spec.sources[parent].name!r}: "
+                        f"{type(exc).__name__}: {str(exc)[:300]}"
+                    ) from None
+            if found.records and not found.found:
+                raise JobFailed(
+                    f"{at}: the records of source {self.spec.sources[parent].name!r} have no field "
+                    f"{source.ids.field!r} (fields: {', '.join(found.columns)})"
+                )
+            fanout = FanOut(source, found.values)
+            problems = check_child(i, source, fanout, self.options.outbound)
+            if problems:
+                raise JobFailed(self.prepared.redactor.text(f"{problems[0].field}: {problems[0].message}"))
+            keep = self._same_ids(i, found.values)
+            if not keep:
+                self._forget_shards(scheduler.deferred_shards(i))
+            scheduler.set_fanout(i, fanout, keep)
+            id_values[i], offsets[i] = found.values, slots
+            slots += fanout.count
+            log.info("source %r: %d ids from %r, %d units", source.name, len(found.values), source.parent, fanout.count)
+        if slots > MAX_UNITS:
+            raise JobFailed(f"sources: the fan-out makes {slots} units; at most {MAX_UNITS} per job")
+        worker_job = replace(worker_job, id_values=id_values, unit_offsets=offsets)
+        self._kill(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        shared = self._renew(ctx, shared, slots)
+        pool = self._new_pool(ctx, processes, worker_job, shared)
+        self._fetch_pool = (pool, shared)
+        return pool, shared, worker_job
+
+    def _renew(self, ctx, shared: SharedState, units: int | None = None) -> SharedState:
+        rl = self.spec.rate_limit
+        return shared.renew(ctx, rl.requests if rl else None, self.spec.concurrency or self.options.workers, units)
+
+    def _await(self, future: cf.Future):
+        """A pool call's result, the job's cancel and deadline still heard."""
+        while True:
+            self._check_deadline()
+            if self._cancel.is_set():
+                if self._cancel_reason.startswith("timed out"):
+                    raise JobFailed(self._cancel_reason)
+                raise JobCancelled(self._cancel_reason)
+            try:
+                return future.result(timeout=0.25)
+            except cf.TimeoutError:
+                continue
+
+    def _same_ids(self, index: int, values: list) -> bool:
+        """Whether a resumed run reads the ids an earlier run fetched this source's shards for
+        (its parent's pages may have been fetched again, and changed); the digest is kept in the
+        work directory."""
+        ids = self.spec.sources[index].ids
+        assert ids is not None
+        digest = hashlib.sha256(json.dumps([ids.batch, ids.separator, values], default=str).encode()).hexdigest()
+        marker = self.options.workdir / "fanout" / f"s{index:03d}.sha256"
+        try:
+            before = marker.read_text().strip()
+        except OSError:
+            before = None
+        if before != digest:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            temp = marker.with_suffix(".tmp")
+            temp.write_text(digest)
+            os.replace(temp, marker)
+        return before in (None, digest)
+
+    def _forget_shards(self, infos: list[ShardInfo]) -> None:
+        for info in infos:
+            if info.path is not None:
+                drop_shard(info.path, "it was fetched for ids its parent no longer has")
+                self._known.pop(info.file_name, None)
+            self._progress.base[info.source][0] -= info.pages
+            self._progress.base[info.source][1] -= info.records
+
     @staticmethod
     def _failure_message(failures: list[PageFailure]) -> str:
         first = failures[0]
@@ -469,7 +624,7 @@ class JobRunner:
 
     @staticmethod
     def _kill(pool) -> None:
-        for process in list(getattr(pool, "_processes", {}).values() or []):
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # None once shut down
             try:
                 process.kill()
             except Exception:
@@ -524,7 +679,7 @@ class JobRunner:
                     "records": sum(x.records for x in infos),
                     "requests": self._progress.totals[i][Counter.REQUESTS],
                     "retries": self._progress.totals[i][Counter.RETRIES],
-                    "skipped_pages": sum(len(x.skipped) for x in infos),
+                    "skipped_pages": sum(len(x.skipped) + x.rule_skipped for x in infos),
                 }
             )
         partial = bool(skipped)
@@ -546,7 +701,11 @@ class JobRunner:
             spec=self.spec,
             output=str(self.options.output),
             manifest=manifest,
-            tables=[(self.spec.sources[i].name, [str(x.path) for x in infos]) for i, infos in enumerate(selected)],
+            tables=[  # a source with "export": false was fetched for its children's ids only
+                (self.spec.sources[i].name, [str(x.path) for x in infos])
+                for i, infos in enumerate(selected)
+                if self.spec.sources[i].export
+            ],
             table_job=table_job(self.spec, self.options.workdir, redactor.secrets, self.options.outbound),
         )
         self.phase = "exporting"
@@ -580,10 +739,12 @@ class JobRunner:
             downloaded=self._progress.sum(Counter.BYTES),
             partial=partial,
             skipped=skipped,
+            skipped_pages=sum(s["skipped_pages"] for s in per_source),
             seconds=round(time.monotonic() - started, 3),
             started_at=self.started_at,
             finished_at=finished_at,
             deliveries=list(exported.deliveries),  # the table targets' (loaded by the export process)
+            state=incremental.run_state(self.spec, self._incremental, selected),
             sources=[
                 {
                     **s,

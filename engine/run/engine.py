@@ -96,7 +96,10 @@ class Engine:
         workers: int | None = None,
         deadline: float | None = None,
         nice: int = 0,
+        budget_dir: Path | None = None,
     ) -> JobOptions:
+        """`budget_dir`: where rate-limit budgets live (default DATA_DIR/budgets, shared by every
+        job of the service; the CLI passes .pageferry/budgets)."""
         return JobOptions(
             job_id=job_id,
             workdir=workdir,
@@ -109,6 +112,7 @@ class Engine:
             deadline=deadline,
             timeout_seconds=self.settings.worker_timeout,
             nice=nice,
+            budget_dir=Path(budget_dir or self.settings.data_dir / "budgets").resolve(),
         )
 
     def runner(

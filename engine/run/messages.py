@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.deliver.table_targets import TableJob
+from engine.fetch.budget import BudgetLimiterState
 from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.ratelimit import SharedLimiterState
 from engine.spec.models import JobSpec
@@ -32,6 +33,9 @@ class WorkerJob:
     id_values: list  # per source: ids read from a file, or None
     unit_offsets: list[int]  # per source: index of its first unit in `ends`
     nice: int = 0  # added niceness (the service keeps its web threads ahead)
+    # per source: the units' cursors the run started from (engine/run/incremental.py), None
+    # for a source that is not incremental; None when no source is
+    incremental: list | None = None
 
 
 @dataclass
@@ -70,12 +74,21 @@ class SharedState:
     board: Any  # Manager dict: progress and shared OAuth2 tokens
 
     @classmethod
-    def create(cls, ctx, requests: int | None, concurrency: int, units: int, board: Any) -> SharedState:
+    def create(
+        cls,
+        ctx,
+        requests: int | None,
+        concurrency: int,
+        units: int,
+        board: Any,
+        limiter: SharedLimiterState | None = None,
+    ) -> SharedState:
+        """`limiter`: a rate-limit budget's state (engine/fetch/budget.py) instead of the job's own."""
         ends = ctx.RawArray("q", max(units, 1))
         for i in range(len(ends)):
             ends[i] = UNKNOWN_END
         return cls(
-            SharedLimiterState(ctx, requests),
+            limiter or SharedLimiterState(ctx, requests),
             ctx.BoundedSemaphore(concurrency),
             ctx.Event(),
             ends,
@@ -84,11 +97,20 @@ class SharedState:
             board,
         )
 
-    def renew(self, ctx, requests: int | None, concurrency: int) -> SharedState:
-        fresh = SharedState.create(ctx, requests, concurrency, len(self.ends), self.board)
-        self.limiter.copy_into(fresh.limiter)
+    def renew(self, ctx, requests: int | None, concurrency: int, units: int | None = None) -> SharedState:
+        """`units`: more unit slots (a dependent source's units, now known), after the old ones."""
+        # A budget's file stays (its flock died with the process); others may be sending under it.
+        budget = self.limiter if isinstance(self.limiter, BudgetLimiterState) else None
+        fresh = SharedState.create(ctx, requests, concurrency, max(units or 0, len(self.ends)), self.board, budget)
+        if budget is None:
+            self.limiter.copy_into(fresh.limiter)
         for i in range(len(self.ends)):
             fresh.ends[i] = self.ends[i]
         if self.cancel.is_set():
             fresh.cancel.set()
         return fresh
+
+    def close(self) -> None:
+        """Let go of a rate-limit budget's file: this job no longer counts as using it."""
+        if isinstance(self.limiter, BudgetLimiterState):
+            self.limiter.close()

@@ -42,6 +42,7 @@ from engine.plan.pagination import (
     total_pages,
 )
 from engine.plan.scheduler import Piece, PieceResult, RunSpan, _digest
+from engine.run.incremental import SourceBounds, fold, unit_key
 from engine.run.messages import UNKNOWN_END, ExportRequest, SharedState, WorkerJob
 from engine.run.pool import lower_priority, process_alive
 from engine.run.progress import Counter, Counters
@@ -61,6 +62,7 @@ class _SourceRuntime:
     fanout: FanOut
     request: SourceRequestSpec
     fetcher: PageFetcher
+    bounds: SourceBounds | None = None  # an incremental source's lower bounds
 
 
 @dataclass
@@ -114,20 +116,14 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
             on_bytes=partial(counters.add, i, Counter.BYTES),
         )
         auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client, redactor.add)
-        request = SourceRequestSpec(
-            method=source.method,
-            headers=dict(source.headers),
-            body=source.body if source.graphql is None else source.graphql.model_dump(),
-            fmt=source.format,
-            records=source.records,
-            csv=source.csv,
-            auth=auth,
-        )
+        request = SourceRequestSpec.for_source(source, auth, redactor.text)
         sources.append(
             _SourceRuntime(
                 i, FanOut(source, job.id_values[i]), request, PageFetcher(client, gate, spec.retry, spec.timeout)
             )
         )
+        if source.incremental is not None:
+            sources[-1].bounds = SourceBounds(source, job.incremental[i] if job.incremental else None)
     _P = _Process(job, shared, counters, sources, loop, client, redactor)
     Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
@@ -234,6 +230,9 @@ class _Page:
     token: str | None = None  # next token (sequential)
     failure: PageFailure | None = None
     fetched: bool = False
+    rule_skipped: bool = False  # a `skip` response rule matched: no records, ends its unit
+    unit_key: str | None = None  # incremental sources: the unit's key in the state
+    cursor: Any = None  # incremental sources: the page's largest cursor value
 
 
 def _failure(runtime: _SourceRuntime, url: str, params: dict, outcome: PageOutcome) -> PageFailure:
@@ -271,7 +270,8 @@ def _unit_request(runtime: _SourceRuntime, unit: Unit) -> PageRequest:
     and the incremental lower bound, wherever `incremental.param` puts it."""
     url, params = runtime.fanout.request_base(unit)
     body = runtime.fanout.body_base(unit)
-    return PageRequest(url, params, body, None)
+    request = PageRequest(url, params, body, None)
+    return request if runtime.bounds is None else runtime.bounds.apply(request, unit)
 
 
 async def _fetch_addressable(runtime: _SourceRuntime, unit_index: int, page: int, size: int | None) -> _Page:
@@ -303,12 +303,20 @@ def _addressable_page(
     source = _state().job.spec.sources[runtime.index]
     unit = runtime.fanout.unit(unit_index)
     result.fetched = True
+    if runtime.bounds is not None:
+        result.unit_key = unit_key(unit)
     if outcome.error is not None:
         result.failure = _failure(runtime, request.url, request.params, outcome)
+        return result
+    if outcome.skipped:  # like an empty page: no records, and the unit ends here
+        result.rule_skipped = result.last = True
+        _set_end(runtime.index, unit_index, page)
         return result
     parsed = outcome.parsed
     assert parsed is not None  # no error and not cancelled: the page was parsed
     result.records = parsed.records
+    if runtime.bounds is not None:
+        result.cursor = runtime.bounds.page_max(parsed.table, parsed.doc)
     result.table = _with_unit_columns(runtime, unit, parsed.table)
     if page == 1:
         result.size = size or (parsed.records or None)
@@ -350,13 +358,20 @@ async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
             break
         result = _Page(run.unit, page, fetched=True)
         pages.append(result)
+        if runtime.bounds is not None:
+            result.unit_key = unit_key(unit)
         if outcome.error is not None:
             result.failure = _failure(runtime, request.url, request.params, outcome)
             result.last = True
             break
+        if outcome.skipped:  # a rule-skipped page has no next token: the unit ends here
+            result.rule_skipped = result.last = True
+            break
         parsed, response = outcome.parsed, outcome.response
         assert parsed is not None and response is not None  # no error and not cancelled
         result.records = parsed.records
+        if runtime.bounds is not None:
+            result.cursor = runtime.bounds.page_max(parsed.table, parsed.doc)
         result.table = _with_unit_columns(runtime, unit, parsed.table)
         _state().counters.add_page(runtime.index, parsed.records)
         following = next_token(source.pagination, parsed.doc, response.links, response.url, response.headers)
@@ -401,6 +416,8 @@ class _Segment:
         for page in self.pages:
             if page.failure is not None:
                 info.skipped.append({"unit": page.unit, "page": page.page, **page.failure.as_dict()})
+            elif page.rule_skipped:
+                info.rule_skipped += 1
             else:
                 info.pages += 1
                 info.records += page.records
@@ -412,6 +429,10 @@ class _Segment:
                 info.sizes[page.unit] = page.size
             if page.token is not None:
                 info.next_tokens[page.unit] = page.token
+            if page.unit_key is not None:  # an incremental source's page
+                bounds = _state().sources[self.source].bounds
+                assert bounds is not None  # unit keys are noted only where there are bounds
+                fold(info.cursors, page.unit_key, page.cursor, page.failure is not None, bounds.time)
         return info
 
     def table(self) -> pa.Table:

@@ -303,7 +303,8 @@ class ResponseRule(Model):
             raise ValueError("give status (a list of codes) or path with equals, not both")
         if self.status is not None and not self.status:
             raise ValueError("status must list at least one code")
-        if self.path is None and "equals" in self.model_fields_set:
+        # a null `equals` beside `status` is what spec_to_json writes for a status rule
+        if self.path is None and "equals" in self.model_fields_set and self.equals is not None:
             raise ValueError("equals applies only with path")
         if self.path is not None and "equals" not in self.model_fields_set:
             raise ValueError("path needs equals (the value that triggers the rule)")
@@ -712,6 +713,19 @@ class JobSpec(Model):
         return f"{self.filename}.{self.export.format}"
 
 
+def _body_has_id(source: Source) -> bool:
+    """An `{id}` in a string of the body (a GraphQL source: of its variables, not the query)."""
+
+    def has(node: Any) -> bool:
+        if isinstance(node, str):
+            return "{id}" in node
+        if isinstance(node, dict):
+            return any(has(v) for v in node.values())
+        return isinstance(node, list) and any(has(v) for v in node)
+
+    return has(source.graphql.variables if source.graphql is not None else source.body)
+
+
 def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
     at = f"sources.{i}"
     pagination = source.pagination
@@ -744,8 +758,8 @@ def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
             out.append(FieldError(f"{at}.incremental.cursor", "reads JSON records; it needs format 'json'"))
     if "{id}" in source.url and source.ids is None:
         out.append(FieldError(f"{at}.url", "has an {id} placeholder but the source has no ids fan-out"))
-    if source.ids is not None and source.ids.param is None and "{id}" not in source.url:
-        out.append(FieldError(f"{at}.ids.param", "needed when url has no {id} placeholder"))
+    if source.ids is not None and source.ids.param is None and "{id}" not in source.url and not _body_has_id(source):
+        out.append(FieldError(f"{at}.ids.param", "needed when neither url nor body has an {id} placeholder"))
     if source.method == "GET" and source.body is not None:
         out.append(FieldError(f"{at}.body", "a body needs method POST"))
     if source.body is not None and not isinstance(source.body, dict):
@@ -762,6 +776,8 @@ def _source_coherent(i: int, source: Source, out: list[FieldError]) -> None:
             out.append(FieldError(f"{at}.pagination.in", "'body' needs a body (or graphql) to put the parameter in"))
         for name in ("param", "size_param"):
             path = getattr(pagination, name)
+            if name == "size_param" and pagination.size is None:
+                continue  # sent only with a size: a type's default (`per_page`) is not the user's
             if path is not None and source.graphql is not None and not path.startswith("variables."):
                 out.append(FieldError(f"{at}.pagination.{name}", "a GraphQL variable: variables.<name>"))
     if pagination.type == "cursor" and pagination.size is not None and pagination.size_param is None:

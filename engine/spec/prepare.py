@@ -75,20 +75,35 @@ def prepare(
         id_values.append(values)
     if problems:
         raise SpecError(problems)
+    # A source fed by another's records (`ids.from`) gets its units when that one is fetched:
+    # its values are checked then (check_child), every connection by the outbound guard anyway.
     fanouts = [FanOut(source, id_values[i]) for i, source in enumerate(resolved.sources)]
     units = sum(f.count for f in fanouts)
     if units > MAX_UNITS:
         problems.append(FieldError("sources", f"the fan-out makes {units} units; at most {MAX_UNITS} per job"))
     for i, (source, fanout) in enumerate(zip(resolved.sources, fanouts)):
-        not_urls = fanout.check_urls(i)
-        problems.extend(not_urls)
-        _check_source(i, source, fanout, policy, problems, check_url=not not_urls)
+        if source.ids is not None and source.ids.batch > 1 and source.url.strip() == "{id}":
+            problems.append(
+                FieldError(f"sources.{i}.ids.batch", 'a whole-URL fan-out ("url": "{id}") takes one URL per request')
+            )
+            continue
+        problems.extend(check_child(i, source, fanout, policy))
     _check_targets(resolved, policy, problems)
     if duckdb_dir is not None:
         resolved = _keep_duckdb_in(resolved, duckdb_dir, problems)  # the stored spec keeps the name
     if problems:
         raise SpecError([FieldError(p.field, redactor.text(p.message)) for p in problems])
     return PreparedJob(spec, resolved, redactor, id_values, fanouts)
+
+
+def check_child(i: int, source, fanout: FanOut, policy: OutboundPolicy) -> list[FieldError]:
+    """A source's fan-out values and URLs checked: before the run, or, for a source whose ids
+    come from another source's records, once those are read."""
+    problems: list[FieldError] = []
+    not_urls = fanout.check_urls(i)
+    problems.extend(not_urls)
+    _check_source(i, source, fanout, policy, problems, check_url=not not_urls)
+    return problems
 
 
 def _check_source(

@@ -42,6 +42,9 @@ class FakeLimiter:
     def answered(self, ticket):
         self.answered_tickets.append(ticket)
 
+    def settle(self, ticket, signal=None, heard=False, refused=False):
+        """The API's quota headers on an answer (engine/fetch/ratelimit.py); not under test here."""
+
     def pause(self, seconds):
         self.pauses.append(seconds)
 
@@ -389,13 +392,13 @@ def test_429_with_retry_after_http_date_waits_and_pauses_the_job(server, url):
     assert len(h.limiter.pauses) == 1 and 8.5 <= h.limiter.pauses[0] <= 10.5
 
 
-def test_retry_after_on_a_retried_5xx_is_honoured_without_pausing(server, url):
+def test_retry_after_on_a_503_is_honoured_and_pauses_the_job(server, url):
     server.add("GET", PATH, Reply(503, {"Retry-After": "7"}), Reply.json([]))
     h = Harness(Retry(backoff=0.01, max_backoff=0.02))
     out = h.fetch(url)
     assert out.error is None and out.attempts == 2
     assert h.sleeps[0] >= 7
-    assert h.limiter.pauses == []
+    assert h.limiter.pauses == [7.0]  # contract: a 429/503 with Retry-After pauses the whole job
 
 
 def test_retry_statuses_are_configurable(server, url):

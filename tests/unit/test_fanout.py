@@ -291,3 +291,188 @@ def test_read_id_file(tmp_path):
     with pytest.raises(SpecError) as info:
         read_id_file(tmp_path / "missing.csv", None)
     assert info.value.details[0].field == "ids.file" and "missing.csv" in info.value.details[0].message
+
+
+# ------------------------------------------------------------------ dependent sources (ids.from), batches
+
+
+def spec_with_child(child: dict | None = None, parent: dict | None = None):
+    return parse_spec(
+        {
+            "sources": [
+                {"name": "parents", "url": URL, **(parent or {})},
+                {"name": "children", "url": URL + "/{id}", "ids": {"from": "parents"}, **(child or {})},
+            ],
+            "export": {"format": "zip"},
+        }
+    )
+
+
+def test_a_child_without_its_values_is_pending_and_has_no_units():
+    child = spec_with_child().sources[1]
+    pending = FanOut(child)
+    assert pending.pending is True and pending.count == 0
+    known = FanOut(child, [30, 10, 20, 10])
+    assert known.pending is False and known.count == 4
+    assert [known.unit(i).id for i in range(4)] == [30, 10, 20, 10]  # the parent's order, repeats kept
+    assert known.ids_are_ints is True
+    assert known.columns(known.unit(1)) == {ID_COLUMN: 10}
+    assert known.request_base(known.unit(0)) == (URL + "/30", {})
+    text = FanOut(child, ["a", 7])
+    assert [text.unit(i).id for i in range(2)] == ["a", "7"]  # mixed: text, as for listed values
+
+
+def test_batches_join_consecutive_values_in_order():
+    child = spec_with_child({"url": URL + "?ids={id}", "ids": {"from": "parents", "batch": 3}}).sources[1]
+    f = FanOut(child, list(range(1, 8)))
+    assert f.count == 3 and f.ids_are_ints is False
+    assert [f.unit(i).id for i in range(3)] == ["1,2,3", "4,5,6", "7"]
+    assert f.request_base(f.unit(0)) == (URL + "?ids=1,2,3", {})  # the separator stays as written
+    assert f.columns(f.unit(2)) == {ID_COLUMN: "7"}
+    with pytest.raises(IndexError):
+        f.unit(3)
+
+
+def test_batch_with_param_and_separator_and_encoded_values():
+    child = spec_with_child(
+        {"url": URL + "/{id}", "ids": {"from": "parents", "batch": 2, "separator": "|", "param": "q"}}
+    ).sources[1]
+    f = FanOut(child, ["a b", "c/d", "e"])
+    assert f.count == 2
+    url, params = f.request_base(f.unit(0))
+    assert url == URL + "/a%20b%7Cc%2Fd"  # `|` is not left bare in a URL; values are encoded
+    assert params == {"q": "a b|c/d"}
+    assert f.request_base(f.unit(1)) == (URL + "/e", {"q": "e"})
+
+
+def test_batches_of_a_range_and_of_listed_values():
+    f = FanOut(source(url=URL + "/{id}", ids={"range": {"start": 0, "end": 1_000_000}, "batch": 1000}))
+    assert f.count == 1000
+    assert f.unit(999).id == ",".join(str(v) for v in range(999_000, 1_000_000))
+    g = FanOut(source(url=URL + "/{id}", ids={"values": [1, 2, 3], "batch": 2}))
+    assert [g.unit(i).id for i in range(g.count)] == ["1,2", "3"]
+
+
+def _write_parent_shard(directory, first_unit: int, rows: dict):
+    import pyarrow as pa
+
+    from engine.shards import ShardInfo, write_shard
+
+    table = pa.table(rows)
+    info = ShardInfo(0, (first_unit, 1), (first_unit, 1), pages=1, records=table.num_rows)
+    return str(write_shard(directory, table, info))
+
+
+def test_parent_values_in_row_order_nulls_skipped(tmp_path):
+    import pyarrow as pa
+
+    from engine.plan.fanout import parent_values
+
+    paths = [
+        _write_parent_shard(tmp_path, 0, {"id": [5, 3], "account.id": pa.array([105.0, None])}),
+        _write_parent_shard(tmp_path, 1, {"id": [9]}),  # no account at all on this page
+        _write_parent_shard(tmp_path, 2, {"id": [1, 4], "account.id": pa.array([101.0, 104.5])}),
+    ]
+    found = parent_values(paths, "account.id")
+    assert found.values == [105, 101, 104.5]  # whole floats become ints; nulls and missing skipped
+    assert isinstance(found.values[0], int)
+    assert found.records == 5 and found.found is True
+    assert parent_values(paths, "id").values == [5, 3, 9, 1, 4]
+    missing = parent_values(paths, "nope")
+    assert missing.values == [] and missing.found is False and missing.columns == ["id", "account.id"]
+
+
+def test_parent_values_refuse_lists(tmp_path):
+    from engine.plan.fanout import parent_values
+
+    path = _write_parent_shard(tmp_path, 0, {"tags": [["a"], ["b"]]})
+    with pytest.raises(ValueError, match="lists or objects"):
+        parent_values([path], "tags")
+
+
+def _one_page(source: int, unit: int):
+    from engine.shards import ShardInfo
+
+    return ShardInfo(source, (unit, 1), (unit, 1), pages=1, records=1, ends={unit: 1})
+
+
+def test_scheduler_plans_a_child_only_once_its_values_are_known():
+    from engine.plan.scheduler import PieceResult, Scheduler
+
+    spec = spec_with_child()
+    fanouts = [FanOut(spec.sources[0]), FanOut(spec.sources[1])]
+    scheduler = Scheduler(spec, fanouts, threads=4, ledger=[_one_page(1, 0)])  # a child shard from a run before
+    assert scheduler.deferred_shards(1) == [_one_page(1, 0)]
+    piece = scheduler.next_piece()
+    assert piece is not None and piece.source == 0
+    assert scheduler.next_piece() is None  # the child has nothing to plan yet
+    assert scheduler.waiting() == [] and not scheduler.done()
+    scheduler.settle(piece, PieceResult(piece.id, shards=[_one_page(0, 0)]))
+    assert scheduler.waiting() == [1] and not scheduler.done()
+    assert scheduler.sources[1].pages_total() is None
+    scheduler.set_fanout(1, FanOut(spec.sources[1], [7, 8, 9]))
+    assert scheduler.waiting() == []
+    child = scheduler.next_piece()
+    assert child is not None and child.source == 1
+    assert [s.unit for s in child.spans] == [1, 2]  # unit 0 came from the earlier run's shard
+    scheduler.settle(child, PieceResult(child.id, shards=[_one_page(1, 1), _one_page(1, 2)]))
+    assert scheduler.done()
+
+
+def test_scheduler_forgets_a_childs_shards_fetched_for_other_ids():
+    from engine.plan.scheduler import Scheduler
+
+    spec = spec_with_child()
+    scheduler = Scheduler(
+        spec, [FanOut(spec.sources[0]), FanOut(spec.sources[1])], 4, [_one_page(0, 0), _one_page(1, 0)]
+    )
+    assert scheduler.waiting() == [1]  # the parent is complete on disk
+    scheduler.set_fanout(1, FanOut(spec.sources[1], [7]), keep=False)
+    piece = scheduler.next_piece()
+    assert piece is not None and piece.source == 1 and [s.unit for s in piece.spans] == [0]
+
+
+def test_prepare_accepts_a_child_and_checks_its_values_later():
+    from engine.fetch.outbound import OutboundPolicy
+    from engine.spec.prepare import check_child, prepare
+
+    spec = parse_spec(
+        {
+            "sources": [
+                {"name": "parents", "url": URL, "export": False},
+                {"name": "children", "url": "{id}", "ids": {"from": "parents", "field": "href"}},
+            ]
+        }
+    )
+    prepared = prepare(spec, {})
+    assert [f.count for f in prepared.fanouts] == [1, 0] and prepared.fanouts[1].pending
+    child = prepared.resolved.sources[1]
+    problems = check_child(1, child, FanOut(child, ["https://ok.example.com/1", "not a url"]), OutboundPolicy())
+    assert [p.field for p in problems] == ["sources.1.ids.field"] and "value 2" in problems[0].message
+    assert check_child(1, child, FanOut(child, ["https://ok.example.com/1"]), OutboundPolicy()) == []
+
+
+def test_prepare_refuses_batches_of_whole_urls():
+    from engine.spec.prepare import prepare
+
+    spec = parse_spec(
+        {
+            "sources": [
+                {"name": "parents", "url": URL, "export": False},
+                {"name": "children", "url": "{id}", "ids": {"from": "parents", "field": "href", "batch": 10}},
+            ]
+        }
+    )
+    with pytest.raises(SpecError) as info:
+        prepare(spec, {})
+    assert [d.field for d in info.value.details] == ["sources.1.ids.batch"]
+
+
+def test_parent_values_name_an_unreadable_shard_in_plain_text(tmp_path):
+    from engine.plan.fanout import parent_values
+
+    path = tmp_path / "s000_u0000000_p0000001_u0000000_p0000001.arrow"
+    path.write_bytes(b"not arrow at all")
+    with pytest.raises(RuntimeError, match=path.name) as info:
+        parent_values([str(path)], "id")
+    assert type(info.value) is RuntimeError  # not an Arrow class the coordinator would need pyarrow to unpickle

@@ -4,6 +4,8 @@ clients rely on" (next_url/link requested as given)."""
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict
+from pydantic import ValidationError
 
 from engine.plan.pagination import (
     PageRequest,
@@ -12,6 +14,7 @@ from engine.plan.pagination import (
     is_sequential,
     next_token,
     sequential_request,
+    set_path,
     total_pages,
 )
 from engine.spec.models import Pagination
@@ -263,3 +266,109 @@ def test_max_pages_wins_over_a_larger_total():
 def test_none_pagination_is_one_request():
     assert is_last_addressable(pag(), 1, 1000, None, None, None) is True
     assert is_last_addressable(pag(), 1, 0, None, None, 10) is True
+
+
+# ------------------------------------------------------------------ parameters inside a JSON body
+
+
+def test_set_path_creates_nested_objects_and_copies_only_the_way_down():
+    doc = {"filter": {"status": "open"}, "page": {"size": 20}}
+    out = set_path(doc, "page.number", 3)
+    assert out == {"filter": {"status": "open"}, "page": {"size": 20, "number": 3}}
+    assert doc == {"filter": {"status": "open"}, "page": {"size": 20}}  # the original is untouched
+    assert out["filter"] is doc["filter"]  # siblings are shared, not copied
+    assert set_path({}, "a.b.c", 1) == {"a": {"b": {"c": 1}}}
+    assert set_path(None, "cursor", "x") == {"cursor": "x"}
+    assert set_path({"page": 5}, "page.number", 2) == {"page": {"number": 2}}  # a scalar on the way is replaced
+
+
+def test_page_parameters_go_into_the_body_at_their_dotted_paths():
+    p = pag(type="page", param="page.number", size_param="page.size", size=10, **{"in": "body"})
+    body = {"filter": {"n": 95}, "page": {"size": 999}}
+    first = addressable_request(p, URL, BASE, 1, 10, body, in_body=True)
+    third = addressable_request(p, URL, BASE, 3, 10, body, in_body=True)
+    assert first == PageRequest(URL, BASE, {"filter": {"n": 95}, "page": {"size": 10, "number": 1}})
+    assert third.body == {"filter": {"n": 95}, "page": {"size": 10, "number": 3}}
+    assert third.params == BASE  # nothing leaks into the query
+    assert body == {"filter": {"n": 95}, "page": {"size": 999}}
+
+
+def test_offset_parameters_in_the_body_step_by_the_learned_size():
+    p = pag(type="offset", param="range.offset", size_param="range.limit", **{"in": "body"})
+    assert addressable_request(p, URL, {}, 1, None, {"q": "x"}, in_body=True).body == {"q": "x", "range": {"offset": 0}}
+    assert addressable_request(p, URL, {}, 4, 25, {"q": "x"}, in_body=True).body == {"q": "x", "range": {"offset": 75}}
+
+
+def test_a_body_without_in_body_keeps_the_parameters_in_the_query():
+    p = pag(type="page", size=10)
+    request = addressable_request(p, URL, {}, 2, 10, {"q": "x"}, in_body=False)
+    assert request == PageRequest(URL, {"page": 2, "per_page": 10}, {"q": "x"})
+
+
+def test_cursor_in_graphql_variables():
+    p = pag(type="cursor", param="variables.after", size_param="variables.first", size=50, **{"in": "body"})
+    body = {"query": "query($first: Int, $after: String) { items }", "variables": {"owner": 7}}
+    first = sequential_request(p, URL, {}, None, body, in_body=True)
+    assert first.body == {"query": body["query"], "variables": {"owner": 7, "first": 50}}
+    assert "after" not in first.body["variables"]
+    later = sequential_request(p, URL, {}, "Y3Vy", body, in_body=True)
+    assert later.body == {"query": body["query"], "variables": {"owner": 7, "first": 50, "after": "Y3Vy"}}
+    assert later.url == URL and later.params == {}
+    assert body == {"query": body["query"], "variables": {"owner": 7}}
+
+
+def test_next_url_resends_the_body():
+    p = pag(type="next_url")
+    nxt = "https://api.example.com/v1/search?page=2"
+    assert sequential_request(p, URL, BASE, nxt, {"q": "x"}, in_body=False) == PageRequest(nxt, {}, {"q": "x"})
+
+
+# ------------------------------------------------------------------ has_more and values from headers
+
+
+GRAPHQL_PAGE = "data.items.pageInfo"
+
+
+@pytest.mark.parametrize(
+    "has_next, token",
+    [(True, "c2"), (False, None), ("false", None), ("true", "c2"), (None, "c2"), (0, None), (1, "c2")],
+)
+def test_has_more_false_ends_the_sequence_whatever_the_cursor(has_next, token):
+    p = pag(
+        type="cursor", param="variables.after", next=f"{GRAPHQL_PAGE}.endCursor", has_more=f"{GRAPHQL_PAGE}.hasNextPage"
+    )
+    info = {"endCursor": "c2"} if has_next is None else {"hasNextPage": has_next, "endCursor": "c2"}
+    assert next_token(p, {"data": {"items": {"pageInfo": info}}}, {}, URL) == token
+
+
+def test_has_more_true_with_no_cursor_still_ends():
+    p = pag(type="cursor", next="meta.cursor", has_more="meta.more")
+    assert next_token(p, {"meta": {"more": True, "cursor": None}}, {}, URL) is None
+
+
+def test_totals_from_response_headers_case_insensitively():
+    headers = CIMultiDict({"x-total-pages": "7", "X-Total-Count": "95"})
+    pages = pag(type="page", total_pages="header:X-Total-Pages")
+    records = pag(type="offset", total_records="header:x-total-count")
+    assert pages.from_header("total_pages") == "X-Total-Pages"
+    assert total_pages(pages, [{"id": 1}], 10, headers) == 7
+    assert total_pages(records, [{"id": 1}], 10, headers) == 10
+    # the body is not read for a header value, and a missing or bad header means unknown
+    assert total_pages(pages, {"X-Total-Pages": 3}, 10, CIMultiDict()) is None
+    assert total_pages(pages, [], 10, None) is None
+    assert total_pages(pages, [], 10, CIMultiDict({"X-Total-Pages": "lots"})) is None
+
+
+def test_next_cursor_and_next_url_from_response_headers():
+    cursor = pag(type="cursor", next="header:X-Next-Cursor")
+    assert next_token(cursor, [{"id": 1}], {}, URL, CIMultiDict({"x-next-cursor": "abc"})) == "abc"
+    assert next_token(cursor, {"X-Next-Cursor": "body"}, {}, URL, CIMultiDict()) is None
+    link = pag(type="next_url", next="header:X-Next-Url")
+    headers = CIMultiDict({"X-Next-Url": "/v1/orders?cursor=abc"})
+    assert next_token(link, [], {}, URL, headers) == "https://api.example.com/v1/orders?cursor=abc"
+
+
+@pytest.mark.parametrize("value", ["header:", "header:  ", "header:X Total", "header:X:Y"])
+def test_header_values_need_a_header_name(value):
+    with pytest.raises(ValidationError, match="header name"):
+        pag(type="page", total_pages=value)
