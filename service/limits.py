@@ -1,4 +1,4 @@
-"""Limits that keep one client from starving the others (CONTRACT §4 "Fail closed").
+"""Limits that keep one client from starving the others (docs/security.md, "Fail closed").
 
 - `BodyLimiter`: a WSGI middleware. At most `MAX_REQUEST_BODIES` requests with a body are read
   at once per worker process; one more is answered `503` (`Retry-After: 1`) at once, without

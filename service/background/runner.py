@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from engine import JobCancelled, JobFailed, SpecError
+from service.background import kept_work
+from service.background.events import Activity
 from service.background.loop import BackgroundLoop
 from service.logs import log_event
 from service.store import HOST, TaskStatus, TaskStore
@@ -153,8 +155,11 @@ class TaskRunner(BackgroundLoop):
             deadline=time.monotonic() + max(0.0, remaining),
             nice=ENGINE_NICE,
         )
+        options.incremental_state = self._saved_state(task, spec)
         handle = self.engine.start(prepared, options)
         self.active[task_id] = Active(task, handle, extras={"redactor": prepared.redactor, "spec": prepared.resolved})
+        self.active[task_id].extras["activity"] = activity = Activity(task.get("activity"), task, _rate(spec))
+        activity.event("started", f"resumed (run {task.get('runs')})" if task.get("runs", 1) > 1 else "started")
         log_event(
             "task_resumed" if task.get("runs", 1) > 1 else "task_started",
             task_id=task_id,
@@ -175,6 +180,7 @@ class TaskRunner(BackgroundLoop):
             if not active.cancelling:
                 active.cancelling = True
                 active.handle.cancel("cancelled on request")
+                active.extras["activity"].event("cancel", "cancel requested")
         for task_id, active in list(self.active.items()):
             if active.handle.done.is_set():
                 self._finish(task_id, active)
@@ -183,6 +189,11 @@ class TaskRunner(BackgroundLoop):
                 if progress != active.saved:
                     active.saved, active.saved_at = progress, now
                     self.store.save_progress(task_id, self.owner, progress)
+                activity = active.extras["activity"]
+                activity.observe(progress, now)
+                if activity.due(now):
+                    activity.saved_now(now)
+                    self.store.save_activity(task_id, activity.doc)
 
     def _finish(self, task_id: str, active: Active) -> None:
         del self.active[task_id]
@@ -195,6 +206,8 @@ class TaskRunner(BackgroundLoop):
         redactor = active.extras["redactor"]
         extra = dict(active.task.get("extra") or {})
         seconds = round(time.time() - (active.task.get("started_at") or time.time()), 3)
+        activity: Activity = active.extras["activity"]
+        keep_until = None  # shards kept for a retry of the failed or skipped pages
         if error is None:
             result = handle.result
             assert result is not None  # a job that ended without an error has its result
@@ -216,6 +229,10 @@ class TaskRunner(BackgroundLoop):
                 extra["skipped_pages"] = result.skipped
             if result.deliveries:
                 extra["deliveries"] = result.deliveries
+            if result.state is not None:  # saved before the task completes: a completed task has its state
+                extra["state"] = self._save_state(active, result.state)
+            if result.skipped and kept_work.retry_refused(active.extras["spec"], partial=True) is None:
+                keep_until = extra["retry_until"] = time.time() + self.settings.result_ttl
             self.store.finish(
                 task_id,
                 self.owner,
@@ -224,6 +241,13 @@ class TaskRunner(BackgroundLoop):
                 partial=result.partial,
                 progress=progress,
                 extra=extra,
+                activity=activity.finish(
+                    "completed",
+                    progress,
+                    result=result,
+                    skipped=redactor.data(result.skipped),
+                    deliveries=redactor.data(result.deliveries),
+                ),
             )
             log_event(
                 "task_completed",
@@ -246,6 +270,7 @@ class TaskRunner(BackgroundLoop):
                 progress=progress,
                 error={"message": str(error), "pages": []},
                 extra=extra,
+                activity=activity.finish("cancelled", progress, error={"message": str(error)}),
             )
             log_event("task_cancelled", task_id=task_id)
         else:
@@ -259,25 +284,63 @@ class TaskRunner(BackgroundLoop):
                     active.task, TaskStatus.FAILED, stats, error=error, message=detail["message"], seconds=seconds
                 )
             )
-            self.store.finish(task_id, self.owner, TaskStatus.FAILED, progress=progress, error=detail, extra=extra)
+            if kept_work.retry_refused(active.extras["spec"], partial=False) is None:
+                keep_until = extra["retry_until"] = time.time() + self.settings.result_ttl
+            self.store.finish(
+                task_id,
+                self.owner,
+                TaskStatus.FAILED,
+                progress=progress,
+                error=detail,
+                extra=extra,
+                activity=activity.finish("failed", progress, error=detail),
+            )
             log_event("task_failed", task_id=task_id, error=detail["message"])
         log_event("run_summary", **extra["summary"])
-        shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
+        if not kept_work.settle(self.settings, task_id, keep_until) and "retry_until" in extra:
+            self.store.update_extra(task_id, {"retry_until": None})  # no shards were written
         if self.after_finish is not None:
             try:
                 self.after_finish(task_id)
             except Exception:
                 log.exception("after-finish hook failed for %s", task_id)
 
+    # ------------------------------------------------------------ incremental state
+    def _saved_state(self, task: dict, spec) -> dict | None:
+        """The state the last completed run of the task's job name saved in its profile (None
+        for a job without incremental sources). A resumed task ignores it: it asks for the
+        bounds its work directory recorded."""
+        from engine import has_incremental
+
+        if not has_incremental(spec):
+            return None
+        saved = self.store.get_state(task.get("profile") or "default", spec.name)
+        return saved["state"] if saved is not None else {}
+
+    def _save_state(self, active: Active, state: dict) -> dict:
+        """Save a completed task's state under its profile and job name, merged with what is
+        saved by then (the later cursor of each unit wins); returns its sources' entries."""
+        from engine import incremental_state_of, merge_incremental_states
+
+        spec = active.extras["spec"]
+        saved = self.store.update_state(
+            active.task.get("profile") or "default",
+            spec.name,
+            lambda current: merge_incremental_states(spec, current, state),
+            active.task["id"],
+        )
+        return incremental_state_of(spec, saved)
+
     def _record_failure(self, task_id: str, error: dict, task: dict | None = None) -> None:
         extra = dict((task or {}).get("extra") or {})
         extra["summary"] = run_summary(
             task or {"id": task_id}, TaskStatus.FAILED, [], message=error["message"], seconds=0.0
         )
-        self.store.finish(task_id, self.owner, TaskStatus.FAILED, error=error, extra=extra)
+        activity = Activity((task or {}).get("activity"), task or {"id": task_id}).finish("failed", error=error)
+        self.store.finish(task_id, self.owner, TaskStatus.FAILED, error=error, extra=extra, activity=activity)
         log_event("task_failed", task_id=task_id, error=error["message"])
         log_event("run_summary", **extra["summary"])
-        shutil.rmtree(self.settings.work_dir / task_id, ignore_errors=True)
+        kept_work.settle(self.settings, task_id, None)
 
     # ------------------------------------------------------------ sweeping
     def sweep(self) -> dict:
@@ -292,6 +355,8 @@ class TaskRunner(BackgroundLoop):
         if self.settings.work_dir.exists():
             for folder in self.settings.work_dir.iterdir():
                 if folder.name not in unfinished and _older_than(folder, 60):
+                    if (kept_work.kept_until(folder) or 0) > time.time():
+                        continue  # a failed or partial task's shards, kept for a retry
                     shutil.rmtree(folder, ignore_errors=True)
                     removed["work"] += 1
         if self.settings.results_dir.exists():
@@ -314,3 +379,9 @@ def _older_than(path: Path, seconds: float) -> bool:
         return time.time() - path.stat().st_mtime > seconds
     except OSError:
         return False
+
+
+def _rate(spec) -> float | None:
+    """The spec's rate limit in requests per second (None: no limit)."""
+    limit = spec.rate_limit
+    return limit.requests / limit.per if limit is not None else None

@@ -15,6 +15,7 @@ from service.background.runner import uploads_dir
 from service.errors import ApiError, invalid
 from service.limits import check_spec_size
 from service.routes.common import (
+    TASK_ID,
     base_url,
     find_task,
     json_body,
@@ -39,6 +40,7 @@ CONTENT_TYPES = {
     "zip": "application/zip",
 }
 CANCEL_WAIT = 3.0
+MAX_PAGE = 200  # tasks in one answer of GET /tasks (`next` continues)
 STATUSES = tuple(s.value for s in TaskStatus)
 
 
@@ -99,8 +101,9 @@ def _match_uploads(spec, files) -> dict[int, bytes]:
 
 
 def _checked_spec():
-    """The request's job spec and its uploaded ids files, checked as a task would need them
-    (the same checks for /start and /validate); a 4xx naming the fields when not."""
+    """The request's job spec, its uploaded ids files and the document as sent, checked as a
+    task would need them (the same checks for /start and /validate); a 4xx naming the fields
+    when not."""
     from service.rules import prepare_for_service
 
     svc = services()
@@ -113,7 +116,7 @@ def _checked_spec():
         prepare_for_service(spec, svc.settings, svc.env, id_files=uploads)
     except SpecError as exc:
         raise invalid(exc) from None
-    return spec, uploads
+    return spec, uploads, document
 
 
 @bp.post("/validate")
@@ -130,7 +133,7 @@ def start():
 
     svc = services()
     _check_queue(svc, profile_name())  # before reading and checking the spec: cheap to refuse
-    spec, uploads = _checked_spec()
+    spec, uploads, document = _checked_spec()
     task_id = new_job_id("task")
     task = {
         "id": task_id,
@@ -139,6 +142,7 @@ def start():
         "profile": profile_name(),
         "created_at": time.time(),
         "extra": {"base_url": base_url()},
+        "submitted": document,  # as the client wrote it: the page shows it beside the effective spec
     }
     try:
         if uploads:
@@ -174,32 +178,51 @@ def _check_queue(svc, profile: str) -> None:
         raise _queue_full(cap)
 
 
+def _bad_query(field: str, message: str) -> ApiError:
+    return ApiError(400, f"{field} {message}", "validation_error", [{"field": field, "message": message}])
+
+
 @bp.get("/tasks")
 def list_tasks():
+    """One page of tasks, newest first: `{"tasks": [...], "next": <task id> | null}` - `next`
+    goes back as `?before=` for the following page (the same filters). `limit` up to 1000 is
+    accepted, a page holds at most MAX_PAGE; queued tasks carry their `queue_position`."""
     limit = request.args.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise ApiError(
-            400,
-            "limit must be an integer from 1 to 1000",
-            "validation_error",
-            [{"field": "limit", "message": "must be an integer from 1 to 1000"}],
-        )
-    status = request.args.get("status")
+        raise _bad_query("limit", "must be an integer from 1 to 1000")
+    status = request.args.get("status") or None
     if status is not None and status not in STATUSES:
-        raise ApiError(
-            400,
-            f"status must be one of {', '.join(STATUSES)}",
-            "validation_error",
-            [{"field": "status", "message": f"must be one of {', '.join(STATUSES)}"}],
-        )
+        raise _bad_query("status", f"must be one of {', '.join(STATUSES)}")
     schedule_id = request.args.get("schedule_id") or None
-    tasks = services().store.list_tasks(int(limit), status, schedule_id)
-    return jsonify({"tasks": [status_json(t, base_url()) for t in tasks]})
+    q = request.args.get("q", "").strip() or None
+    if q is not None and (len(q) > 200 or not q.isprintable()):
+        raise _bad_query("q", "must be at most 200 printable characters")
+    before = request.args.get("before") or None
+    if before is not None and not TASK_ID.fullmatch(before):
+        raise _bad_query("before", "must be a task id (the `next` of the page before)")
+    size = min(int(limit), MAX_PAGE)
+    store = services().store
+    try:
+        tasks = store.list_tasks(size + 1, status, schedule_id, q=q, before=before)
+    except LookupError:
+        raise _bad_query("before", f"no task {before}: it was deleted; list from the first page") from None
+    page, more = tasks[:size], len(tasks) > size
+    positions = store.queue_positions(t["id"] for t in page if t["status"] == TaskStatus.QUEUED)
+    root = base_url()
+    return jsonify(
+        {
+            "tasks": [status_json({**t, "queue_position": positions.get(t["id"])}, root) for t in page],
+            "next": page[-1]["id"] if more else None,
+        }
+    )
 
 
 @bp.get("/status/<task_id>")
 def status(task_id: str):
-    return jsonify(status_json(find_task(task_id), base_url()))
+    task = find_task(task_id)
+    if task["status"] == TaskStatus.QUEUED:  # its place in the queue, for the page
+        task["queue_position"] = services().store.queue_positions([task_id]).get(task_id)
+    return jsonify(status_json(task, base_url()))
 
 
 @bp.get("/detail/<task_id>")

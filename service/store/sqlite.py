@@ -104,9 +104,44 @@ def _counters(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS schedules_profile ON schedules(profile)")
 
 
+def _page_actions(db: sqlite3.Connection) -> None:
+    """2 -> 3: what the progress page's task and schedule actions need.
+
+    - `tasks.activity`: the task's event log and throughput samples (service/background/events.py),
+      bounded, read with the status (not with listings).
+    - `tasks.submitted`: the job spec document as the client sent it (no defaults added), shown
+      beside the effective spec; NULL for tasks stored before.
+    - `schedules.paused`: a paused schedule does not fire; resuming moves `next_run` past now."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(tasks)")}
+    for column in ("activity", "submitted"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
+    if "paused" not in {r["name"] for r in db.execute("PRAGMA table_info(schedules)")}:
+        db.execute("ALTER TABLE schedules ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
+
+
+def _incremental_state(db: sqlite3.Connection) -> None:
+    """-> +1: `incremental_state`, the saved state of incremental jobs (docs/incremental.md):
+    one row per profile and job name, written when a task of that name completes."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS incremental_state ("
+        "profile TEXT NOT NULL, "
+        "name TEXT NOT NULL, "
+        "state TEXT NOT NULL, "  # JSON: {"<source>": {"cursor", "units"?}}
+        "updated_at REAL NOT NULL, "
+        "task_id TEXT, "  # the task whose completion wrote it last
+        "PRIMARY KEY (profile, name))"
+    )
+
+
 # MIGRATIONS[n] takes a database from user_version n to n + 1, a new one included (step 0
 # creates schema.sql). Append a step for a change; never edit schema.sql or a step once shipped.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_adopt_unversioned, _counters]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _adopt_unversioned,
+    _counters,
+    _page_actions,
+    _incremental_state,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 WEBHOOK_PENDING = {"delivered": False, "attempts": 0, "error": None, "pending": True}
 
@@ -117,10 +152,12 @@ def _json(value: Any) -> str | None:
 
 # What status, listing and websocket pushes read: every column but the spec (which can be
 # ~MAX_SPEC_BYTES and is parsed only where it is used: a claim, /detail, a webhook).
-STATUS_COLUMNS = (
+LIST_COLUMNS = (
     "id, status, phase, name, profile, schedule_id, created_at, started_at, finished_at, progress, result, "
     "error, extra, partial, cancel_requested, owner, lease_until, runs, expired"
 )
+# one task's status adds its bounded event log; a listing of many tasks leaves it out
+STATUS_COLUMNS = LIST_COLUMNS + ", activity"
 
 
 class LimitReached(Exception):
@@ -148,7 +185,7 @@ def _metrics(progress: Any) -> dict[str, Any]:
 
 def _task(row: sqlite3.Row) -> dict:
     task = {k: row[k] for k in row.keys() if not k.startswith("m_")}
-    for key in ("spec", "progress", "result", "error", "extra"):
+    for key in ("spec", "progress", "result", "error", "extra", "activity", "submitted"):
         if task.get(key) is not None:
             task[key] = json.loads(task[key])
     task["partial"] = bool(task["partial"])
@@ -237,15 +274,78 @@ class SQLiteTaskStore:
         columns = "*" if with_spec else STATUS_COLUMNS
         return _row(self._connection().execute(f"SELECT {columns} FROM tasks WHERE id = ?", (task_id,)).fetchone())
 
-    def list_tasks(self, limit: int, status: str | None = None, schedule_id: str | None = None) -> list[dict]:
-        """The newest tasks, without their specs."""
-        where = [(k, v) for k, v in (("status", status), ("schedule_id", schedule_id)) if v]
-        clause = ("WHERE " + " AND ".join(f"{k} = ?" for k, _ in where)) if where else ""
-        rows = self._connection().execute(
-            f"SELECT {STATUS_COLUMNS} FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
-            [v for _, v in where] + [limit],
+    def list_tasks(
+        self,
+        limit: int,
+        status: str | None = None,
+        schedule_id: str | None = None,
+        q: str | None = None,
+        before: str | None = None,
+    ) -> list[dict]:
+        """The newest tasks, without their specs or event logs. `q`: the name contains it (any
+        case); `before`: only tasks listed after that task (the next page; a `LookupError` when
+        no such task is stored). Ties in `created_at` are ordered by insertion, so paging with
+        `before` lists every task exactly once."""
+        db = self._connection()
+        where = [(f"{k} = ?", v) for k, v in (("status", status), ("schedule_id", schedule_id)) if v]
+        if q:
+            escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(("coalesce(name, '') LIKE ? ESCAPE '\\'", f"%{escaped}%"))
+        args: list[Any] = [v for _, v in where]
+        clauses = [c for c, _ in where]
+        if before:
+            anchor = db.execute("SELECT created_at, rowid FROM tasks WHERE id = ?", (before,)).fetchone()
+            if anchor is None:
+                raise LookupError(before)
+            clauses.append("(created_at < ? OR (created_at = ? AND rowid < ?))")
+            args += [anchor["created_at"], anchor["created_at"], anchor["rowid"]]
+        clause = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = db.execute(
+            f"SELECT {LIST_COLUMNS} FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            args + [limit],
         )
         return [_task(r) for r in rows.fetchall()]
+
+    def queue_positions(self, task_ids: Iterable[str]) -> dict[str, int]:
+        """Queued tasks' places in the one queue (1 = started next), in claim order."""
+        db = self._connection()
+        positions = {}
+        for task_id in task_ids:
+            row = db.execute(
+                "SELECT 1 + (SELECT count(*) FROM tasks o WHERE o.status = 'queued' AND (o.created_at < t.created_at "
+                "OR (o.created_at = t.created_at AND o.rowid < t.rowid))) AS position "
+                "FROM tasks t WHERE t.id = ? AND t.status = 'queued'",
+                (task_id,),
+            ).fetchone()
+            if row is not None:
+                positions[task_id] = row["position"]
+        return positions
+
+    def save_activity(self, task_id: str, activity: dict) -> None:
+        """A task's event log and throughput samples (bounded by their writer)."""
+        with self._write() as db:
+            db.execute("UPDATE tasks SET activity = ? WHERE id = ?", (_json(activity), task_id))
+
+    def delete_task(self, task_id: str) -> TaskStatus | None:
+        """Remove a finished task (and its webhook outbox row); a queued or running one is left
+        as it is. Returns the status found (None: unknown). /metrics' counters stay monotonic:
+        the work the task did is added back after the delete trigger took it off the totals."""
+        with self._write() as db:
+            row = db.execute(
+                f"SELECT status, {', '.join(METRIC_COLUMNS)} FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            found = TaskStatus(row["status"])
+            if not found.is_final:
+                return found
+            db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            db.execute("DELETE FROM webhooks WHERE task_id = ?", (task_id,))
+            db.execute(
+                "UPDATE task_totals SET " + ", ".join(f"{c} = {c} + ?" for c in METRIC_COLUMNS) + " WHERE id = 1",
+                [row[c] for c in METRIC_COLUMNS],
+            )
+            return found
 
     def claim(self, owner: str, max_running: int, lease: float, alive=owner_alive) -> dict | None:
         """Claim one task for `owner`: first a running task whose runner is gone (it resumes),
@@ -315,7 +415,7 @@ class SQLiteTaskStore:
             values.update(_metrics(fields["progress"]))
         if "result" in fields:
             values["m_rows"] = (fields["result"] or {}).get("rows") or 0
-        for key in ("result", "error", "extra", "progress"):
+        for key in ("result", "error", "extra", "progress", "activity"):
             if key in fields:
                 values[key] = _json(fields.pop(key))
         if "partial" in fields:
@@ -349,6 +449,7 @@ class SQLiteTaskStore:
                     (time.time(), _json({"message": "cancelled before it started", "pages": []}), task_id),
                 )
                 _enqueue_webhook(db, task_id)
+                _append_event(db, task_id, "cancelled", "cancelled before it started")
             elif found is TaskStatus.RUNNING:
                 db.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
             return found
@@ -522,6 +623,33 @@ class SQLiteTaskStore:
         with self._write() as db:
             return db.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,)).rowcount == 1
 
+    def pause_schedule(self, schedule_id: str, paused: bool, next_run: float | None = None) -> dict | None:
+        """Pause or resume a schedule (`next_run`: where a resumed one starts again); the
+        schedule after the change, or None when unknown."""
+        with self._write() as db:
+            sets = "paused = ?" + (", next_run = ?" if next_run is not None else "")
+            args: list[Any] = [int(paused)] + ([next_run] if next_run is not None else []) + [schedule_id]
+            if db.execute(f"UPDATE schedules SET {sets} WHERE id = ?", args).rowcount != 1:
+                return None
+            return _schedule(db.execute("SELECT * FROM schedules WHERE id = ?", (schedule_id,)).fetchone())
+
+    def run_schedule_now(self, schedule_id: str, task: dict, max_queued: int | None = None) -> bool:
+        """Queue `task`, a run of the schedule made on request, and note it as the schedule's
+        last run (one transaction); False when the schedule is gone. `LimitReached` when its
+        profile already has `max_queued` queued tasks."""
+        with self._write() as db:
+            profile = task.get("profile") or "default"
+            if max_queued is not None and _queued(db, profile, max_queued) >= max_queued:
+                raise LimitReached("MAX_QUEUED_PER_PROFILE", max_queued)
+            moved = db.execute(
+                "UPDATE schedules SET last_run = ?, last_task_id = ? WHERE id = ?",
+                (task.get("created_at", time.time()), task["id"], schedule_id),
+            )
+            if moved.rowcount != 1:
+                return False
+            _insert_task(db, task)
+            return True
+
     def fire_schedules(
         self, now: float, plan, make_task, stale: float, max_queued: int | None = None, on_skip=None
     ) -> list[dict]:
@@ -540,7 +668,7 @@ class SQLiteTaskStore:
         db = self._connection()
         if db.execute("SELECT 1 FROM schedules LIMIT 1").fetchone() is None:
             return []
-        if db.execute("SELECT 1 FROM schedules WHERE next_run <= ? LIMIT 1", (now,)).fetchone() is None:
+        if db.execute("SELECT 1 FROM schedules WHERE next_run <= ? AND NOT paused LIMIT 1", (now,)).fetchone() is None:
             beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
             if beat is not None and now - beat["value"] < 1.0:
                 return []  # nothing due, and the heartbeat is fresh: no write needed
@@ -549,7 +677,7 @@ class SQLiteTaskStore:
         with self._write() as db:
             beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
             caught_up = beat is not None and now - beat["value"] <= stale
-            for row in db.execute("SELECT * FROM schedules WHERE next_run <= ?", (now,)).fetchall():
+            for row in db.execute("SELECT * FROM schedules WHERE next_run <= ? AND NOT paused", (now,)).fetchall():
                 schedule = _schedule_of(row)
                 runs, next_run = plan(schedule, now, caught_up)
                 tasks = [make_task(schedule, due, missed) for due, missed in runs]
@@ -590,6 +718,60 @@ class SQLiteTaskStore:
                 on_skip(schedule, task)
         return fired
 
+    # ------------------------------------------------------------ incremental state
+    def get_state(self, profile: str, name: str) -> dict | None:
+        """The saved state of a job name: {"name", "profile", "state", "updated_at", "task_id"}."""
+        row = (
+            self._connection()
+            .execute("SELECT * FROM incremental_state WHERE profile = ? AND name = ?", (profile, name))
+            .fetchone()
+        )
+        return None if row is None else _state_of(row)
+
+    def list_states(self, profile: str) -> list[dict]:
+        rows = self._connection().execute("SELECT * FROM incremental_state WHERE profile = ? ORDER BY name", (profile,))
+        return [_state_of(r) for r in rows.fetchall()]
+
+    def update_state(self, profile: str, name: str, change: Callable[[dict], dict], task_id: str | None) -> dict:
+        """Read-modify-write a job name's state atomically: `change(saved state or {}) -> state`."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT state FROM incremental_state WHERE profile = ? AND name = ?", (profile, name)
+            ).fetchone()
+            state = change(json.loads(row["state"]) if row is not None else {})
+            db.execute(
+                "INSERT INTO incremental_state (profile, name, state, updated_at, task_id) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(profile, name) DO UPDATE SET state = excluded.state, "
+                "updated_at = excluded.updated_at, task_id = excluded.task_id",
+                (profile, name, _json(state), time.time(), task_id),
+            )
+            return state
+
+    def delete_state(self, profile: str, name: str) -> dict | None:
+        """Forget a job name's state (its next run starts from `start`); what it was, or None."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT * FROM incremental_state WHERE profile = ? AND name = ?", (profile, name)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM incremental_state WHERE profile = ? AND name = ?", (profile, name))
+            return _state_of(row)
+
+    def delete_states(self, profile: str) -> int:
+        with self._write() as db:
+            return db.execute("DELETE FROM incremental_state WHERE profile = ?", (profile,)).rowcount
+
+
+def _state_of(row: sqlite3.Row) -> dict:
+    return {
+        "name": row["name"],
+        "profile": row["profile"],
+        "state": json.loads(row["state"]),
+        "updated_at": row["updated_at"],
+        "task_id": row["task_id"],
+    }
+
 
 def _migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -606,9 +788,11 @@ def _queued(db: sqlite3.Connection, profile: str, cap: int) -> int:
 
 
 def _insert_task(db: sqlite3.Connection, task: dict) -> None:
+    from service.background.events import initial_activity
+
     db.execute(
-        "INSERT INTO tasks (id, status, name, spec, profile, schedule_id, created_at, extra) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO tasks (id, status, name, spec, profile, schedule_id, created_at, extra, submitted, activity) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             task["id"],
             TaskStatus(task.get("status", TaskStatus.QUEUED)).value,
@@ -618,8 +802,22 @@ def _insert_task(db: sqlite3.Connection, task: dict) -> None:
             task.get("schedule_id"),
             task.get("created_at", time.time()),
             _json(task.get("extra") or {}),
+            _json(task.get("submitted")),
+            _json(task.get("activity") or initial_activity(task)),
         ),
     )
+
+
+def _append_event(db: sqlite3.Connection, task_id: str, kind: str, message: str) -> None:
+    """One event on a task's log, inside the caller's write transaction."""
+    from service.background.events import append_event
+
+    row = db.execute("SELECT activity FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is not None:
+        activity = json.loads(row["activity"]) if row["activity"] else None
+        db.execute(
+            "UPDATE tasks SET activity = ? WHERE id = ?", (_json(append_event(activity, kind, message)), task_id)
+        )
 
 
 def _enqueue_webhook(db: sqlite3.Connection, task_id: str) -> None:

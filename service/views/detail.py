@@ -78,7 +78,8 @@ def manifest_summary(task: dict, results_dir: Path) -> dict | None:
 
 
 def task_detail(task: dict, results_dir: Path) -> dict:
-    """{"task_id", "spec": <redacted job spec>, "manifest": <summary> | null}. The manifest
+    """{"task_id", "spec": <redacted spec as submitted>, "effective_spec": <redacted spec with
+    its defaults>, "manifest": <summary> | null}. The manifest
     summary (a completed task only) is
         {"job_id", "name", "partial", "sources": [{name, pages, records, requests, retries, skipped_pages}],
          "skipped_pages": [...], "files": [{name, bytes, sha256, rows}], "started_at", "finished_at"}
@@ -86,6 +87,8 @@ def task_detail(task: dict, results_dir: Path) -> dict:
     what the runner recorded with the result (the same numbers; `files` is then the one file)."""
     return {
         "task_id": task["id"],
-        "spec": redacted_spec(task.get("spec") or {}),
+        # as the client sent it (tasks stored before it was kept: the effective spec)
+        "spec": redacted_spec(task.get("submitted") or task.get("spec") or {}),
+        "effective_spec": redacted_spec(task.get("spec") or {}),  # with every default filled in
         "manifest": manifest_summary(task, results_dir),
     }

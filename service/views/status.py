@@ -65,4 +65,24 @@ def status_json(task: dict, base_url: str = "") -> dict:
     for key in ("webhook", "deliveries", "summary", "skipped_pages", "manifest", "scheduled_for", "missed_runs"):
         if key in extra:
             out[key] = extra[key]
+    if "state" in extra:  # incremental sources: the state the completed task saved
+        out["state"] = extra["state"]
+    _page_extras(out, task, extra)
     return out
+
+
+def _page_extras(out: dict, task: dict, extra: dict) -> None:
+    """What the progress page adds: where the task came from, until when its failed pages can
+    be retried, its place in the queue, and (one task's status, not listings) its event log."""
+    for key in ("rerun_of", "retry_of"):
+        if extra.get(key):
+            out[key] = extra[key]
+    if extra.get("retry_until") and out["status"] in (TaskStatus.FAILED, TaskStatus.COMPLETED):
+        out["retry_until"] = iso(extra["retry_until"])
+    if task.get("queue_position") is not None and out["status"] == TaskStatus.QUEUED:
+        out["queue_position"] = task["queue_position"]
+    activity = task.get("activity")
+    if activity:
+        out["events"] = activity.get("events") or []
+        out["events_dropped"] = activity.get("dropped") or 0
+        out["throughput"] = activity.get("throughput") or []

@@ -1,260 +1,53 @@
-"""The progress page (GET /) in a real browser: headless Chromium (Debian's `chromium` and
-`chromium-driver`) driven by selenium, against real gunicorn (2 workers) and the local test
-API. Screenshots go to tests/artifacts/page/ (git-ignored) for a person to look at.
-
-Without Chromium these tests fail (they never skip): install it with
-`apt-get install chromium chromium-driver` (.ci/install does)."""
+"""The progress page (GET /) in a real browser: headless Chromium driven by selenium, against
+real gunicorn (2 workers) and the local test API (fixtures: tests/browser/conftest.py). The
+running-task view, the JSON editor, cancel, failures, colours, the polling fallback, the API
+token and narrow screens. Screenshots go to tests/artifacts/page/ (git-ignored) for a person
+to look at."""
 
 from __future__ import annotations
 
-import base64
-import functools
 import json
 import re
-import shutil
 import time
-from pathlib import Path
 
-import pytest
 import requests
 
-from tests.support import specs
+from tests.browser.pagekit import (
+    TOKEN,
+    contrast,
+    css,
+    css_all,
+    detail_state,
+    downloaded,
+    focus_ring,
+    hash_task_id,
+    page_spec,
+    press,
+    requested_urls,
+    rgb,
+    set_spec_text,
+    shot,
+    tab_to,
+    task_row,
+    watch_detail_until_final,
+)
 from tests.support.net import wait_for
 from tests.support.readback import rows_of
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "page"
-TOKEN = "tok-page-7a1c9e"
-
-
-# ------------------------------------------------------------------ browser and service
-
-
-def _chromium_paths() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    for candidate in ("/usr/bin/chromium", "/usr/lib/chromium/chromium"):
-        if browser is None and Path(candidate).exists():
-            browser = candidate
-    if driver is None and Path("/usr/bin/chromedriver").exists():
-        driver = "/usr/bin/chromedriver"
-    if not browser or not driver:
-        pytest.fail(
-            "the page tests need headless Chromium: apt-get install -y chromium chromium-driver "
-            f"(found chromium={browser!r}, chromedriver={driver!r})",
-            pytrace=False,
-        )
-    return browser, driver
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:  # a failure, not a skip
-        pytest.fail("the page tests need selenium (pip install -r requirements.txt)", pytrace=False)
-    binary, driver_path = _chromium_paths()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,900",
-        "--lang=en-GB",
-        "--no-first-run",
-        "--disable-extensions",
-        "--hide-scrollbars",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(30)
-    downloads = tmp_path_factory.mktemp("downloads")
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    driver.downloads = downloads
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture
-def page(browser):
-    """The browser at a normal desktop size, with no leftovers from the test before."""
-    browser.set_window_size(1280, 900)
-    browser.get("about:blank")
-    yield browser
-    # script errors fail the test; refused requests (4xx the test asked for) are only network noise
-    errors = [
-        e
-        for e in browser.get_log("browser")
-        if e["level"] == "SEVERE" and e.get("source") not in ("network",) and "WebSocket" not in e["message"]
-    ]
-    assert not errors, f"console errors: {errors}"
-
-
-@pytest.fixture(scope="module")
-def service(test_api, module_service_factory):
-    """One service (default settings) for the module's tests (overrides conftest's per-test one)."""
-    return module_service_factory()
-
-
-@pytest.fixture(scope="module")
-def token_service(test_api, module_service_factory):
-    return module_service_factory({"API_TOKEN": TOKEN}, headers={"Authorization": f"Bearer {TOKEN}"})
-
-
-# ------------------------------------------------------------------ helpers
-
-page_spec = functools.partial(specs.page_spec, concurrency=2)  # the page's specs: two requests in flight
-
-
-def shot(driver, name: str) -> Path:
-    """A full-page screenshot (beyond the viewport) in tests/artifacts/page/."""
-    metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
-    size = metrics.get("cssContentSize") or metrics["contentSize"]
-    width = driver.execute_script("return window.innerWidth")
-    data = driver.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {
-            "format": "png",
-            "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": max(size["height"], 100), "scale": 1},
-        },
-    )
-    path = ARTIFACTS / f"{name}.png"
-    path.write_bytes(base64.b64decode(data["data"]))
-    return path
-
-
-def css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
-def css_all(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def press(driver, *keys):
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    ActionChains(driver).send_keys(*keys).perform()
-
-
-def tab_to(driver, predicate, limit=40, what="element"):
-    """Press Tab until the focused element satisfies `predicate` (keyboard-only navigation)."""
-    from selenium.webdriver.common.keys import Keys
-
-    for _ in range(limit):
-        press(driver, Keys.TAB)
-        element = driver.switch_to.active_element
-        if predicate(element):
-            return element
-    raise AssertionError(f"could not reach {what} with the Tab key")
-
-
-def focus_ring(driver, element) -> float:
-    """The width of the focus outline drawn around `element` (0 when there is none)."""
-    return driver.execute_script(
-        "const s = getComputedStyle(arguments[0]);"
-        "return s.outlineStyle === 'none' ? 0 : parseFloat(s.outlineWidth) || 0;",
-        element,
-    )
-
-
-def task_row(driver, task_id):
-    rows = css_all(driver, f'li.task[data-task-id="{task_id}"]')
-    return rows[0] if rows else None
-
-
-def detail_state(driver) -> dict:
-    return driver.execute_script("""
-        const v = document.getElementById('view-task');
-        const bar = v.querySelector('.detail-progress [role=progressbar]');
-        const badge = v.querySelector('.detail-head .badge');
-        return {status: v.dataset.status || null, live: v.dataset.live || null,
-                now: bar ? bar.getAttribute('aria-valuenow') : null,
-                text: bar ? bar.getAttribute('aria-valuetext') : null,
-                badge: badge ? badge.textContent : null, hidden: v.hidden};""")
-
-
-def watch_detail_until_final(driver, timeout=60, shot_name=None) -> list[dict]:
-    """Sample the task view until it shows a final status; returns every sample (and takes
-    a screenshot `shot_name` once the bar is part way)."""
-    samples = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = detail_state(driver)
-        samples.append(state)
-        if state["status"] in ("completed", "failed", "cancelled"):
-            return samples
-        if shot_name and state["now"] and 20 < float(state["now"]) < 90:
-            shot(driver, shot_name)
-            shot_name = None
-        time.sleep(0.05)
-    raise AssertionError(f"the task view never showed a final status: {samples[-5:]}")
-
-
-def set_spec_text(driver, text: str) -> None:
-    """Fill the spec field as a paste would (typing long JSON key by key is slow)."""
-    field = css(driver, "#spec-input")
-    driver.execute_script(
-        "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));", field, text
-    )
-
-
-def downloaded(folder: Path, name: str, timeout=30) -> Path:
-    path = folder / name
-    wait_for(lambda: path.exists() and not list(folder.glob("*.crdownload")), timeout, message=f"download {name}")
-    return path
-
-
-def requested_urls(driver) -> list[str]:
-    """Every URL the browser requested (fetches, navigations, downloads, websockets) since the
-    last call, from Chrome's performance log."""
-    urls = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        params = message.get("params", {})
-        if message.get("method") == "Network.requestWillBeSent":
-            urls.append(params["request"]["url"])
-        elif message.get("method") == "Network.webSocketCreated":
-            urls.append(params["url"])
-    return urls
-
-
-def hash_task_id(driver) -> str:
-    match = wait_for(
-        lambda: re.fullmatch(r"#/task/(task_[0-9a-f]{12})", driver.execute_script("return location.hash")),
-        15,
-        message="the task's live view",
-    )
-    return match.group(1)
-
-
-def luminance(rgb) -> float:
-    def channel(c):
-        c = c / 255
-        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (channel(c) for c in rgb)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def contrast(a, b) -> float:
-    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
-    return (la + 0.05) / (lb + 0.05)
-
-
-def rgb(value: str) -> tuple[int, int, int]:
-    numbers = [float(x) for x in re.findall(r"[\d.]+", value)[:3]]
-    return tuple(int(round(x)) for x in numbers)
+STATIC = (
+    "/static/app.js",
+    "/static/core.js",
+    "/static/live.js",
+    "/static/actions.js",
+    "/static/tasks.js",
+    "/static/detail.js",
+    "/static/form.js",
+    "/static/schedules.js",
+    "/static/app.css",
+)
+# addresses that appear in the page's code without being loaded: placeholders, the local
+# example API, the SVG namespace
+NOT_LOADED = r"https?://(?!api\.example\.com|hooks\.example\.com|127\.0\.0\.1[:/]|www\.w3\.org/2000/svg)"
 
 
 # ------------------------------------------------------------------ the API the page relies on
@@ -267,12 +60,17 @@ def test_the_page_is_served_offline_ready_and_locked_down(service):
     html = r.text
     assert "/static/app.js" in html and "/static/app.css" in html
     assert not re.search(r"(src|href)=\"(https?:)?//", html), "the page must not load anything from elsewhere"
-    for asset in ("/static/app.js", "/static/app.css"):
+    for asset in STATIC:
         a = requests.get(service.url(asset), timeout=10)
-        assert a.status_code == 200 and len(a.content) > 1000
-        assert not re.search(r"https?://(?!api\.example\.com)", a.text), f"{asset} reaches outside"
-    script = requests.get(service.url("/static/app.js"), timeout=10).text
-    assert not re.search(r"\.(innerHTML|outerHTML)\b|insertAdjacentHTML|document\.write|\beval\(", script)
+        assert a.status_code == 200 and len(a.content) > 1000, asset
+        assert not re.search(NOT_LOADED, a.text), f"{asset} reaches outside"
+        if asset.endswith(".js"):
+            assert "javascript" in a.headers["Content-Type"], asset  # modules need a script type
+            assert not re.search(r"\.(innerHTML|outerHTML)\b|insertAdjacentHTML|document\.write|\beval\(", a.text)
+    imported = set(
+        re.findall(r"from '\./([a-z]+\.js)'", "".join(requests.get(service.url(a), timeout=10).text for a in STATIC))
+    )
+    assert {f"/static/{name}" for name in imported} <= set(STATIC), "every module is checked above"
 
 
 def test_validate_endpoint_answers_like_start_without_starting(api, service):
@@ -309,9 +107,13 @@ def test_detail_endpoint_gives_the_redacted_spec_and_the_manifest_summary(api, s
     r = service.call("GET", f"/api/export/detail/{task_id}")
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"task_id", "spec", "manifest"} and body["task_id"] == task_id
-    assert body["spec"]["sources"][0]["auth"] == {"type": "bearer", "token": "***"}
-    assert body["spec"]["sources"][0]["params"]["echo"] == "***"
+    assert set(body) == {"task_id", "spec", "effective_spec", "manifest"} and body["task_id"] == task_id
+    for key in ("spec", "effective_spec"):
+        assert body[key]["sources"][0]["auth"] == {"type": "bearer", "token": "***"}
+        assert body[key]["sources"][0]["params"]["echo"] == "***"
+    # as submitted: only what the client wrote; effective: every default filled in
+    assert "retry" not in body["spec"] and "method" not in body["spec"]["sources"][0]
+    assert body["effective_spec"]["retry"]["attempts"] == 5 and body["effective_spec"]["sources"][0]["method"] == "GET"
     assert "t0k3n-secret-XYZ" not in r.text
     manifest = body["manifest"]
     assert manifest["job_id"] == task_id and manifest["partial"] is False
@@ -339,6 +141,10 @@ def test_start_a_task_from_the_form_by_keyboard_watch_it_complete_and_download(a
     assert page.switch_to.active_element.get_attribute("id") == "new-heading"
 
     spec = page_spec(api, name="keyboard-run", n=600, size=20, delay_ms=150)
+    advanced = tab_to(page, lambda el: el.get_attribute("id") == "mode-json", what="the JSON (advanced) switch")
+    assert focus_ring(page, advanced) >= 2
+    press(page, Keys.ENTER)
+    assert advanced.get_attribute("aria-pressed") == "true"
     field = tab_to(page, lambda el: el.get_attribute("id") == "spec-input", what="the spec field")
     assert focus_ring(page, field) >= 2
     set_spec_text(page, json.dumps(spec, indent=2)[:-1])  # pasted; the user types the last character
@@ -397,8 +203,18 @@ def test_cancel_a_slow_task_from_the_list(api, service, page):
     shot(page, "03-list-running")
     button = row.find_element("css selector", "button.cancel")
     assert "Cancel" in button.text and button.get_attribute("type") == "button"
+    button.click()  # asks first: nothing is cancelled yet
+    confirm = wait_for(lambda: row.find_elements("css selector", ".confirm"), message="the question")[0]
+    assert "Cancel slow-one?" in confirm.text
+    confirm.find_element("css selector", "button.confirm-no").click()
+    assert not row.find_elements("css selector", ".confirm") and row.find_element("css selector", "button.cancel")
+    time.sleep(0.5)
+    assert service.status(task_id)["status"] == "running"
+    row.find_element("css selector", "button.cancel").click()
+    yes = wait_for(lambda: row.find_elements("css selector", "button.confirm-yes"), message="the question again")[0]
+    assert page.switch_to.active_element == yes  # the keyboard lands on the answer
     started = time.monotonic()
-    button.click()
+    yes.click()
     wait_for(lambda: row.get_attribute("data-status") == "cancelled", timeout=10, message="the cancelled row")
     assert time.monotonic() - started < 5
     assert service.status(task_id)["status"] == "cancelled"
@@ -470,6 +286,15 @@ def test_a_failed_task_shows_its_error_and_failed_pages(api, service, page):
     box = row.find_element("css selector", ".error-box")
     assert "HTTP 503" in box.text and "/items/page" in box.find_element("css selector", ".failed-url").text
     assert not row.find_elements("css selector", "button.cancel, a.download")
+    # the cause once, with its count, and what to do about it
+    causes = [c.text for c in box.find_elements("css selector", ".cause-text")]
+    assert len(causes) == 1 and causes[0].startswith("HTTP 503"), box.text
+    assert box.text.count(causes[0]) == 1 and "1 page" in box.text and "Next step" in box.text
+    assert {b.text for b in row.find_elements("css selector", ".task-actions button .label")} >= {
+        "Re-run",
+        "Edit & re-run",
+        "Delete",
+    }
     shot(page, "06-list-failed")
     row.find_element("css selector", ".task-name a").click()
     wait_for(lambda: detail_state(page)["status"] == "failed", message="the failed task view")

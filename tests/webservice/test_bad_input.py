@@ -121,7 +121,7 @@ def test_deep_json_names_the_field_and_the_limit(service):
     assert body["details"][0]["field"].startswith("sources.0.body.a.a"), body
     assert "64" in body["details"][0]["message"]
     response = service.call(
-        "POST", "/api/export/schedules", json={"cron": "0 1 * * *", "spec": json.loads(with_body("1"))}
+        "POST", "/api/export/schedules", json={"cron": "0 1 * * *", "spec": json.loads(with_body('{"a": 1}'))}
     )
     assert response.status_code == 201, response.text  # a normal spec still passes
     assert service.call("DELETE", f"/api/export/schedules/{response.json()['schedule_id']}").status_code == 200
