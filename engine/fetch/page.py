@@ -61,7 +61,7 @@ class Gate:
     cancelled: Callable[[], bool]
     sleep: Callable[[float], Awaitable[bool]]  # cancellable sleep: True when the job was cancelled
     on_request: Callable[[], None] = lambda: None
-    on_retry: Callable[[], None] = lambda: None
+    on_retry: Callable[[FetchError], None] = lambda error: None
     on_bytes: Callable[[int], None] = lambda n: None
 
 
@@ -262,7 +262,7 @@ class PageFetcher:
             raise Cancelled()
 
     def _before_sleep(self, error: FetchError, wait: float) -> None:
-        self.gate.on_retry()
+        self.gate.on_retry(error)
         if error.status == 429 and error.retry_after is None:  # with one, `_settle` paused already
             self.gate.limiter.pause(wait)
 

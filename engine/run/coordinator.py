@@ -109,9 +109,13 @@ class _Progress:
         self.base = base  # pages/records already on disk when the run started
         self.totals = [[0] * WIDTH for _ in names]
         self.samples: deque = deque(maxlen=64)
+        self.causes: dict[str, int] = {}  # retries by cause, all processes
+        self.paused_until = 0.0  # time.monotonic() until which the API made the job wait
 
     def read(self, board: Any) -> None:
         totals = [[0] * WIDTH for _ in self.names]
+        causes: dict[str, int] = {}
+        paused_until = 0.0
         try:
             items = dict(board)
         except Exception:
@@ -121,7 +125,12 @@ class _Progress:
                 for s, row in enumerate(values[: len(totals)]):
                     for k in range(WIDTH):
                         totals[s][k] += row[k]
-        self.totals = totals
+                extra = values[len(totals)] if len(values) > len(totals) else None
+                if isinstance(extra, dict):
+                    for cause, count in (extra.get("causes") or {}).items():
+                        causes[cause] = causes.get(cause, 0) + count
+                    paused_until = max(paused_until, extra.get("paused_until") or 0.0)
+        self.totals, self.causes, self.paused_until = totals, causes, paused_until
         now = time.monotonic()
         self.samples.append((now, self.sum(Counter.REQUESTS), self.pages_done_raw()))
 
@@ -218,6 +227,11 @@ class JobRunner:
                 "rate": round(request_rate, 1) if request_rate is not None else 0.0,
                 "percent": percent,
                 "eta_seconds": eta,
+                "retry_causes": [
+                    {"cause": cause, "count": count}
+                    for cause, count in sorted(p.causes.items(), key=lambda item: (-item[1], item[0]))
+                ],
+                "paused_seconds": round(max(0.0, p.paused_until - time.monotonic()), 1),
             },
             "sources": sources,
         }

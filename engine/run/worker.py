@@ -30,7 +30,7 @@ import pyarrow as pa
 from engine.errors import PageFailure
 from engine.fetch.auth import DictTokenStore, make_auth
 from engine.fetch.client import HttpClient, with_query
-from engine.fetch.page import Gate, PageFetcher, PageOutcome, SourceRequestSpec
+from engine.fetch.page import FetchError, Gate, PageFetcher, PageOutcome, SourceRequestSpec
 from engine.fetch.ratelimit import RateLimiter
 from engine.plan.fanout import FanOut, Unit
 from engine.plan.pagination import (
@@ -45,7 +45,7 @@ from engine.plan.scheduler import Piece, PieceResult, RunSpan, _digest
 from engine.run.incremental import SourceBounds, fold, unit_key
 from engine.run.messages import UNKNOWN_END, ExportRequest, SharedState, WorkerJob
 from engine.run.pool import lower_priority, process_alive
-from engine.run.progress import Counter, Counters
+from engine.run.progress import Counter, Counters, retry_cause
 from engine.shards import ShardInfo, unify, write_shard
 from engine.spec.redact import Redactor
 
@@ -74,6 +74,7 @@ class _Process:
     loop: asyncio.AbstractEventLoop
     client: HttpClient
     redactor: Redactor
+    limiter: RateLimiter
     parent_alive: bool = True
     tables: dict = field(default_factory=dict)
 
@@ -112,7 +113,7 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
             cancelled=_cancelled,
             sleep=_sleep,
             on_request=partial(counters.add, i, Counter.REQUESTS),
-            on_retry=partial(counters.add, i, Counter.RETRIES),
+            on_retry=partial(_count_retry, counters, i),
             on_bytes=partial(counters.add, i, Counter.BYTES),
         )
         auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client, redactor.add)
@@ -124,9 +125,13 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
         )
         if source.incremental is not None:
             sources[-1].bounds = SourceBounds(source, job.incremental[i] if job.incremental else None)
-    _P = _Process(job, shared, counters, sources, loop, client, redactor)
+    _P = _Process(job, shared, counters, sources, loop, client, redactor, limiter)
     Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
+
+
+def _count_retry(counters: Counters, source: int, error: FetchError) -> None:
+    counters.add_retry(source, retry_cause(error.status, error.message))
 
 
 def _close() -> None:
@@ -186,7 +191,7 @@ def _report_loop() -> None:
         if state.counters.version != seen:
             seen = state.counters.version
             try:
-                state.shared.board[key] = state.counters.snapshot()
+                state.shared.board[key] = state.counters.snapshot(state.limiter.paused_until())
             except Exception:  # the Manager is gone: the job is over
                 continue
 
@@ -194,7 +199,7 @@ def _report_loop() -> None:
 def flush_progress() -> None:
     try:
         state = _state()
-        state.shared.board[f"proc:{os.getpid()}"] = state.counters.snapshot()
+        state.shared.board[f"proc:{os.getpid()}"] = state.counters.snapshot(state.limiter.paused_until())
     except Exception:
         pass
 

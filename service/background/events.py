@@ -38,8 +38,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def _retried(more: int, total: int) -> str:
-    return f"{_plural(more, 'request')} retried ({total:,} {'retry' if total == 1 else 'retries'} in all)"
+def _retried(more: int, total: int, causes: list[dict] | None = None) -> str:
+    why = ", ".join(f"{c['cause']} ×{c['count']}" for c in causes or [])
+    in_all = f"{total:,} {'retry' if total == 1 else 'retries'} in all"
+    return f"{_plural(more, 'request')} retried{f' ({why})' if why else ''}: {in_all}"
+
+
+def _new_causes(now: list[dict], before: dict[str, int]) -> list[dict]:
+    """The retries by cause since `before` (the counts already reported), most frequent first."""
+    fresh = [{"cause": c["cause"], "count": c["count"] - before.get(c["cause"], 0)} for c in now]
+    return sorted((c for c in fresh if c["count"] > 0), key=lambda c: -c["count"])
 
 
 def append_event(activity: dict | None, kind: str, message: str, at: float | None = None, **data: Any) -> dict:
@@ -82,6 +90,8 @@ class Activity:
         self.rate_limit = rate_limit  # requests per second, when the spec sets a limit
         self.phase: str | None = None
         self.retries: int | None = None
+        self.causes_reported: dict[str, int] = {}  # retries by cause already in an event
+        self.api_paused = False  # a pause the API asked for is under way (reported once)
         self.retries_reported = 0
         self.retries_at = 0.0
         self.requests: int | None = None
@@ -92,6 +102,15 @@ class Activity:
         self.sampled = 0.0
         self.saved = 0.0
         self.dirty = True
+
+    def _report_retries(self, numbers: dict) -> None:
+        assert self.retries is not None
+        more = self.retries - self.retries_reported
+        causes = numbers.get("retry_causes") or []
+        fresh = _new_causes(causes, self.causes_reported)
+        self.event("retry", _retried(more, self.retries, fresh), count=more, causes=fresh)
+        self.retries_reported = self.retries
+        self.causes_reported = {c["cause"]: c["count"] for c in causes}
 
     def event(self, kind: str, message: str, **data: Any) -> None:
         append_event(self.doc, kind, message, **data)
@@ -114,9 +133,18 @@ class Activity:
         elif retries > self.retries:
             self.retries = retries
         if self.retries > self.retries_reported and now - self.retries_at >= RETRY_EVERY:
-            more = self.retries - self.retries_reported
-            self.event("retry", _retried(more, self.retries), count=more)
-            self.retries_reported, self.retries_at = self.retries, now
+            self._report_retries(numbers)
+            self.retries_at = now
+        paused = numbers.get("paused_seconds") or 0.0
+        if paused >= 0.5 and not self.api_paused:
+            self.api_paused = True
+            self.event(
+                "pause",
+                f"the API asked to wait: paused {paused:.1f} s (Retry-After or its rate-limit headers)",
+                seconds=paused,
+            )
+        elif paused < 0.5:
+            self.api_paused = False
         requests = numbers.get("requests") or 0
         if self.requests is None or requests != self.requests:
             if self.paused_since is not None:
@@ -178,11 +206,9 @@ class Activity:
         if progress:
             numbers = progress.get("progress") or {}
             self.sample(numbers)
-            retries = numbers.get("retries") or 0
-            if retries > self.retries_reported:  # those counted since the last report
-                more = retries - self.retries_reported
-                self.event("retry", _retried(more, retries), count=more)
-                self.retries_reported = retries
+            self.retries = max(self.retries or 0, numbers.get("retries") or 0)
+            if self.retries > self.retries_reported:  # those counted since the last report
+                self._report_retries(numbers)
         skipped = skipped or []
         for page in skipped[:MAX_PAGE_EVENTS]:
             why = page.get("error") or (f"HTTP {page['status']}" if page.get("status") else "failed")

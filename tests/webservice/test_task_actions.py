@@ -323,6 +323,16 @@ def test_delete_removes_a_finished_task_and_refuses_an_unfinished_one(api, svc):
 # ------------------------------------------------------------------ what happened
 
 
+def test_a_pause_the_api_asks_for_is_an_event(api, svc):
+    spec = page_spec(api, name="paused", n=200, size=20, fault=429, fail_rate=1, retry_after=2, seed=1)
+    spec["concurrency"] = 1
+    final = svc.wait(svc.start_task(spec))
+    assert final["status"] == "completed", final
+    pauses = [e for e in final["events"] if e["kind"] == "pause"]
+    assert pauses and "the API asked to wait" in pauses[0]["message"] and pauses[0]["seconds"] >= 0.5, final["events"]
+    assert {c["cause"] for c in final["progress"]["retry_causes"]} == {"HTTP 429"}
+
+
 def test_the_event_log_comes_with_the_status_and_the_websocket(api, svc):
     spec = page_spec(api, name="eventful", n=1500, size=20, delay_ms=40, fault=503, fail_rate=0.1, seed=2)
     spec["retry"] = {"attempts": 4, "backoff": 0.01}
@@ -343,6 +353,11 @@ def test_the_event_log_comes_with_the_status_and_the_websocket(api, svc):
     assert kinds[0] == "created" and kinds[1] == "started" and kinds[-1] == "completed"
     retried = sum(e.get("count", 0) for e in final["events"] if e["kind"] == "retry")
     assert retried == final["progress"]["retries"] > 0  # every retry counted, none twice
+    # each retry event says why: the cause with its status, counted the same way
+    causes = [c for e in final["events"] if e["kind"] == "retry" for c in e["causes"]]
+    assert {c["cause"] for c in causes} == {"HTTP 503"} and sum(c["count"] for c in causes) == retried
+    assert all("HTTP 503 ×" in e["message"] for e in final["events"] if e["kind"] == "retry")
+    assert final["progress"]["retry_causes"] == [{"cause": "HTTP 503", "count": retried}]
     assert final["events"][-1]["message"].startswith("completed: 1,500 rows from 75 pages")
     assert len(final["throughput"]) >= 2 and final["throughput"][-1][1] == 75
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(final["throughput"], final["throughput"][1:]))
