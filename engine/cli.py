@@ -119,18 +119,29 @@ def _check_output_location(output: Path) -> None:
         raise SpecError([FieldError("--output", f"{output} is a directory")])
 
 
-def cmd_validate(args) -> int:
+def _prepare_cli(spec_arg: str, as_document=lambda document: document):
+    """Settings, the spec read and checked as `run` would: (settings, policy, prepared), or the
+    exit code after the error was reported."""
     try:
         settings = load_settings()
-        document, base = _read_spec(args.spec)
-        spec = parse_spec(document)
-        prepared = prepare(spec, os.environ, outbound_policy(settings, service=False), base_dir=base)
+        document, base = _read_spec(spec_arg)
+        spec = parse_spec(as_document(document))
+        policy = outbound_policy(settings, service=False)
+        return settings, policy, prepare(spec, os.environ, policy, base_dir=base)
     except SettingsError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         _emit({"status": "invalid", "error": str(exc)})
         return EXIT_INVALID
     except SpecError as exc:
         return _invalid(exc)
+
+
+def cmd_validate(args) -> int:
+    checked = _prepare_cli(args.spec)
+    if isinstance(checked, int):
+        return checked
+    _, _, prepared = checked
+    spec = prepared.spec
     _emit(
         {
             "status": "valid",
@@ -148,18 +159,10 @@ def cmd_preview(args) -> int:
     one JSON line; exit 0 when every source answered, 1 when one failed, 2 an invalid spec."""
     from engine.preview import as_job_document, run_preview
 
-    try:
-        settings = load_settings()
-        document, base = _read_spec(args.spec)
-        spec = parse_spec(as_job_document(document)[0])
-        policy = outbound_policy(settings, service=False)
-        prepared = prepare(spec, os.environ, policy, base_dir=base)
-    except SettingsError as exc:
-        print(f"invalid settings: {exc}", file=sys.stderr)
-        _emit({"status": "invalid", "error": str(exc)})
-        return EXIT_INVALID
-    except SpecError as exc:
-        return _invalid(exc)
+    checked = _prepare_cli(args.spec, lambda document: as_job_document(document)[0])
+    if isinstance(checked, int):
+        return checked
+    settings, policy, prepared = checked
     try:
         result = run_preview(prepared, policy, settings.max_file_size)
     except KeyboardInterrupt:

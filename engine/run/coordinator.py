@@ -590,11 +590,14 @@ class JobRunner:
         rl = self.spec.rate_limit
         return shared.renew(ctx, rl.requests if rl else None, self.spec.concurrency or self.options.workers, units)
 
-    def _await(self, future: cf.Future):
-        """A pool call's result, the job's cancel and deadline still heard."""
+    def _await(self, future: cf.Future, pool=None):
+        """A pool call's result, the job's cancel and deadline still heard (the pool's processes
+        are killed then, when given)."""
         while True:
             self._check_deadline()
             if self._cancel.is_set():
+                if pool is not None:
+                    self._kill(pool)
                 if self._cancel_reason.startswith("timed out"):
                     raise JobFailed(self._cancel_reason)
                 raise JobCancelled(self._cancel_reason)
@@ -801,24 +804,16 @@ class JobRunner:
         return pool
 
     def _wait_for_export(self, future: cf.Future, pool):
-        redactor = self.prepared.redactor
-        while True:
-            self._check_deadline()
-            if self._cancel.is_set():
-                self._kill(pool)
-                if self._cancel_reason.startswith("timed out"):
-                    raise JobFailed(self._cancel_reason)
-                raise JobCancelled(self._cancel_reason)
-            try:
-                return future.result(timeout=0.25)
-            except cf.TimeoutError:
-                continue
-            except BrokenProcessPool:
-                raise JobFailed("the engine process writing the export died") from None
-            except OSError as exc:
-                raise JobFailed(f"cannot write the result: {exc.strerror or exc}") from None
-            except Exception as exc:
-                raise JobFailed(redactor.text(_export_error(exc))) from None
+        try:
+            return self._await(future, pool)
+        except (JobFailed, JobCancelled):
+            raise
+        except BrokenProcessPool:
+            raise JobFailed("the engine process writing the export died") from None
+        except OSError as exc:
+            raise JobFailed(f"cannot write the result: {exc.strerror or exc}") from None
+        except Exception as exc:
+            raise JobFailed(self.prepared.redactor.text(_export_error(exc))) from None
 
 
 def _export_error(exc: Exception) -> str:

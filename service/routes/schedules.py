@@ -124,12 +124,7 @@ def create_schedule():
     try:
         services().store.create_schedule(schedule, max_per_profile=cap)
     except LimitReached:
-        raise ApiError(
-            429,
-            f"this profile already has MAX_SCHEDULES_PER_PROFILE ({cap}) schedules; delete one first",
-            "too_many_requests",
-            [{"field": "X-Profile", "message": f"at most {cap} schedules (MAX_SCHEDULES_PER_PROFILE)"}],
-        ) from None
+        raise _over_limit("MAX_SCHEDULES_PER_PROFILE", cap, "schedules", "delete one first") from None
     log_event(
         "schedule_created",
         schedule_id=schedule["id"],
@@ -348,14 +343,19 @@ def run_schedule_now(schedule_id: str):
     try:
         stored = svc.store.run_schedule_now(schedule_id, task, max_queued=cap)
     except LimitReached:
-        raise ApiError(
-            429,
-            f"this profile already has MAX_QUEUED_PER_PROFILE ({cap}) queued tasks; run it once some have run",
-            "too_many_requests",
-            [{"field": "X-Profile", "message": f"at most {cap} queued tasks (MAX_QUEUED_PER_PROFILE)"}],
-        ) from None
+        raise _over_limit("MAX_QUEUED_PER_PROFILE", cap, "queued tasks", "run it once some have run") from None
     if not stored:
         raise ApiError(404, f"no schedule {schedule_id[:40]!r}", "not_found")
     svc.runner.wake()
     log_event("schedule_run_now", schedule_id=schedule_id, task_id=task["id"])
     return jsonify({"task_id": task["id"], "status": "queued", "schedule_id": schedule_id, **urls(task["id"])}), 202
+
+
+def _over_limit(setting: str, cap: int, things: str, advice: str) -> ApiError:
+    """The 429 for a profile at one of its limits (docs/security.md, "Fail closed")."""
+    return ApiError(
+        429,
+        f"this profile already has {setting} ({cap}) {things}; {advice}",
+        "too_many_requests",
+        [{"field": "X-Profile", "message": f"at most {cap} {things} ({setting})"}],
+    )
