@@ -10,8 +10,10 @@ import re
 import time
 from pathlib import Path
 
+from selenium.common.exceptions import StaleElementReferenceException
+
 from tests.support import specs
-from tests.support.net import wait_for
+from tests.support.net import wait_for as _wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "page"  # git-ignored (/tests/artifacts/)
 TOKEN = "tok-page-7a1c9e"
@@ -19,6 +21,19 @@ DESKTOP = (1280, 900)
 PHONE = (390, 844)
 
 page_spec = functools.partial(specs.page_spec, concurrency=2)  # the page's specs: two requests in flight
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """`tests.support.net.wait_for` for the page, which re-renders lists while it is watched: an
+    element gone stale between its lookup and its use means "not yet", not a failure."""
+
+    def tolerant():
+        try:
+            return predicate()
+        except StaleElementReferenceException:
+            return None
+
+    return _wait_for(tolerant, timeout, interval, message)
 
 
 def shot(driver, name: str) -> Path:

@@ -29,9 +29,9 @@ from tests.browser.pagekit import (
     shot,
     tab_to,
     task_row,
+    wait_for,
     watch_detail_until_final,
 )
-from tests.support.net import wait_for
 from tests.support.readback import rows_of
 
 STATIC = (

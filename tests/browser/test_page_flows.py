@@ -31,9 +31,9 @@ from tests.browser.pagekit import (
     task_row,
     type_into,
     visible,
+    wait_for,
     watch_detail_until_final,
 )
-from tests.support.net import wait_for
 from tests.support.readback import rows_of
 from tests.support.service_process import ServiceProcess
 from tests.testapi.faults import fault_key, is_failing
@@ -467,10 +467,9 @@ def test_schedule_created_from_the_form_previewed_run_now_paused_and_deleted(api
     def completed_run():
         item = css(page, f'li[data-schedule-id="{sid}"]')
         runs = item.find_elements("css selector", "li.run")
-        return runs and "Completed" in runs[0].text and runs[0]
+        return runs and "Completed" in runs[0].text and runs[0].get_attribute("data-task-id")
 
-    run = wait_for(completed_run, 30, message="the run, completed")
-    task_id = run.get_attribute("data-task-id")
+    task_id = wait_for(completed_run, 30, message="the run, completed")
     assert service.status(task_id)["schedule_id"] == sid and service.status(task_id)["result"]["rows"] == 1000
     shot(page, "31-schedules")
     click(page, css(page, f'li[data-schedule-id="{sid}"] button.sched-pause'))
