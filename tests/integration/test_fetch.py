@@ -108,7 +108,7 @@ class Harness:
     def _on_request(self):
         self.requests += 1
 
-    def _on_retry(self):
+    def _on_retry(self, error):
         self.retries += 1
 
     def _on_bytes(self, n):
