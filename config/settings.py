@@ -43,6 +43,7 @@ class Settings:
     max_schedules_per_profile: int = 20
     max_spec_bytes: int = 1024 * 1024
     max_request_bodies: int = 16
+    max_previews: int = 4  # per worker: previews fetching at once (each holds a request thread)
 
     @property
     def max_file_size(self) -> int:
@@ -137,4 +138,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_schedules_per_profile=_int(env, "MAX_SCHEDULES_PER_PROFILE", 20),
         max_spec_bytes=_int(env, "MAX_SPEC_BYTES", 1024 * 1024, minimum=1024),
         max_request_bodies=_int(env, "MAX_REQUEST_BODIES", 16),
+        max_previews=_int(env, "MAX_PREVIEWS", 4),
     )

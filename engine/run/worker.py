@@ -131,7 +131,7 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
 
 
 def _count_retry(counters: Counters, source: int, error: FetchError) -> None:
-    counters.add_retry(source, retry_cause(error.status, error.message))
+    counters.add_retry(source, _state().redactor.text(retry_cause(error.status, error.message)))
 
 
 def _close() -> None:

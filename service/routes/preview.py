@@ -6,16 +6,20 @@ loop, within PREVIEW_TIME_LIMIT."""
 
 from __future__ import annotations
 
+import threading
+
 from flask import Response
 
 from engine import SpecError, parse_spec, spec_to_json
-from service.errors import invalid
+from service.errors import ApiError, invalid
 from service.limits import check_spec_size
 from service.routes.common import services
 from service.routes.exports import _match_uploads, _spec_and_uploads, bp
 
 PREVIEW_TIME_LIMIT = 30.0  # seconds for a whole preview: it holds a request thread
 ONE_SOURCE = "sources.0."
+_running = 0  # previews fetching in this worker (MAX_PREVIEWS)
+_running_lock = threading.Lock()
 
 
 def _source_field(field: str) -> str:
@@ -43,7 +47,21 @@ def preview():
         prepared = prepare_for_service(spec, svc.settings, svc.env, id_files=uploads)
     except SpecError as exc:
         raise invalid(exc, _source_field if one_source else lambda field: field) from None
-    result = run_preview(
-        prepared, outbound_policy(svc.settings, service=True), svc.settings.max_file_size, PREVIEW_TIME_LIMIT
-    )
+    global _running
+    cap = svc.settings.max_previews
+    with _running_lock:
+        if _running >= cap:
+            raise ApiError(
+                429,
+                f"{cap} previews are fetching already (MAX_PREVIEWS); try again in a moment",
+                "too_many_requests",
+            )
+        _running += 1
+    try:
+        result = run_preview(
+            prepared, outbound_policy(svc.settings, service=True), svc.settings.max_file_size, PREVIEW_TIME_LIMIT
+        )
+    finally:
+        with _running_lock:
+            _running -= 1
     return Response(orjson.dumps(result), mimetype="application/json")

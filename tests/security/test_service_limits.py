@@ -389,3 +389,30 @@ def test_f17_queued_tasks_and_schedules_per_profile_are_capped(api, service_fact
     service.call("DELETE", f"/api/export/cancel/{queued[0]}")
     assert service.call("POST", "/api/export/start", json=page_spec(api, n=10)).status_code == 202
     service.call("DELETE", f"/api/export/cancel/{running}")
+
+
+# ------------------------------------------------------------------ previews hold request threads
+
+
+def test_previews_at_once_are_capped_and_the_service_keeps_answering(api, service_factory):
+    """A loop of slow previews (each holds a request thread until its source answers) cannot take
+    every thread: past MAX_PREVIEWS the next is a 429 at once, and /healthz and /status answer."""
+    import concurrent.futures as cf
+
+    service = service_factory({**LOOPBACK_SOURCES, "MAX_PREVIEWS": "2"}, workers=1)
+    task_id = service.start_task(page_spec(api, n=10))
+    slow = {"url": api.url("/items/page", delay_ms=3000)}
+
+    def preview() -> int:
+        return service.call("POST", "/api/export/preview", json=slow, timeout=30).status_code
+
+    with cf.ThreadPoolExecutor(6) as pool:
+        calls = [pool.submit(preview) for _ in range(6)]
+        time.sleep(1.0)  # the first two are fetching now
+        healthz, healthz_seconds = _timed(service, "/healthz")
+        status, status_seconds = _timed(service, f"/api/export/status/{task_id}")
+        codes = sorted(c.result() for c in calls)
+    assert codes == [200, 200, 429, 429, 429, 429], codes
+    assert healthz == 200 and status == 200 and max(healthz_seconds, status_seconds) < 1.0
+    again = service.call("POST", "/api/export/preview", json={"url": api.url("/items/page")})
+    assert again.status_code == 200  # the slots came back
