@@ -14,6 +14,7 @@ from engine import OutboundPolicy, SecretNames, SpecError, parse_spec, resolve
 from engine import webhook_body as body_of
 from engine import webhook_delay as delay_before
 from engine import webhook_send_once as send_once
+from service.background.events import append_event
 from service.background.loop import BackgroundLoop
 from service.logs import log_event
 from service.store import TaskStore
@@ -27,8 +28,11 @@ LEASE_MARGIN = 30.0  # a claimed attempt is another worker's after 2 x its timeo
 
 
 def payload_of(task: dict) -> dict:
+    """The final status without the sections the attempts themselves change (the webhook's
+    outcome, and the event log its attempts are added to): the same bytes on every attempt."""
     status = status_json(task, (task.get("extra") or {}).get("base_url") or "")
-    status.pop("webhook", None)
+    for key in ("webhook", "events", "events_dropped", "throughput"):
+        status.pop(key, None)
     return status
 
 
@@ -89,6 +93,20 @@ class WebhookDispatcher(BackgroundLoop):
                 self._busy -= 1
             self._wake.set()
 
+    def _record(self, task: dict, outcome: dict, retry_at: float | None) -> None:
+        """The attempt in the task's event log (the page shows it with the task)."""
+        n = outcome["attempts"]
+        if outcome["delivered"]:
+            message = f"webhook delivered (attempt {n})"
+        elif retry_at is not None:
+            message = (
+                f"webhook attempt {n} failed: {outcome['error']}; next in {max(0.0, retry_at - time.time()):.1f} s"
+            )
+        else:
+            message = f"webhook failed after {n} attempt{'s' if n != 1 else ''}: {outcome['error']}"
+        activity = append_event(task.get("activity"), "webhook", message, ok=outcome["delivered"], attempts=n)
+        self.store.save_activity(task["id"], activity)
+
     def attempt(self, task_id: str, attempt: int) -> dict:
         task = self.store.get_task(task_id, with_spec=True)  # its webhook section
         if task is None:
@@ -111,6 +129,7 @@ class WebhookDispatcher(BackgroundLoop):
         outcome = {"delivered": sent.ok, "attempts": attempt, "error": error, "pending": not final}
         retry_at = None if final else time.time() + delay_before(attempt, webhook.backoff, sent.retry_after)
         if self.store.settle_webhook(task_id, self.owner, outcome, retry_at):
+            self._record(task, outcome, retry_at)
             log_event(
                 "webhook_delivered" if sent.ok else ("webhook_failed" if final else "webhook_retry"),
                 level=logging.INFO if sent.ok else logging.WARNING,

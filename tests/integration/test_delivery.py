@@ -426,6 +426,15 @@ def test_service_copies_to_s3_and_ftps_and_posts_a_signed_webhook(api, service, 
     assert posted["deliveries"] == status["deliveries"] and posted["result"] == status["result"]
     assert posted["result"]["download_url"] == service.url(f"/api/export/download/{task_id}")
     assert posted["summary"]["sources"][0]["rows"] == 230
+    assert "events" not in posted  # the attempts add to the log: the payload stays the same bytes
+    # each attempt is in the task's event log, as the page shows it
+    webhook_events = [e["message"] for e in status["events"] if e["kind"] == "webhook"]
+    assert [m.split(":")[0].split(";")[0] for m in webhook_events] == [
+        "webhook attempt 1 failed",
+        "webhook attempt 2 failed",
+        "webhook delivered (attempt 3)",
+    ], webhook_events
+    assert "HTTP 500" in webhook_events[0] and "next in" in webhook_events[0]
     listing = service.call("GET", "/api/export/tasks").text
     assert_no_secrets(json.dumps(status), listing, receiver.requests[-1]["body"].decode(), service.log())
 
@@ -515,3 +524,5 @@ def test_webhooks_for_failed_and_cancelled_tasks_and_a_dead_receiver(api, servic
     status = wait_webhook(service, unheard)
     assert status["webhook"]["delivered"] is False and status["webhook"]["attempts"] == 2
     assert status["webhook"]["error"].startswith("connection failed")
+    gave_up = [e["message"] for e in status["events"] if e["kind"] == "webhook"][-1]
+    assert gave_up.startswith("webhook failed after 2 attempts: connection failed"), gave_up
