@@ -1,0 +1,63 @@
+"""How a JSON page becomes Arrow: pageferry's path (orjson, then `pa.array` over the records)
+beside the native readers a page could be handed to instead (pyarrow's and Polars' NDJSON
+readers over the records joined as NDJSON), CPU time per page for pages of 100, 1,000 and
+10,000 test-API records. Not a test: a probe for docs/performance.md.
+
+    python tests/benchmarks/parse_probe.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.json as pj
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from engine.fetch.records import parse_page  # noqa: E402
+from engine.spec.models import CsvSourceOptions  # noqa: E402
+from tests.testapi.records import record  # noqa: E402
+
+
+def cpu_us(fn, rounds: int) -> float:
+    fn()
+    started = time.process_time()
+    for _ in range(rounds):
+        fn()
+    return (time.process_time() - started) / rounds * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    options = CsvSourceOptions()
+    names = ("records", "pageferry", "orjson", "pa.array", "+ndjson", "pyarrow.json", "polars")
+    widths = (8, 10, 8, 9, 8, 13, 8)
+    print(" ".join(f"{name:>{width}}" for name, width in zip(names, widths)))
+    for n in (100, 1_000, 10_000):
+        rounds = max(args.rounds * 100 // n, 5)
+        body = orjson.dumps({"data": [record(i) for i in range(1, n + 1)], "meta": {"page": 1}})
+        doc = orjson.loads(body)
+        ndjson = b"\n".join(map(orjson.dumps, doc["data"]))
+        figures = [
+            cpu_us(lambda: parse_page(body, "json", "data", options), rounds),
+            cpu_us(lambda: orjson.loads(body), rounds),
+            cpu_us(lambda: pa.array(doc["data"]), rounds),
+            cpu_us(lambda: b"\n".join(map(orjson.dumps, doc["data"])), rounds),
+            cpu_us(lambda: pj.read_json(io.BytesIO(ndjson)), rounds),
+            cpu_us(lambda: pl.read_ndjson(io.BytesIO(ndjson)), rounds),
+        ]
+        print(f"{n:>8} " + " ".join(f"{f:>{w}.0f}" for f, w in zip(figures, widths[1:])))
+    print("CPU µs per page (all threads); a native reader needs orjson.loads (pagination) and the NDJSON join too")
+
+
+if __name__ == "__main__":
+    main()
