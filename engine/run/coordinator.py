@@ -227,13 +227,15 @@ class JobRunner:
                 "rate": round(request_rate, 1) if request_rate is not None else 0.0,
                 "percent": percent,
                 "eta_seconds": eta,
-                "retry_causes": [
-                    {"cause": cause, "count": count}
-                    for cause, count in sorted(p.causes.items(), key=lambda item: (-item[1], item[0]))
-                ],
-                "paused_seconds": round(max(0.0, p.paused_until - time.monotonic()), 1),
             },
             "sources": sources,
+            # beside `progress`, whose keys are the contract's: why requests were retried, and
+            # how much longer the API asked the job to wait
+            "retry_causes": [
+                {"cause": cause, "count": count}
+                for cause, count in sorted(p.causes.items(), key=lambda item: (-item[1], item[0]))
+            ],
+            "paused_seconds": round(max(0.0, p.paused_until - time.monotonic()), 1),
         }
 
     def source_stats(self) -> list[dict]:

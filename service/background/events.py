@@ -103,10 +103,10 @@ class Activity:
         self.saved = 0.0
         self.dirty = True
 
-    def _report_retries(self, numbers: dict) -> None:
+    def _report_retries(self, progress: dict) -> None:
         assert self.retries is not None
         more = self.retries - self.retries_reported
-        causes = numbers.get("retry_causes") or []
+        causes = progress.get("retry_causes") or []
         fresh = _new_causes(causes, self.causes_reported)
         self.event("retry", _retried(more, self.retries, fresh), count=more, causes=fresh)
         self.retries_reported = self.retries
@@ -133,9 +133,9 @@ class Activity:
         elif retries > self.retries:
             self.retries = retries
         if self.retries > self.retries_reported and now - self.retries_at >= RETRY_EVERY:
-            self._report_retries(numbers)
+            self._report_retries(progress)
             self.retries_at = now
-        paused = numbers.get("paused_seconds") or 0.0
+        paused = progress.get("paused_seconds") or 0.0
         if paused >= 0.5 and not self.api_paused:
             self.api_paused = True
             self.event(
@@ -208,7 +208,7 @@ class Activity:
             self.sample(numbers)
             self.retries = max(self.retries or 0, numbers.get("retries") or 0)
             if self.retries > self.retries_reported:  # those counted since the last report
-                self._report_retries(numbers)
+                self._report_retries(progress)
         skipped = skipped or []
         for page in skipped[:MAX_PAGE_EVENTS]:
             why = page.get("error") or (f"HTTP {page['status']}" if page.get("status") else "failed")

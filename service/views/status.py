@@ -51,6 +51,7 @@ def status_json(task: dict, base_url: str = "") -> dict:
         "phase": (snapshot.get("phase") or task.get("phase") or "fetching") if status is TaskStatus.RUNNING else None,
         "progress": progress,
         "sources": snapshot.get("sources") or [],
+        "retry_causes": snapshot.get("retry_causes") or [],
         "created_at": iso(task.get("created_at")),
         "started_at": iso(task.get("started_at")),
         "finished_at": iso(task.get("finished_at")),

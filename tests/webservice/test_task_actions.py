@@ -330,7 +330,7 @@ def test_a_pause_the_api_asks_for_is_an_event(api, svc):
     assert final["status"] == "completed", final
     pauses = [e for e in final["events"] if e["kind"] == "pause"]
     assert pauses and "the API asked to wait" in pauses[0]["message"] and pauses[0]["seconds"] >= 0.5, final["events"]
-    assert {c["cause"] for c in final["progress"]["retry_causes"]} == {"HTTP 429"}
+    assert {c["cause"] for c in final["retry_causes"]} == {"HTTP 429"}
 
 
 def test_the_event_log_comes_with_the_status_and_the_websocket(api, svc):
@@ -357,7 +357,7 @@ def test_the_event_log_comes_with_the_status_and_the_websocket(api, svc):
     causes = [c for e in final["events"] if e["kind"] == "retry" for c in e["causes"]]
     assert {c["cause"] for c in causes} == {"HTTP 503"} and sum(c["count"] for c in causes) == retried
     assert all("HTTP 503 ×" in e["message"] for e in final["events"] if e["kind"] == "retry")
-    assert final["progress"]["retry_causes"] == [{"cause": "HTTP 503", "count": retried}]
+    assert final["retry_causes"] == [{"cause": "HTTP 503", "count": retried}]
     assert final["events"][-1]["message"].startswith("completed: 1,500 rows from 75 pages")
     assert len(final["throughput"]) >= 2 and final["throughput"][-1][1] == 75
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(final["throughput"], final["throughput"][1:]))
