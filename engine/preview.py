@@ -31,8 +31,7 @@ from engine.fetch.client import HttpClient, with_query
 from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.page import Gate, PageFetcher, PageOutcome, SourceRequestSpec
 from engine.fetch.ratelimit import RateLimiter, SharedLimiterState
-from engine.plan.fanout import FanOut
-from engine.plan.fanout import _plain as plain_value  # a parent's value as a run uses it
+from engine.plan.fanout import FanOut, plain_value  # plain_value: a parent's value as a run uses it
 from engine.plan.pagination import (
     PageRequest,
     addressable_request,

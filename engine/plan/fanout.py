@@ -288,10 +288,10 @@ def _read_values(pa, ipc, path: str, column: str, found: ParentValues) -> None:
             batch = reader.get_batch(k)
             found.records += batch.num_rows
             if index >= 0:
-                found.values.extend(_plain(v) for v in batch.column(index).to_pylist() if v is not None)
+                found.values.extend(plain_value(v) for v in batch.column(index).to_pylist() if v is not None)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A value as it goes into a URL: a whole float is the integer it holds (JSON numbers that
     were read as floats), dates in ISO form; ints and strings as they are."""
     if isinstance(value, float) and value.is_integer():
