@@ -87,13 +87,8 @@ def create_schedule():
         )
     problems = [FieldError(k, "unknown field") for k in body if k not in FIELDS]
     problems += [FieldError(k, "field required") for k in ("cron", "spec") if k not in body]
-    cron_problem = check_cron(body["cron"]) if "cron" in body else None
-    if cron_problem:
-        problems.append(FieldError("cron", cron_problem))
-    timezone = body.get("timezone", "UTC")
-    tz_problem = check_timezone(timezone)
-    if tz_problem:
-        problems.append(FieldError("timezone", tz_problem))
+    timing, timezone = _timing_problems(body, cron_given_or_not=False)
+    problems += timing
     spec = None
     limit = services().settings.max_spec_bytes
     if "spec" in body:
@@ -276,13 +271,8 @@ def check_schedule():
             [{"field": "body", "message": "must be a JSON object"}],
         )
     problems = [FieldError(k, "unknown field") for k in body if k not in ("cron", "timezone")]
-    cron_problem = check_cron(body.get("cron"))
-    if cron_problem:
-        problems.append(FieldError("cron", cron_problem))
-    timezone = body.get("timezone", "UTC")
-    tz_problem = check_timezone(timezone)
-    if tz_problem:
-        problems.append(FieldError("timezone", tz_problem))
+    timing, timezone = _timing_problems(body, cron_given_or_not=True)
+    problems += timing
     if problems:
         raise invalid(SpecError(problems))
     cron = body["cron"].strip()
@@ -359,3 +349,18 @@ def _over_limit(setting: str, cap: int, things: str, advice: str) -> ApiError:
         "too_many_requests",
         [{"field": "X-Profile", "message": f"at most {cap} {things} ({setting})"}],
     )
+
+
+def _timing_problems(body: dict, cron_given_or_not: bool) -> tuple[list[FieldError], str]:
+    """A schedule body's `cron` and `timezone` checked: (problems, the timezone). The cron is
+    checked when present, or always with `cron_given_or_not` (its absence is then its problem)."""
+    problems = []
+    if cron_given_or_not or "cron" in body:
+        cron_problem = check_cron(body.get("cron"))
+        if cron_problem:
+            problems.append(FieldError("cron", cron_problem))
+    timezone = body.get("timezone", "UTC")
+    tz_problem = check_timezone(timezone)
+    if tz_problem:
+        problems.append(FieldError("timezone", tz_problem))
+    return problems, timezone

@@ -15,10 +15,7 @@ posted body, is the judge):
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -26,7 +23,7 @@ from engine.errors import JobFailed, SpecError
 from engine.plan.fanout import ID_COLUMN
 from engine.spec.models import parse_spec
 from tests.conftest import write_spec
-from tests.support.readback import read_export
+from tests.support.readback import all_bytes_under, read_export
 from tests.testapi.bodies_api import SEARCH_KEY
 from tests.testapi.records import decode_cursor, owner_records, record
 
@@ -71,20 +68,6 @@ def max_overlap(log: list[dict]) -> int:
         busy += step
         peak = max(peak, busy)
     return peak
-
-
-def all_bytes_under(root: Path) -> dict[str, bytes]:
-    """Every file under root; zip archives also contribute their members, uncompressed."""
-    found = {}
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found[str(path)] = data
-            if zipfile.is_zipfile(io.BytesIO(data)):
-                with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                    for name in archive.namelist():
-                        found[f"{path}!{name}"] = archive.read(name)
-    return found
 
 
 def search_source(api, body: dict, pagination: dict, **more) -> dict:

@@ -17,10 +17,8 @@ import bisect
 import collections
 import csv
 import datetime as dt
-import io
 import json
 import os
-import zipfile
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -32,7 +30,7 @@ from engine.run.engine import new_job_id
 from engine.spec.models import parse_spec
 from engine.spec.prepare import prepare
 from tests.conftest import write_spec
-from tests.support.readback import read_export, xlsx_sheets
+from tests.support.readback import all_bytes_under, read_export, xlsx_sheets
 from tests.testapi import creds
 from tests.testapi.records import event, owner_records, record
 
@@ -582,20 +580,6 @@ def leak_spec(api, failing: bool) -> dict:
         "retry": {"attempts": 2, "backoff": 0.01},
         "export": {"format": "zip", "inner": "ndjson"},
     }
-
-
-def all_bytes_under(root: Path) -> dict[str, bytes]:
-    """Every file under root; zip archives also contribute their members, uncompressed."""
-    found = {}
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            found[str(path)] = data
-            if zipfile.is_zipfile(io.BytesIO(data)):
-                with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                    for name in archive.namelist():
-                        found[f"{path}!{name}"] = archive.read(name)
-    return found
 
 
 def test_secrets_never_leak_through_the_cli(api, cli, tmp_path):

@@ -57,3 +57,17 @@ def read_export(path: Path, fmt: str, inner: str = "csv") -> list[dict] | dict[s
 
 def xlsx_sheets(path: Path) -> dict[str, list[dict]]:
     return _xlsx_rows(Path(path).read_bytes())
+
+
+def all_bytes_under(root: Path) -> dict[str, bytes]:
+    """Every file under root; zip archives also contribute their members, uncompressed."""
+    found = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found[str(path)] = data
+            if zipfile.is_zipfile(io.BytesIO(data)):
+                with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                    for name in archive.namelist():
+                        found[f"{path}!{name}"] = archive.read(name)
+    return found
