@@ -44,6 +44,15 @@ class Settings:
     max_spec_bytes: int = 1024 * 1024
     max_request_bodies: int = 16
     max_previews: int = 4  # per worker: previews fetching at once (each holds a request thread)
+    # Beyond one machine (docs/scaling.md); empty = the single-box default
+    database_url: str = field(default="", repr=False)  # "" = sqlite under DATA_DIR; may hold a password
+    result_store: str = ""  # "" = DATA_DIR; or s3://bucket/prefix
+    result_store_endpoint_url: str | None = None
+    result_store_access_key: str | None = field(default=None, repr=False)
+    result_store_secret_key: str | None = field(default=None, repr=False)
+    result_store_region: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    executor: str = "local"  # or dask://host:port
 
     @property
     def max_file_size(self) -> int:
@@ -61,7 +70,23 @@ class Settings:
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "pageferry.sqlite3"
+        """The SQLite task store's file (when DATABASE_URL is not PostgreSQL): a data directory
+        made by an earlier version keeps its pageferry.sqlite3."""
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        legacy = self.data_dir / "pageferry.sqlite3"
+        return legacy if legacy.exists() else self.data_dir / "pageferry.db"
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(POSTGRES_SCHEMES)
+
+    @property
+    def dask_address(self) -> str | None:
+        """The scheduler's address (tcp://host:port) when EXECUTOR is dask://host:port."""
+        if self.executor == "local":
+            return None
+        return "tcp://" + self.executor.removeprefix("dask://")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -106,6 +131,43 @@ def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    raw = env.get("DATABASE_URL", "").strip()
+    if raw and not (raw.startswith(POSTGRES_SCHEMES) or (raw.startswith("sqlite:///") and len(raw) > 10)):
+        # the value is not echoed: it may hold a password
+        raise SettingsError("DATABASE_URL must be sqlite:///<path> or postgresql://user:password@host:port/db")
+    return raw
+
+
+def _result_store(env: Mapping[str, str]) -> str:
+    raw = env.get("RESULT_STORE", "").strip()
+    if "://" in raw:
+        bucket = raw.removeprefix("s3://").split("/", 1)[0]
+        if not raw.startswith("s3://") or not bucket:
+            raise SettingsError(f"RESULT_STORE must be a folder or s3://bucket/prefix, got {raw!r}")
+    return raw
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("REDIS_URL", "").strip()
+    if raw and not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("REDIS_URL must be redis://host:port/db, rediss://… or unix:///path")
+    return raw or None
+
+
+def _executor(env: Mapping[str, str]) -> str:
+    raw = env.get("EXECUTOR", "").strip() or "local"
+    if raw == "local":
+        return raw
+    host, _, port = raw.removeprefix("dask://").rpartition(":")
+    if not raw.startswith("dask://") or not host or not port.isdigit():
+        raise SettingsError(f"EXECUTOR must be local or dask://host:port, got {raw!r}")
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     data_dir = Path(env.get("DATA_DIR", "").strip() or "data")
@@ -139,4 +201,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_spec_bytes=_int(env, "MAX_SPEC_BYTES", 1024 * 1024, minimum=1024),
         max_request_bodies=_int(env, "MAX_REQUEST_BODIES", 16),
         max_previews=_int(env, "MAX_PREVIEWS", 4),
+        database_url=_database_url(env),
+        result_store=_result_store(env),
+        result_store_endpoint_url=env.get("RESULT_STORE_ENDPOINT_URL", "").strip() or None,
+        result_store_access_key=env.get("RESULT_STORE_ACCESS_KEY", "").strip() or None,
+        result_store_secret_key=env.get("RESULT_STORE_SECRET_KEY", "").strip() or None,
+        result_store_region=env.get("RESULT_STORE_REGION", "").strip() or None,
+        redis_url=_redis_url(env),
+        executor=_executor(env),
     )

@@ -125,7 +125,7 @@ def test_state_survives_a_restart_and_a_resumed_task_keeps_its_bounds(api, servi
         assert time.monotonic() < deadline, "engine processes outlived the killed service"
         time.sleep(0.1)
     stopped = len(api.log())
-    store = SQLiteTaskStore(data / "pageferry.sqlite3")
+    store = SQLiteTaskStore(data / "pageferry.db")
     assert store.get_task(task_id)["status"] == "running"
     # the saved state changes while the service is down: the resumed task must not notice
     assert store.delete_state("alice", "changes")["state"] == {"changes": {"cursor": minute(20)}}

@@ -123,14 +123,12 @@ def test_secrets_never_leak_through_the_service(api, service_factory, tmp_path):
 
     texts = {name: (v if isinstance(v, bytes) else v.encode()) for name, v in shown.items()}
     texts.update(all_bytes_under(tmp_path))  # the task store, results, work files, uploads
-    assert any("sqlite3" in name for name in texts)
+    assert any(name.endswith("pageferry.db") for name in texts)
     leaks = [(name, form) for name, data in texts.items() for form in forms if form.encode() in data]
     assert not leaks
     # stored specs keep the reference, not the value
-    store = next(data for name, data in texts.items() if name.endswith("pageferry.sqlite3"))
-    assert b"${PF_CANARY}" in store or b"${PF_CANARY}" in texts.get(
-        str(tmp_path / "data" / "pageferry.sqlite3-wal"), b""
-    )
+    store = next(data for name, data in texts.items() if name.endswith("pageferry.db"))
+    assert b"${PF_CANARY}" in store or b"${PF_CANARY}" in texts.get(str(tmp_path / "data" / "pageferry.db-wal"), b"")
 
 
 def _zip_member(content: bytes, name: str) -> bytes:

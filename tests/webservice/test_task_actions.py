@@ -34,7 +34,7 @@ def ids_of(content: bytes, fmt: str = "csv") -> list[int]:
 
 
 def store_of(service) -> SQLiteTaskStore:
-    return SQLiteTaskStore(service.data_dir / "pageferry.sqlite3")
+    return SQLiteTaskStore(service.data_dir / "pageferry.db")
 
 
 def insert_tasks(service, names_statuses: list[tuple[str, str]], start: float, per_stamp: int = 3) -> list[str]:
