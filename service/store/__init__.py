@@ -1,11 +1,16 @@
 """The task store: what the service remembers across restarts and shares between gunicorn
-workers. `TaskStore` is what the service needs; `SQLiteTaskStore` is the embedded default."""
+workers (and, on PostgreSQL, between instances). `TaskStore` is what the service needs;
+`open_store(settings)` opens the one DATABASE_URL names: `SQLiteTaskStore` (the embedded
+default) or `PostgresTaskStore` (several instances)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from config import Settings
 
 
 class TaskStatus(StrEnum):
@@ -25,9 +30,24 @@ class TaskStatus(StrEnum):
 _FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
+class LimitReached(Exception):
+    """A per-profile cap (queued tasks, schedules) is reached: nothing was written."""
+
+    def __init__(self, limit: str, value: int):
+        super().__init__(f"{limit} ({value}) reached")
+        self.limit, self.value = limit, value
+
+
+class StoreUnavailable(RuntimeError):
+    """The task store cannot be reached or used now (PostgreSQL down, no free connection): the
+    service refuses to start, or answers 503. The message names the store, password masked."""
+
+
 @runtime_checkable
 class TaskStore(Protocol):
-    """Every store method the service calls (SQLite here; PostgreSQL can follow)."""
+    """Every store method the service calls. Both implementations return the same dicts
+    (epoch-float times, JSON documents parsed); claims are leases (`owner`: owners.py), and
+    `claim`'s `max_running` counts the running tasks of one instance (SQLite: of its file)."""
 
     def ping(self) -> bool: ...
 
@@ -95,7 +115,28 @@ class TaskStore(Protocol):
     def delete_states(self, profile: str) -> int: ...
 
 
-# the implementation needs TaskStatus (above) at import
-from service.store.sqlite import HOST, LimitReached, SQLiteTaskStore, owner_alive  # noqa: E402
+# the implementations need TaskStatus and LimitReached (above) at import
+from service.store.owners import HOST, new_owner, owner_alive  # noqa: E402
+from service.store.sqlite import SQLiteTaskStore  # noqa: E402
 
-__all__ = ["HOST", "LimitReached", "SQLiteTaskStore", "TaskStatus", "TaskStore", "owner_alive"]
+
+def open_store(settings: Settings) -> TaskStore:
+    """The task store DATABASE_URL names. PostgreSQL's driver is imported only when used."""
+    if settings.uses_postgres:
+        from service.store.postgres import PostgresTaskStore
+
+        return PostgresTaskStore(settings.database_url)
+    return SQLiteTaskStore(settings.db_path)
+
+
+__all__ = [
+    "HOST",
+    "LimitReached",
+    "SQLiteTaskStore",
+    "StoreUnavailable",
+    "TaskStatus",
+    "TaskStore",
+    "new_owner",
+    "open_store",
+    "owner_alive",
+]

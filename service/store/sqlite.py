@@ -1,13 +1,12 @@
 """`SQLiteTaskStore`: one file under DATA_DIR in WAL mode, so readers never block the writer.
 Claims run in `BEGIN IMMEDIATE` transactions, so two workers never claim the same task; a
-claim is a lease (`owner` = host:pid:instance) that the runner renews, and a task whose lease
-lapsed or whose owner process is gone is claimed again and resumes from its shards."""
+claim is a lease (`owner`: service/store/owners.py) that the runner renews, and a task whose
+lease lapsed or whose owner process is gone is claimed again and resumes from its shards. One
+file serves one machine: `max_running` counts every running task in it."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -15,9 +14,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from service.store import TaskStatus
-
-HOST = socket.gethostname()
+from service.store import LimitReached, TaskStatus
+from service.store.owners import owner_alive
+from service.store.rows import (
+    LIST_COLUMNS,
+    METRIC_COLUMNS,
+    STATUS_COLUMNS,
+    STATUSES,
+    WEBHOOK_PENDING,
+    metrics_of,
+    schedule_of,
+    state_of,
+    task_of,
+    to_json,
+)
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text(encoding="utf-8")
 
@@ -33,10 +43,6 @@ def _adopt_unversioned(db: sqlite3.Connection) -> None:
         db.execute(statement)
     if "base_url" not in {r["name"] for r in db.execute("PRAGMA table_info(schedules)")}:
         db.execute("ALTER TABLE schedules ADD COLUMN base_url TEXT")
-
-
-METRIC_COLUMNS = ("m_pages", "m_requests", "m_retries", "m_bytes", "m_rows")
-STATUSES = tuple(s.value for s in TaskStatus)
 
 
 def _counters(db: sqlite3.Connection) -> None:
@@ -143,71 +149,10 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _incremental_state,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-WEBHOOK_PENDING = {"delivered": False, "attempts": 0, "error": None, "pending": True}
-
-
-def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-# What status, listing and websocket pushes read: every column but the spec (which can be
-# ~MAX_SPEC_BYTES and is parsed only where it is used: a claim, /detail, a webhook).
-LIST_COLUMNS = (
-    "id, status, phase, name, profile, schedule_id, created_at, started_at, finished_at, progress, result, "
-    "error, extra, partial, cancel_requested, owner, lease_until, runs, expired"
-)
-# one task's status adds its bounded event log; a listing of many tasks leaves it out
-STATUS_COLUMNS = LIST_COLUMNS + ", activity"
-
-
-class LimitReached(Exception):
-    """A per-profile cap (queued tasks, schedules) is reached: nothing was written."""
-
-    def __init__(self, limit: str, value: int):
-        super().__init__(f"{limit} ({value}) reached")
-        self.limit, self.value = limit, value
 
 
 def _row(row: sqlite3.Row | None) -> dict | None:
-    return None if row is None else _task(row)
-
-
-def _metrics(progress: Any) -> dict[str, Any]:
-    """A progress snapshot's numbers, for the m_* columns (what /metrics adds up)."""
-    numbers = (progress or {}).get("progress") or {}
-    return {
-        "m_pages": numbers.get("pages_done") or 0,
-        "m_requests": numbers.get("requests") or 0,
-        "m_retries": numbers.get("retries") or 0,
-        "m_bytes": numbers.get("bytes") or 0,
-    }
-
-
-def _task(row: sqlite3.Row) -> dict:
-    task = {k: row[k] for k in row.keys() if not k.startswith("m_")}
-    for key in ("spec", "progress", "result", "error", "extra", "activity", "submitted"):
-        if task.get(key) is not None:
-            task[key] = json.loads(task[key])
-    task["partial"] = bool(task["partial"])
-    task["cancel_requested"] = bool(task["cancel_requested"])
-    task["expired"] = bool(task["expired"])
-    return task
-
-
-def owner_alive(owner: str | None) -> bool:
-    """Is the process named by an owner string still running (when it is on this host)?"""
-    if not owner:
-        return False
-    host, _, rest = owner.partition(":")
-    if host != HOST:
-        return True  # another machine: only its lease can tell
-    try:
-        os.kill(int(rest.split(":")[0]), 0)
-        return True
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
+    return None if row is None else task_of(row)
 
 
 class SQLiteTaskStore:
@@ -304,7 +249,7 @@ class SQLiteTaskStore:
             f"SELECT {LIST_COLUMNS} FROM tasks {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?",
             args + [limit],
         )
-        return [_task(r) for r in rows.fetchall()]
+        return [task_of(r) for r in rows.fetchall()]
 
     def queue_positions(self, task_ids: Iterable[str]) -> dict[str, int]:
         """Queued tasks' places in the one queue (1 = started next), in claim order."""
@@ -324,7 +269,7 @@ class SQLiteTaskStore:
     def save_activity(self, task_id: str, activity: dict) -> None:
         """A task's event log and throughput samples (bounded by their writer)."""
         with self._write() as db:
-            db.execute("UPDATE tasks SET activity = ? WHERE id = ?", (_json(activity), task_id))
+            db.execute("UPDATE tasks SET activity = ? WHERE id = ?", (to_json(activity), task_id))
 
     def delete_task(self, task_id: str) -> TaskStatus | None:
         """Remove a finished task (and its webhook outbox row); a queued or running one is left
@@ -395,11 +340,11 @@ class SQLiteTaskStore:
 
     def save_progress(self, task_id: str, owner: str, progress: dict) -> None:
         with self._write() as db:
-            numbers = _metrics(progress)
+            numbers = metrics_of(progress)
             db.execute(
                 "UPDATE tasks SET progress = ?, phase = ?, m_pages = ?, m_requests = ?, m_retries = ?, m_bytes = ? "
                 "WHERE id = ? AND owner = ? AND status = 'running'",
-                (_json(progress), progress.get("phase"), *numbers.values(), task_id, owner),
+                (to_json(progress), progress.get("phase"), *numbers.values(), task_id, owner),
             )
 
     def finish(self, task_id: str, owner: str | None, status: TaskStatus, **fields: Any) -> bool:
@@ -412,12 +357,12 @@ class SQLiteTaskStore:
             "cancel_requested": 0,
         }
         if "progress" in fields:
-            values.update(_metrics(fields["progress"]))
+            values.update(metrics_of(fields["progress"]))
         if "result" in fields:
             values["m_rows"] = (fields["result"] or {}).get("rows") or 0
         for key in ("result", "error", "extra", "progress", "activity"):
             if key in fields:
-                values[key] = _json(fields.pop(key))
+                values[key] = to_json(fields.pop(key))
         if "partial" in fields:
             values["partial"] = int(bool(fields.pop("partial")))
         assert not fields, f"unknown fields {fields}"
@@ -434,7 +379,7 @@ class SQLiteTaskStore:
         with self._write() as db:
             row = db.execute("SELECT extra FROM tasks WHERE id = ?", (task_id,)).fetchone()
             merged = {**(json.loads(row["extra"]) if row and row["extra"] else {}), **extra}
-            db.execute("UPDATE tasks SET extra = ? WHERE id = ?", (_json(merged), task_id))
+            db.execute("UPDATE tasks SET extra = ? WHERE id = ?", (to_json(merged), task_id))
 
     def request_cancel(self, task_id: str) -> TaskStatus | None:
         """Cancel a queued task at once, flag a running one. Returns the status found first."""
@@ -446,7 +391,7 @@ class SQLiteTaskStore:
             if found is TaskStatus.QUEUED:
                 db.execute(
                     "UPDATE tasks SET status = 'cancelled', finished_at = ?, phase = NULL, error = ? WHERE id = ?",
-                    (time.time(), _json({"message": "cancelled before it started", "pages": []}), task_id),
+                    (time.time(), to_json({"message": "cancelled before it started", "pages": []}), task_id),
                 )
                 _enqueue_webhook(db, task_id)
                 _append_event(db, task_id, "cancelled", "cancelled before it started")
@@ -472,7 +417,7 @@ class SQLiteTaskStore:
             f"SELECT {STATUS_COLUMNS} FROM tasks WHERE status = 'completed' AND expired = 0 AND finished_at < ?",
             (cutoff,),
         )
-        return [_task(r) for r in rows.fetchall()]
+        return [task_of(r) for r in rows.fetchall()]
 
     def mark_expired(self, task_id: str) -> None:
         with self._write() as db:
@@ -509,9 +454,9 @@ class SQLiteTaskStore:
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO profiles (name) VALUES (?)", (name,))
             if inputs is not None:
-                db.execute("UPDATE profiles SET inputs = ? WHERE name = ?", (_json(inputs), name))
+                db.execute("UPDATE profiles SET inputs = ? WHERE name = ?", (to_json(inputs), name))
             if configuration is not None:
-                db.execute("UPDATE profiles SET configuration = ? WHERE name = ?", (_json(configuration), name))
+                db.execute("UPDATE profiles SET configuration = ? WHERE name = ?", (to_json(configuration), name))
 
     def update_profile(self, name: str, change) -> dict:
         """Read-modify-write a profile atomically: `change(profile) -> profile`."""
@@ -527,7 +472,7 @@ class SQLiteTaskStore:
                 "INSERT INTO profiles (name, inputs, configuration) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET inputs = excluded.inputs, "
                 "configuration = excluded.configuration",
-                (name, _json(updated["inputs"]), _json(updated["configuration"])),
+                (name, to_json(updated["inputs"]), to_json(updated["configuration"])),
             )
             return updated
 
@@ -580,7 +525,7 @@ class SQLiteTaskStore:
             if changed:
                 db.execute(
                     "UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) WHERE id = ?",
-                    (_json(outcome), task_id),
+                    (to_json(outcome), task_id),
                 )
             return bool(changed)
 
@@ -603,7 +548,7 @@ class SQLiteTaskStore:
                     schedule["id"],
                     schedule["cron"],
                     schedule["timezone"],
-                    _json(schedule["spec"]),
+                    to_json(schedule["spec"]),
                     schedule.get("created_at", time.time()),
                     schedule["next_run"],
                     schedule.get("base_url"),
@@ -617,7 +562,7 @@ class SQLiteTaskStore:
 
     def list_schedules(self) -> list[dict]:
         rows = self._connection().execute("SELECT * FROM schedules ORDER BY created_at, rowid").fetchall()
-        return [_schedule_of(r) for r in rows]
+        return [schedule_of(r) for r in rows]
 
     def delete_schedule(self, schedule_id: str) -> bool:
         with self._write() as db:
@@ -678,7 +623,7 @@ class SQLiteTaskStore:
             beat = db.execute("SELECT value FROM meta WHERE key = 'scheduler_beat'").fetchone()
             caught_up = beat is not None and now - beat["value"] <= stale
             for row in db.execute("SELECT * FROM schedules WHERE next_run <= ? AND NOT paused", (now,)).fetchall():
-                schedule = _schedule_of(row)
+                schedule = schedule_of(row)
                 runs, next_run = plan(schedule, now, caught_up)
                 tasks = [make_task(schedule, due, missed) for due, missed in runs]
                 moved = db.execute(
@@ -726,11 +671,11 @@ class SQLiteTaskStore:
             .execute("SELECT * FROM incremental_state WHERE profile = ? AND name = ?", (profile, name))
             .fetchone()
         )
-        return None if row is None else _state_of(row)
+        return None if row is None else state_of(row)
 
     def list_states(self, profile: str) -> list[dict]:
         rows = self._connection().execute("SELECT * FROM incremental_state WHERE profile = ? ORDER BY name", (profile,))
-        return [_state_of(r) for r in rows.fetchall()]
+        return [state_of(r) for r in rows.fetchall()]
 
     def update_state(self, profile: str, name: str, change: Callable[[dict], dict], task_id: str | None) -> dict:
         """Read-modify-write a job name's state atomically: `change(saved state or {}) -> state`."""
@@ -743,7 +688,7 @@ class SQLiteTaskStore:
                 "INSERT INTO incremental_state (profile, name, state, updated_at, task_id) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(profile, name) DO UPDATE SET state = excluded.state, "
                 "updated_at = excluded.updated_at, task_id = excluded.task_id",
-                (profile, name, _json(state), time.time(), task_id),
+                (profile, name, to_json(state), time.time(), task_id),
             )
             return state
 
@@ -756,21 +701,11 @@ class SQLiteTaskStore:
             if row is None:
                 return None
             db.execute("DELETE FROM incremental_state WHERE profile = ? AND name = ?", (profile, name))
-            return _state_of(row)
+            return state_of(row)
 
     def delete_states(self, profile: str) -> int:
         with self._write() as db:
             return db.execute("DELETE FROM incremental_state WHERE profile = ?", (profile,)).rowcount
-
-
-def _state_of(row: sqlite3.Row) -> dict:
-    return {
-        "name": row["name"],
-        "profile": row["profile"],
-        "state": json.loads(row["state"]),
-        "updated_at": row["updated_at"],
-        "task_id": row["task_id"],
-    }
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -797,13 +732,13 @@ def _insert_task(db: sqlite3.Connection, task: dict) -> None:
             task["id"],
             TaskStatus(task.get("status", TaskStatus.QUEUED)).value,
             task.get("name"),
-            _json(task["spec"]),
+            to_json(task["spec"]),
             task.get("profile"),
             task.get("schedule_id"),
             task.get("created_at", time.time()),
-            _json(task.get("extra") or {}),
-            _json(task.get("submitted")),
-            _json(task.get("activity") or initial_activity(task)),
+            to_json(task.get("extra") or {}),
+            to_json(task.get("submitted")),
+            to_json(task.get("activity") or initial_activity(task)),
         ),
     )
 
@@ -816,7 +751,7 @@ def _append_event(db: sqlite3.Connection, task_id: str, kind: str, message: str)
     if row is not None:
         activity = json.loads(row["activity"]) if row["activity"] else None
         db.execute(
-            "UPDATE tasks SET activity = ? WHERE id = ?", (_json(append_event(activity, kind, message)), task_id)
+            "UPDATE tasks SET activity = ? WHERE id = ?", (to_json(append_event(activity, kind, message)), task_id)
         )
 
 
@@ -831,18 +766,12 @@ def _enqueue_webhook(db: sqlite3.Connection, task_id: str) -> None:
     if queued:
         db.execute(
             "UPDATE tasks SET extra = json_set(coalesce(extra, '{}'), '$.webhook', json(?)) WHERE id = ?",
-            (_json(WEBHOOK_PENDING), task_id),
+            (to_json(WEBHOOK_PENDING), task_id),
         )
 
 
 def _schedule(row: sqlite3.Row | None) -> dict | None:
-    return None if row is None else _schedule_of(row)
-
-
-def _schedule_of(row: sqlite3.Row) -> dict:
-    schedule = dict(row)
-    schedule["spec"] = json.loads(schedule["spec"])
-    return schedule
+    return None if row is None else schedule_of(row)
 
 
 class _Transaction:

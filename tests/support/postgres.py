@@ -9,9 +9,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support.net import free_port
@@ -108,3 +110,27 @@ def postgres_dsn() -> Iterator[str]:
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(dsn: str) -> str:
+    """A new, empty database on the cluster `dsn` points at; returns its DSN."""
+    name = f"db_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return dsn.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def postgres_databases(postgres_dsn) -> Iterator[Callable[[], str]]:
+    """Makes fresh databases on the session's cluster, one per call (their DSNs); every one is
+    dropped after the test, whoever is still connected."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(create_database(postgres_dsn))
+        return made[-1]
+
+    yield make
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        for dsn in made:
+            admin.execute(f"DROP DATABASE IF EXISTS {dsn.rsplit('/', 1)[1]} WITH (FORCE)")
