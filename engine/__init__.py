@@ -61,6 +61,13 @@ _EXPORTS = {
     # page 1 of each source, nothing written (`python -m engine preview`, POST /preview)
     "run_preview": "engine.preview",
     "preview_spec_document": ("engine.preview", "as_job_document"),
+    # RESULT_STORE: the shared copy of shards, uploads and results (engine/storage)
+    "ResultStore": "engine.storage",
+    "ResultStoreError": "engine.storage",
+    "StoredObject": "engine.storage",
+    "result_store_for": "engine.storage",
+    "result_path": "engine.storage",
+    "work_path": "engine.storage",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -95,3 +102,4 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from engine.spec.prepare import PreparedJob, prepare
     from engine.spec.redact import MASK, Redactor, SecretNames, env_references, resolve, service_secret_names
     from engine.spec.shaping_rules import output_order
+    from engine.storage import ResultStore, ResultStoreError, StoredObject, result_path, result_store_for, work_path

@@ -36,6 +36,7 @@ from engine import (
     prepare,
 )
 from engine.run.incremental import load_for_run, save_after_run
+from engine.storage import WorkCopy
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_UNDELIVERED = 3  # the result was written; a delivery target or the webhook failed
@@ -296,6 +297,7 @@ def cmd_run(args) -> int:
         assert result is not None  # the run ended without an error: it returned its result
         state, state_error = _save_state(state_path, spec, result.state)
         shutil.rmtree(workdir, ignore_errors=True)
+        WorkCopy(options.result_store, job_id, workdir).drop()  # RESULT_STORE's copy of the work too
         summary: dict[str, Any] = {
             "status": "completed",
             "rows": result.rows,

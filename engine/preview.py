@@ -30,7 +30,7 @@ from engine.fetch.auth import DictTokenStore, make_auth
 from engine.fetch.client import HttpClient, with_query
 from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.page import Gate, PageFetcher, PageOutcome, SourceRequestSpec
-from engine.fetch.ratelimit import RateLimiter, SharedLimiterState
+from engine.fetch.ratelimit import SharedLimiterState
 from engine.plan.fanout import FanOut, plain_value  # plain_value: a parent's value as a run uses it
 from engine.plan.pagination import (
     PageRequest,
@@ -85,11 +85,8 @@ class _Run:
         self.lanes = max(1, min(spec.concurrency or DEFAULT_LANES, len(spec.sources)))
         self.client = HttpClient(max_body, policy, lanes=self.lanes)
         rl = spec.rate_limit
-        self.limiter = RateLimiter(
-            SharedLimiterState(_LocalMemory, rl.requests if rl else None),
-            rl.requests if rl else None,
-            rl.per if rl else 1.0,
-            rl.effective_burst if rl else None,
+        self.limiter = SharedLimiterState(_LocalMemory, rl.requests if rl else None).rate_limiter(
+            rl.requests if rl else None, rl.per if rl else 1.0, rl.effective_burst if rl else None
         )
         self.semaphore = threading.BoundedSemaphore(self.lanes)
         self.tokens = DictTokenStore({}, threading.Lock())

@@ -12,9 +12,10 @@ from flask.json.provider import DefaultJSONProvider
 
 from config import Settings, load_settings
 from service import errors
+from service.background import shared_copies
 from service.background.runner import TaskRunner
 from service.logs import configure_logging
-from service.store import SQLiteTaskStore, TaskStore
+from service.store import TaskStore, open_store
 
 
 @dataclass
@@ -45,6 +46,7 @@ def create_app(
     configure_logging(settings.log_level)
     for folder in (settings.data_dir, settings.results_dir, settings.work_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    shared_copies.check(settings)  # RESULT_STORE: no start with a bucket it cannot use (says why)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_file_size
@@ -52,7 +54,7 @@ def create_app(
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": 10}
     assert isinstance(app.json, DefaultJSONProvider)  # Flask's default; the attribute is typed as the base class
     app.json.sort_keys = False
-    store: TaskStore = SQLiteTaskStore(settings.db_path)
+    store: TaskStore = open_store(settings)  # DATABASE_URL: SQLite (default) or PostgreSQL
     runner = TaskRunner(settings, store, env)
     runner.companions = [
         WebhookDispatcher(

@@ -13,7 +13,8 @@ from flask import Flask, jsonify
 from pydantic_core import PydanticSerializationError
 from werkzeug.exceptions import HTTPException
 
-from engine import SpecError
+from engine import ResultStoreError, SpecError
+from service.store import StoreUnavailable
 
 log = logging.getLogger("pageferry.service")
 
@@ -115,6 +116,18 @@ def install(app: Flask) -> None:
             return _unexpected(exc)
         log.warning("store unavailable (%s): %s", status, exc)
         return storage_error(status)
+
+    @app.errorhandler(StoreUnavailable)
+    def _store_unavailable(exc: StoreUnavailable):  # PostgreSQL unreachable, or no free connection
+        log.warning("store unavailable (503): %s", exc)
+        return storage_error(503)
+
+    @app.errorhandler(ResultStoreError)
+    def _result_store_unavailable(exc: ResultStoreError):  # RESULT_STORE down or refusing (its keys masked)
+        log.warning("result store unavailable (503): %s", exc)
+        response = error_response(503, CODES[503], "the result store (RESULT_STORE) is unavailable; try again shortly")
+        response.headers["Retry-After"] = RETRY_AFTER
+        return response
 
     @app.errorhandler(OSError)
     def _os_error(exc: OSError):

@@ -22,6 +22,8 @@ from engine import Redactor
 _REDACTOR = Redactor()
 _CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|aws4-hmac-sha256)\s+[A-Za-z0-9._~+/=\-]{6,}")
 _URL = re.compile(r"(?:https?|wss?)://[^\s\"'<>]+")
+# a password in any other URL (postgresql://, redis://, …): the settings' DSNs
+_URL_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s:/@\"'<>]*:)[^\s@/\"'<>]+@", re.IGNORECASE)
 _AWS_FIELD = re.compile(
     r"(?i)\b(credential|signature|x-amz-security-token|x-amz-signature|x-amz-credential|sig)([=:]\s*|\\?[\"']:\s*\\?[\"'])[^\s,&;\"'\\]+"
 )
@@ -32,6 +34,7 @@ QUIET_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "werkzeug", "goog
 
 def scrub(text: str) -> str:
     text = _URL.sub(lambda m: _REDACTOR.url(m.group(0)), text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}***@", text)
     text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} ***", text)
     text = _AWS_FIELD.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
     return _AWS_KEY_ID.sub("***", text)

@@ -19,7 +19,7 @@ from engine.spec.models import parse_spec
 from engine.spec.prepare import prepare
 from tests.support.service_process import ServiceProcess
 
-pytest_plugins = ["tests.testapi.fixtures"]
+pytest_plugins = ["tests.testapi.fixtures", "tests.support.redis_server"]
 
 REPO = Path(__file__).resolve().parents[1]
 

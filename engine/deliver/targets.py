@@ -8,7 +8,6 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import logging
-import os
 import posixpath
 import secrets as _secrets
 import ssl
@@ -23,6 +22,7 @@ from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.retry import wait_before_retry
 from engine.spec.models import TABLE_TARGET_TYPES, Retry
 from engine.spec.redact import Redactor
+from engine.storage.s3 import describe_s3_error, s3_client, s3_session
 
 log = logging.getLogger("pageferry.deliver")
 
@@ -176,19 +176,7 @@ class S3Upload:
 
     def session(self):
         if self._session is None:
-            import boto3
-
-            region = (
-                self.target.region
-                or os.environ.get("AWS_REGION")
-                or os.environ.get("AWS_DEFAULT_REGION")
-                or "us-east-1"
-            )
-            self._session = boto3.session.Session(
-                aws_access_key_id=self.target.access_key,
-                aws_secret_access_key=self.target.secret_key,
-                region_name=region,
-            )
+            self._session = s3_session(self.target.access_key, self.target.secret_key, self.target.region)
         return self._session
 
     def credentials(self) -> set[str]:
@@ -205,21 +193,12 @@ class S3Upload:
         return {v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v}
 
     def _client(self):
-        from botocore.config import Config
-
         if not self.ambient:
             raise DeliveryFailure(NO_AMBIENT_CREDENTIALS, retryable=False)
         session = self.session()
         if session.get_credentials() is None:
             raise DeliveryFailure(NO_S3_CREDENTIALS, retryable=False)
-        endpoint = self._endpoint()
-        config = Config(
-            connect_timeout=10,
-            read_timeout=60,
-            retries={"max_attempts": S3_REQUEST_ATTEMPTS, "mode": "standard"},
-            s3={"addressing_style": "path"} if self.target.endpoint_url else {},
-        )
-        return session.client("s3", endpoint_url=endpoint, config=config)
+        return s3_client(session, self._endpoint(), S3_REQUEST_ATTEMPTS, bool(self.target.endpoint_url))
 
     def _endpoint(self) -> str | None:
         """`endpoint_url`, its host resolved and checked; over plain http the checked address
@@ -300,31 +279,9 @@ class S3Upload:
 def _s3_failure(exc: Exception) -> DeliveryFailure:
     from botocore import exceptions as bx
 
-    if isinstance(exc, bx.ClientError):
-        err = exc.response.get("Error", {})
-        code = err.get("Code") or "error"
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = (err.get("Message") or "").strip()
-        retryable = (status or 0) >= 500 or code in (
-            "SlowDown",
-            "RequestTimeout",
-            "InternalError",
-            "ServiceUnavailable",
-            "RequestTimeTooSkewed",
-        )
-        text = f"S3 {code}" + (f" (HTTP {status})" if status else "") + (f": {message[:300]}" if message else "")
-        return DeliveryFailure(text, retryable)
     if isinstance(exc, bx.NoCredentialsError):
         return DeliveryFailure(NO_S3_CREDENTIALS, retryable=False)
-    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
-        return DeliveryFailure(f"S3: cannot connect to the endpoint ({type(exc).__name__})", retryable=True)
-    if isinstance(exc, (bx.ReadTimeoutError, bx.ConnectionClosedError, bx.ConnectionError)):
-        return DeliveryFailure(f"S3: the connection failed ({type(exc).__name__})", retryable=True)
-    if isinstance(exc, bx.ParamValidationError):
-        return DeliveryFailure(f"S3: {exc}", retryable=False)
-    if isinstance(exc, OSError):
-        return DeliveryFailure(f"S3: {type(exc).__name__}: {exc.strerror or exc}", retryable=True)
-    return DeliveryFailure(f"S3: {type(exc).__name__}: {exc}"[:500], retryable=False)
+    return DeliveryFailure(*describe_s3_error(exc))
 
 
 # ------------------------------------------------------------------ FTP / FTPS

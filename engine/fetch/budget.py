@@ -209,6 +209,10 @@ class BudgetLimiterState(SharedLimiterState):
         self._views += [part, view]
         return view
 
+    def renewed(self, ctx, requests: int | None) -> SharedLimiterState:
+        """The same file: its flocks died with the killed processes, and others may be sending under it."""
+        return self
+
     def close(self) -> None:
         """Unmap and let go of the budget (this process no longer counts as using it)."""
         for view in reversed(self._views):
@@ -293,6 +297,15 @@ def _describe(requests: int, per: float) -> str:
     return f"{requests} requests per {per:g} s"
 
 
+def in_use_message(name: str, budget_requests: int, budget_per: float, requests: int, per: float) -> str:
+    """Why a job cannot join budget `name`: it is in use under a limit the job's does not allow."""
+    return (
+        f"rate_limit: budget {name!r} is in use by other jobs at {_describe(budget_requests, budget_per)}, "
+        f"which can let more through than this job's {_describe(requests, per)}; give every job "
+        f"naming the budget the same limit (a changed limit takes effect once the budget is idle)"
+    )
+
+
 def open_budget(budget_dir: Path, name: str, requests: int, per: float) -> BudgetLimiterState:
     """Open (making or rewriting it when nobody uses it) the budget `name`'s file for a job whose
     limit is `requests`/`per`. The state's `requests`/`per` are the budget's limit: the job's
@@ -334,11 +347,7 @@ def open_budget(budget_dir: Path, name: str, requests: int, per: float) -> Budge
                 )
             if allows(header.requests, header.per, requests, per):
                 return BudgetLimiterState(path, header.requests, header.per)
-            raise BudgetConflict(
-                f"rate_limit: budget {name!r} is in use by other jobs at {_describe(header.requests, header.per)}, "
-                f"which can let more through than this job's {_describe(requests, per)}; give every job "
-                f"naming the budget the same limit (a changed limit takes effect once the budget is idle)"
-            )
+            raise BudgetConflict(in_use_message(name, header.requests, header.per, requests, per))
     except OSError as exc:
         raise BudgetConflict(f"cannot open rate-limit budget {name!r} in {budget_dir}: {exc.strerror or exc}") from None
     finally:
@@ -352,7 +361,13 @@ def open_for_job(rate_limit: RateLimit, budget_dir: Path) -> tuple[BudgetLimiter
     processes must use: the budget's requests/per, the job's burst as far as it fits."""
     assert rate_limit.budget is not None
     state = open_budget(budget_dir, rate_limit.budget, rate_limit.requests, rate_limit.per)
-    if (state.requests, state.per) == (rate_limit.requests, rate_limit.per):
-        return state, rate_limit
-    burst = min(rate_limit.burst, state.requests) if rate_limit.burst else None
-    return state, rate_limit.model_copy(update={"requests": state.requests, "per": state.per, "burst": burst})
+    return state, under_budget(rate_limit, state.requests, state.per)
+
+
+def under_budget(rate_limit: RateLimit, requests: int, per: float) -> RateLimit:
+    """`rate_limit` under a budget's limit of requests/per: the budget's requests/per, the job's
+    burst as far as it fits (`rate_limit` itself when the limits are the same)."""
+    if (requests, per) == (rate_limit.requests, rate_limit.per):
+        return rate_limit
+    burst = min(rate_limit.burst, requests) if rate_limit.burst else None
+    return rate_limit.model_copy(update={"requests": requests, "per": per, "burst": burst})

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -58,6 +59,22 @@ _PROBE = 10  # the number of the send probing for the quota, or -1
 _PROBE_AT = 11  # when the probe left
 _SLACK = 12  # seconds added to every reset: learned when a probe after one was refused
 STATE_SLOTS = 13
+# The slots by name, in index order (engine/fetch/redis_limiter.py keeps them in a hash).
+STATE_FIELDS = (
+    "head",
+    "tat",
+    "pause",
+    "floor",
+    "seq",
+    "inflight",
+    "mode",
+    "remaining",
+    "reset",
+    "mark",
+    "probe",
+    "probe_at",
+    "slack",
+)
 
 START, QUIET, SIGNALS = 0.0, 1.0, 2.0  # `_MODE`: nothing heard yet / no signals / signals
 UNKNOWN = -1.0
@@ -69,6 +86,17 @@ PROBE_WAIT = 1.0  # a probe unanswered this long no longer holds the others back
 DEFAULT_RESET = 1.0  # seconds, when an API says how much is left but not when it resets
 SLACK_STEP = 1.0  # a reset said in whole seconds may be rounded down by up to one
 MAX_SLACK = 3.0
+# A new limiter's state slots that do not start at 0.
+FRESH_STATE = {
+    _TAT: NEVER,
+    _PAUSE: NEVER,
+    _FLOOR: NEVER,
+    _MODE: START,
+    _REMAINING: UNKNOWN,
+    _RESET: NEVER,
+    _PROBE: -1.0,
+    _PROBE_AT: NEVER,
+}
 
 REMAINING_HEADERS = ("RateLimit-Remaining", "X-RateLimit-Remaining")
 RESET_HEADERS = ("RateLimit-Reset", "X-RateLimit-Reset")
@@ -124,7 +152,24 @@ def read_signal(headers: Mapping[str, str], wall: float | None = None) -> Signal
     return Signal(max(0, int(remaining)), reset)
 
 
-class SharedLimiterState:
+class LimiterState(ABC):
+    """Where a job's limiter keeps its state: shared memory (`SharedLimiterState`), a budget's
+    file (engine/fetch/budget.py) or Redis (engine/fetch/redis_limiter.py). Created by the
+    coordinator and handed to every process of the job, which builds its limiter from it."""
+
+    @abstractmethod
+    def rate_limiter(self, requests: int | None, per: float = 1.0, burst: int | None = None) -> Limiter:
+        """This process's limiter over the state, for a `rate_limit` of requests/per/burst."""
+
+    def renewed(self, ctx, requests: int | None) -> LimiterState:
+        """The state for a rebuilt pool (its processes were killed): by default the same one."""
+        return self
+
+    def close(self) -> None:  # noqa: B027 - most states hold nothing to let go of
+        """The job is over: let go of what the state holds (a budget: this job no longer uses it)."""
+
+
+class SharedLimiterState(LimiterState):
     """The shared-memory part; created by the coordinator, handed to pool processes at start."""
 
     def __init__(self, ctx, requests: int | None):
@@ -136,19 +181,8 @@ class SharedLimiterState:
         for i in range(size):
             self.ring[i] = NEVER
             self.seqs[i] = -1
-        self.state[_HEAD] = 0
-        self.state[_TAT] = NEVER
-        self.state[_PAUSE] = NEVER
-        self.state[_FLOOR] = NEVER
-        self.state[_SEQ] = 0
-        self.state[_INFLIGHT] = 0
-        self.state[_MODE] = START
-        self.state[_REMAINING] = UNKNOWN
-        self.state[_RESET] = NEVER
-        self.state[_MARK] = 0
-        self.state[_PROBE] = -1
-        self.state[_PROBE_AT] = NEVER
-        self.state[_SLACK] = 0.0
+        for i in range(STATE_SLOTS):
+            self.state[i] = FRESH_STATE.get(i, 0.0)
 
     def copy_into(self, other: SharedLimiterState) -> None:
         """Carry the history over to fresh primitives (after a killed process, a lock may be lost)."""
@@ -161,8 +195,65 @@ class SharedLimiterState:
         other.state[_INFLIGHT] = 0
         other.state[_PROBE] = -1
 
+    def rate_limiter(self, requests: int | None, per: float = 1.0, burst: int | None = None) -> Limiter:
+        return RateLimiter(self, requests, per, burst)
 
-class RateLimiter:
+    def renewed(self, ctx, requests: int | None) -> LimiterState:
+        """Fresh primitives with the history carried over (a killed process may have held the lock)."""
+        fresh = SharedLimiterState(ctx, requests)
+        self.copy_into(fresh)
+        return fresh
+
+
+class Limiter(ABC):
+    """What the fetch code asks of a job's limiter, wherever its state lives. `try_take` lets a
+    request go or says how long to wait; every ticket it hands out is settled once."""
+
+    requests: int | None
+
+    @property
+    def limited(self) -> bool:
+        return self.requests is not None
+
+    @abstractmethod
+    def try_take(self) -> tuple[float, Ticket | None]: ...
+
+    @abstractmethod
+    def answered(self, ticket: Ticket | None) -> None: ...
+
+    @abstractmethod
+    def settle(
+        self, ticket: Ticket | None, signal: Signal | None = None, heard: bool = False, refused: bool = False
+    ) -> None: ...
+
+    @abstractmethod
+    def pause(self, seconds: float) -> None: ...
+
+    @abstractmethod
+    def paused_until(self) -> float:
+        """Until when the job is paused, on this process's time.monotonic() (NEVER: not paused)."""
+
+    def acquire(self, wait: Callable[[float], bool]) -> tuple[bool, Ticket | None]:
+        """Block until this caller may send. `wait(seconds)` sleeps and returns True when the job
+        was cancelled meanwhile. Returns (may_send, ticket for `answered` and `settle`)."""
+        while True:
+            delay, ticket = self.try_take()
+            if delay <= 0:
+                return True, ticket
+            if wait(delay):
+                return False, None
+
+    async def acquire_async(self, wait: Callable[[float], Awaitable[bool]]) -> tuple[bool, Ticket | None]:
+        """`acquire` on an event loop: `wait(seconds)` is awaited."""
+        while True:
+            delay, ticket = self.try_take()
+            if delay <= 0:
+                return True, ticket
+            if await wait(delay):
+                return False, None
+
+
+class RateLimiter(Limiter):
     """`clock` is injectable for tests; it must be system-wide (time.monotonic is
     CLOCK_MONOTONIC on Linux, the same in every process)."""
 
@@ -181,10 +272,6 @@ class RateLimiter:
         self.interval = per / requests if requests else 0.0
         self.cap = arrival_cap(per)
         self.clock = clock
-
-    @property
-    def limited(self) -> bool:
-        return self.requests is not None
 
     def try_take(self) -> tuple[float, Ticket | None]:
         """Let one request go now if the limits allow: returns (0.0, ticket); the ticket must be
@@ -308,22 +395,3 @@ class RateLimiter:
 
     def paused_until(self) -> float:
         return self.shared.state[_PAUSE]
-
-    def acquire(self, wait: Callable[[float], bool]) -> tuple[bool, Ticket | None]:
-        """Block until this caller may send. `wait(seconds)` sleeps and returns True when the job
-        was cancelled meanwhile. Returns (may_send, ticket for `answered` and `settle`)."""
-        while True:
-            delay, ticket = self.try_take()
-            if delay <= 0:
-                return True, ticket
-            if wait(delay):
-                return False, None
-
-    async def acquire_async(self, wait: Callable[[float], Awaitable[bool]]) -> tuple[bool, Ticket | None]:
-        """`acquire` on an event loop: `wait(seconds)` is awaited."""
-        while True:
-            delay, ticket = self.try_take()
-            if delay <= 0:
-                return True, ticket
-            if await wait(delay):
-                return False, None

@@ -26,6 +26,8 @@ from engine.deliver.table_targets import in_spec_order, table_job
 from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
 from engine.fetch.budget import open_for_job
 from engine.fetch.outbound import OutboundPolicy
+from engine.fetch.ratelimit import LimiterState
+from engine.fetch.redis_limiter import LimiterUnavailable, open_in_redis
 from engine.plan.fanout import MAX_UNITS, FanOut, ParentValues, parent_values
 from engine.plan.scheduler import Piece, PieceResult, Scheduler
 from engine.run import incremental
@@ -36,6 +38,7 @@ from engine.run.progress import WIDTH, Counter
 from engine.shards import ShardInfo, drop_shard, list_shards, remove_temp_files
 from engine.spec.models import spec_to_json
 from engine.spec.prepare import PreparedJob, check_child
+from engine.storage import ResultStoreError, StoreConfig, WorkCopy
 
 log = logging.getLogger("pageferry.engine")
 
@@ -75,6 +78,9 @@ class JobOptions:
     nice: int = 0  # added niceness of the job's processes (the service: web threads first)
     budget_dir: Path = Path(".pageferry") / "budgets"  # rate_limit.budget files (the service: DATA_DIR/budgets)
     incremental_state: dict | None = None  # the saved state of the job's name (engine/run/incremental.py)
+    dask_address: str | None = None  # EXECUTOR=dask://: the scheduler whose workers run the pieces
+    redis_url: str | None = field(default=None, repr=False)  # REDIS_URL: limiters and budgets (may hold a password)
+    result_store: StoreConfig | None = None  # RESULT_STORE: the shared copy of the work (None: local disk only)
 
 
 @dataclass
@@ -177,6 +183,8 @@ class JobRunner:
         self._source_seconds: dict[int, float] = {}  # source index -> seconds until all its pages were in
         self._incremental: list | None = None  # per source: the units' cursors the run started from
         self._fetch_pool: tuple[Any, SharedState] | None = None  # the pool _fetch (re)built last
+        self._dask: Any = None  # the job's DaskExecutor (engine/run/dask_pool.py) when EXECUTOR is dask://
+        self._copy = WorkCopy(options.result_store, options.job_id, options.workdir)  # RESULT_STORE's copy
 
     # ------------------------------------------------------------ control
     def cancel(self, reason: str = "cancelled") -> None:
@@ -266,18 +274,27 @@ class JobRunner:
     def run(self) -> JobResult:
         started = self._started = time.monotonic()
         options = self.options
+        workers = options.workers
+        if options.dask_address:  # the pieces run on a Dask cluster's workers (engine/run/dask_pool.py)
+            from engine.run.dask_pool import DaskExecutor
+
+            self._dask = DaskExecutor.connect(options.dask_address, self.manager)
+            workers = self._dask.slots()  # the cluster's threads: pieces running at once
+            options = self.options = replace(options, workdir=options.workdir.resolve())  # read on other hosts
         shards_dir = options.workdir / "shards"
+        self._copy.pull()  # what another instance did of this job, before anything is read
         self._claim_workdir()
         # fixed in the work directory on the first run: a resumed run asks for the same bounds
         self._incremental = incremental.started_state(self.spec, options.workdir, options.incremental_state)
+        self._copy.push_missing()
         remove_temp_files(shards_dir)
         ledger = list_shards(shards_dir)
         self._progress.base = [[0, 0] for _ in self.spec.sources]
         for info in ledger:
             self._progress.base[info.source][0] += info.pages
             self._progress.base[info.source][1] += info.records
-        concurrency = self.spec.concurrency or options.workers
-        processes = max(1, min(options.workers, concurrency))
+        concurrency = self.spec.concurrency or workers
+        processes = max(1, min(workers, concurrency))
         threads = math.ceil(concurrency / processes)
         scheduler = Scheduler(self.spec, self.prepared.fanouts, threads, ledger, processes)
         self._scheduler = scheduler
@@ -286,19 +303,23 @@ class JobRunner:
             offsets.append(total_units)
             total_units += fanout.count
         rl = self.spec.rate_limit
-        budget = None
-        if rl is not None and rl.budget:
+        budget: LimiterState | None = None
+        limit = rl
+        if options.redis_url:
+            # The job's limiter (its budget's, with one) in Redis: every host's processes share it.
+            budget, limit = open_in_redis(options.redis_url, options.job_id, rl, self.spec.timeout)
+        elif rl is not None and rl.budget:
             # One limit for every job naming the budget: the budget's, maybe stricter than ours.
             budget, limit = open_for_job(rl, options.budget_dir)
-            if limit is not rl:
-                log.warning(
-                    "rate_limit: budget %r is in use at %d per %g s; this job sends under it",
-                    rl.budget,
-                    limit.requests,
-                    limit.per,
-                )
-                self.spec = self.spec.model_copy(update={"rate_limit": limit})
-                rl = limit
+        if rl is not None and limit is not None and limit is not rl:
+            log.warning(
+                "rate_limit: budget %r is in use at %d per %g s; this job sends under it",
+                rl.budget,
+                limit.requests,
+                limit.per,
+            )
+            self.spec = self.spec.model_copy(update={"rate_limit": limit})
+            rl = limit
         ctx = mp_context()
         self._board = self.manager.dict()
         shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, self._board, budget)
@@ -315,6 +336,7 @@ class JobRunner:
             unit_offsets=offsets,
             nice=options.nice,
             incremental=self._incremental,
+            result_store=self._copy.work,
         )
         known = {info.file_name: info for info in ledger}  # finished shards: name -> what it holds
         self._known = known
@@ -359,6 +381,8 @@ class JobRunner:
                 except Exception:
                     pass
             shared.close()  # a budget's file: this job no longer counts as using it
+            if self._dask is not None:
+                self._dask.close()
 
     def _claim_workdir(self) -> None:
         workdir = self.options.workdir
@@ -380,11 +404,15 @@ class JobRunner:
         temp.write_text(json.dumps({"job_id": self.options.job_id, "fingerprint": fingerprint, "created_at": utcnow()}))
         os.replace(temp, marker)
 
-    def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.ProcessPoolExecutor:
+    def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.Executor:
         """The job's pool, every process started now (a pool starts one process per submit,
         so the second would otherwise start only once page 1 has revealed the pages to split,
         late). Under a rate limit they are also waited for before the first piece:
-        process start-up is a CPU burst, and overlapping it with rate-limited sends skews them."""
+        process start-up is a CPU burst, and overlapping it with rate-limited sends skews them.
+        With EXECUTOR=dask://, the Dask cluster's pool of the job's next epoch."""
+        if self._dask is not None:
+            concurrency = self.spec.concurrency or processes
+            return self._dask.pool(worker_job, shared, self._board, self.spec.rate_limit, concurrency)
         pool = cf.ProcessPoolExecutor(
             max_workers=processes, mp_context=ctx, initializer=init_worker, initargs=(worker_job, shared)
         )
@@ -449,6 +477,10 @@ class JobRunner:
                     broken = True
                     scheduler.release(piece)
                     continue
+                except ResultStoreError:
+                    raise
+                except LimiterUnavailable:  # REDIS_URL lost mid-run: its own message
+                    raise
                 except OSError as exc:
                     raise JobFailed(f"cannot write shards to the work directory: {exc.strerror or exc}") from None
                 except Exception as exc:
@@ -470,6 +502,7 @@ class JobRunner:
                 self._kill(pool)
                 pool.shutdown(wait=False, cancel_futures=True)
                 # Pieces of the dead pool may have finished shards before dying: take them in.
+                self._copy.sync_shards()  # both ways: a dead process's shard may be on one side only
                 for info in list_shards(shards_dir, known=known):
                     if info.file_name not in known:
                         known[info.file_name] = info
@@ -625,9 +658,11 @@ class JobRunner:
             temp = marker.with_suffix(".tmp")
             temp.write_text(digest)
             os.replace(temp, marker)
+            self._copy.push(marker)
         return before in (None, digest)
 
     def _forget_shards(self, infos: list[ShardInfo]) -> None:
+        self._copy.forget(info.file_name for info in infos if info.path is not None)
         for info in infos:
             if info.path is not None:
                 drop_shard(info.path, "it was fetched for ids its parent no longer has")
@@ -643,6 +678,9 @@ class JobRunner:
 
     @staticmethod
     def _kill(pool) -> None:
+        if not isinstance(pool, cf.ProcessPoolExecutor):  # a Dask pool: its pieces stop and return
+            pool.kill()
+            return
         for process in list((getattr(pool, "_processes", None) or {}).values()):  # None once shut down
             try:
                 process.kill()
@@ -659,6 +697,7 @@ class JobRunner:
         """Each source's shards in row order, minus those past a unit's end; checks that the
         shards hold every page exactly once."""
         selected: list[list[ShardInfo]] = [[] for _ in self.spec.sources]
+        self._copy.sync_shards(set(self._known))  # a piece that ran on another host stored its shard there
         # The directory is the ledger; shards the pieces reported are not read again (reading
         # them would load pyarrow into this process just for their metadata).
         for info in list_shards(shards_dir, known=self._known):

@@ -18,6 +18,7 @@ from engine.fetch.outbound import outbound_policy
 from engine.run.coordinator import JobOptions, JobResult, JobRunner
 from engine.run.pool import mp_context
 from engine.spec.prepare import PreparedJob
+from engine.storage import store_config
 
 
 def new_job_id(prefix: str = "task") -> str:
@@ -42,10 +43,13 @@ def _watch_parent(parent: int) -> None:
 
 
 class JobHandle:
-    """A job running in a background thread of this process."""
+    """A job running in a background thread of this process. `after`: run in that thread with
+    the result before the job counts as done (the service stores the result in RESULT_STORE
+    there, off its own loop); what it raises is the job's error."""
 
-    def __init__(self, runner: JobRunner):
+    def __init__(self, runner: JobRunner, after: Callable[[JobResult], None] | None = None):
         self.runner = runner
+        self.after = after
         self.result: JobResult | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -53,7 +57,10 @@ class JobHandle:
 
     def _run(self) -> None:
         try:
-            self.result = self.runner.run()
+            result = self.runner.run()
+            if self.after is not None:
+                self.after(result)
+            self.result = result
         except BaseException as exc:  # reported through `error`; the thread must not die loudly
             self.error = exc
         finally:
@@ -83,7 +90,12 @@ class Engine:
     def manager(self) -> SyncManager:
         with self._lock:
             if self._manager is None:
-                manager = SyncManager(ctx=mp_context())
+                if self.settings.dask_address:  # Dask workers reach the job's shared state over TCP
+                    from engine.run.dask_pool import hub_manager
+
+                    manager: SyncManager = hub_manager(self.settings.dask_address)
+                else:
+                    manager = SyncManager(ctx=mp_context())
                 manager.start(initializer=_watch_parent, initargs=(os.getpid(),))
                 self._manager = manager
             return self._manager
@@ -113,6 +125,9 @@ class Engine:
             timeout_seconds=self.settings.worker_timeout,
             nice=nice,
             budget_dir=Path(budget_dir or self.settings.data_dir / "budgets").resolve(),
+            redis_url=self.settings.redis_url,  # limiter and budgets in Redis instead of budget_dir
+            result_store=store_config(self.settings, self.service),
+            dask_address=self.settings.dask_address,  # EXECUTOR=dask://: the pieces run on that cluster
         )
 
     def runner(
@@ -121,9 +136,13 @@ class Engine:
         return JobRunner(prepared, options, self.manager(), on_change)
 
     def start(
-        self, prepared: PreparedJob, options: JobOptions, on_change: Callable[[dict], None] | None = None
+        self,
+        prepared: PreparedJob,
+        options: JobOptions,
+        on_change: Callable[[dict], None] | None = None,
+        after: Callable[[JobResult], None] | None = None,
     ) -> JobHandle:
-        handle = JobHandle(self.runner(prepared, options, on_change))
+        handle = JobHandle(self.runner(prepared, options, on_change), after)
         handle.thread.start()
         return handle
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.deliver.table_targets import TableJob
-from engine.fetch.budget import BudgetLimiterState
 from engine.fetch.outbound import OutboundPolicy
-from engine.fetch.ratelimit import SharedLimiterState
+from engine.fetch.ratelimit import LimiterState, SharedLimiterState
 from engine.spec.models import JobSpec
+from engine.storage.work import WorkStore
 
 UNKNOWN_END = 2**62
 
@@ -29,13 +29,15 @@ class WorkerJob:
     threads: int
     max_body: int
     outbound: OutboundPolicy  # where it may connect (every connection and redirect hop)
-    coordinator_pid: int
+    coordinator_pid: int | None  # None: the coordinator is on another host (a Dask worker's pieces)
     id_values: list  # per source: ids read from a file, or None
     unit_offsets: list[int]  # per source: index of its first unit in `ends`
     nice: int = 0  # added niceness (the service keeps its web threads ahead)
     # per source: the units' cursors the run started from (engine/run/incremental.py), None
     # for a source that is not incremental; None when no source is
     incremental: list | None = None
+    # RESULT_STORE's copy of the job's work: each shard is stored there once written (None: local only)
+    result_store: WorkStore | None = None
 
 
 @dataclass
@@ -65,7 +67,7 @@ class SharedState:
     """Cross-process primitives of one job; recreated (history copied) when a pool is rebuilt,
     because a killed process may have died holding a lock or a semaphore slot."""
 
-    limiter: SharedLimiterState
+    limiter: LimiterState  # shared memory, a budget's file, or Redis: each builds its own limiter
     semaphore: Any
     cancel: Any
     ends: Any  # RawArray of each unit's known last page
@@ -81,9 +83,10 @@ class SharedState:
         concurrency: int,
         units: int,
         board: Any,
-        limiter: SharedLimiterState | None = None,
+        limiter: LimiterState | None = None,
     ) -> SharedState:
-        """`limiter`: a rate-limit budget's state (engine/fetch/budget.py) instead of the job's own."""
+        """`limiter`: a rate-limit budget's state (engine/fetch/budget.py) or the job's limiter in
+        Redis (engine/fetch/redis_limiter.py) instead of the job's own in shared memory."""
         ends = ctx.RawArray("q", max(units, 1))
         for i in range(len(ends)):
             ends[i] = UNKNOWN_END
@@ -99,11 +102,9 @@ class SharedState:
 
     def renew(self, ctx, requests: int | None, concurrency: int, units: int | None = None) -> SharedState:
         """`units`: more unit slots (a dependent source's units, now known), after the old ones."""
-        # A budget's file stays (its flock died with the process); others may be sending under it.
-        budget = self.limiter if isinstance(self.limiter, BudgetLimiterState) else None
-        fresh = SharedState.create(ctx, requests, concurrency, max(units or 0, len(self.ends)), self.board, budget)
-        if budget is None:
-            self.limiter.copy_into(fresh.limiter)
+        # Shared memory: fresh primitives, history copied. A budget's file or Redis: the same state.
+        limiter = self.limiter.renewed(ctx, requests)
+        fresh = SharedState.create(ctx, requests, concurrency, max(units or 0, len(self.ends)), self.board, limiter)
         for i in range(len(self.ends)):
             fresh.ends[i] = self.ends[i]
         if self.cancel.is_set():
@@ -111,6 +112,5 @@ class SharedState:
         return fresh
 
     def close(self) -> None:
-        """Let go of a rate-limit budget's file: this job no longer counts as using it."""
-        if isinstance(self.limiter, BudgetLimiterState):
-            self.limiter.close()
+        """Let go of a rate-limit budget: this job no longer counts as using it."""
+        self.limiter.close()

@@ -31,7 +31,7 @@ from engine.errors import PageFailure
 from engine.fetch.auth import DictTokenStore, make_auth
 from engine.fetch.client import HttpClient, with_query
 from engine.fetch.page import FetchError, Gate, PageFetcher, PageOutcome, SourceRequestSpec
-from engine.fetch.ratelimit import RateLimiter
+from engine.fetch.ratelimit import Limiter
 from engine.plan.fanout import FanOut, Unit
 from engine.plan.pagination import (
     PageRequest,
@@ -48,6 +48,7 @@ from engine.run.pool import lower_priority, process_alive
 from engine.run.progress import Counter, Counters, retry_cause
 from engine.shards import ShardInfo, unify, write_shard
 from engine.spec.redact import Redactor
+from engine.storage.work import upload_shard
 
 REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
 CANCEL_CHECK = 0.5  # a sleep looks for a cancel at least this often
@@ -74,18 +75,22 @@ class _Process:
     loop: asyncio.AbstractEventLoop
     client: HttpClient
     redactor: Redactor
-    limiter: RateLimiter
+    limiter: Limiter
     parent_alive: bool = True
     tables: dict = field(default_factory=dict)
+    board_key: str = field(default_factory=lambda: f"proc:{os.getpid()}")  # its counters on the board
 
 
 _P: _Process | None = None
+# A thread that runs pieces of any job (a Dask worker's, engine/run/dask_pool.py): its job's state.
+_local = threading.local()
 
 
 def _state() -> _Process:
-    """This process's job state; set by `init_worker` before any piece runs."""
-    assert _P is not None, "init_worker has not run in this process"
-    return _P
+    """This thread's or process's job state; set before any piece runs (`init_worker`)."""
+    state = getattr(_local, "state", None) or _P
+    assert state is not None, "init_worker has not run in this process"
+    return state
 
 
 # ---------------------------------------------------------------- process life
@@ -95,10 +100,17 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
     global _P
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     lower_priority(job.nice)
+    _P = build_state(job, shared)
+    Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
+    threading.Thread(target=_report_loop, name="progress", daemon=True).start()
+
+
+def build_state(job: WorkerJob, shared: SharedState, board_key: str | None = None) -> _Process:
+    """The job's state in this process (or thread): limiter, event loop, HTTP client, counters."""
     spec = job.spec
     rl = spec.rate_limit
-    limiter = RateLimiter(
-        shared.limiter, rl.requests if rl else None, rl.per if rl else 1.0, rl.effective_burst if rl else None
+    limiter = shared.limiter.rate_limiter(  # over shared memory, a budget's file or Redis
+        rl.requests if rl else None, rl.per if rl else 1.0, rl.effective_burst if rl else None
     )
     loop = asyncio.new_event_loop()
     client = HttpClient(job.max_body, job.outbound, lanes=job.threads)
@@ -125,9 +137,10 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
         )
         if source.incremental is not None:
             sources[-1].bounds = SourceBounds(source, job.incremental[i] if job.incremental else None)
-    _P = _Process(job, shared, counters, sources, loop, client, redactor, limiter)
-    Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
-    threading.Thread(target=_report_loop, name="progress", daemon=True).start()
+    state = _Process(job, shared, counters, sources, loop, client, redactor, limiter)
+    if board_key is not None:
+        state.board_key = board_key
+    return state
 
 
 def _count_retry(counters: Counters, source: int, error: FetchError) -> None:
@@ -135,12 +148,17 @@ def _count_retry(counters: Counters, source: int, error: FetchError) -> None:
 
 
 def _close() -> None:
-    """Close the HTTP session (best effort: the process is ending anyway)."""
-    if _P is None or _P.loop.is_closed() or _P.loop.is_running():
+    if _P is not None:
+        close_state(_P)
+
+
+def close_state(state: _Process) -> None:
+    """Close the HTTP session and the loop (best effort: the process or the job is ending)."""
+    if state.loop.is_closed() or state.loop.is_running():
         return
     try:
-        _P.loop.run_until_complete(_P.client.close())
-        _P.loop.close()
+        state.loop.run_until_complete(state.client.close())
+        state.loop.close()
     except Exception:  # noqa: BLE001 - nothing to do about it at exit
         pass
 
@@ -152,7 +170,8 @@ def greet(hold: float) -> int:
 
 
 def _parent_alive() -> bool:
-    return process_alive(_state().job.coordinator_pid)
+    pid = _state().job.coordinator_pid
+    return pid is None or process_alive(pid)  # None: the coordinator is on another host (Dask)
 
 
 def _cancelled() -> bool:
@@ -196,10 +215,10 @@ def _report_loop() -> None:
                 continue
 
 
-def flush_progress() -> None:
+def flush_progress(state: _Process | None = None) -> None:
     try:
-        state = _state()
-        state.shared.board[f"proc:{os.getpid()}"] = state.counters.snapshot(state.limiter.paused_until())
+        state = state or _state()
+        state.shared.board[state.board_key] = state.counters.snapshot(state.limiter.paused_until())
     except Exception:
         pass
 
@@ -528,10 +547,21 @@ def run_piece(piece: Piece) -> PieceResult:
     shards_dir = Path(state.job.shards_dir)
     for segment in _segments(piece.source, kept, source.pagination.type == "none"):
         info = segment.info()
-        write_shard(shards_dir, segment.table(), info)
+        path = write_shard(shards_dir, segment.table(), info)
+        if state.job.result_store is not None:  # stored before the piece reports it (engine/storage/work.py)
+            upload_shard(state.job.result_store, path)
         result.shards.append(info)
     flush_progress()
     return result
+
+
+def run_piece_with(state: _Process, piece: Piece) -> PieceResult:
+    """`run_piece` on a thread that serves pieces of any job (a Dask worker's): `state` is its job's."""
+    _local.state = state
+    try:
+        return run_piece(piece)
+    finally:
+        _local.state = None
 
 
 def run_export(request: ExportRequest) -> Any:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from config import Settings
+from service.background import shared_copies
 
 MARKER = "kept.json"
 
@@ -47,6 +48,9 @@ def uploads_folder(settings: Settings, task_id: str) -> Path | None:
     for folder in (settings.work_dir / task_id / "uploads", settings.results_dir / task_id / "uploads"):
         if folder.is_dir():
             return folder
+    folder = settings.results_dir / task_id / "uploads"  # another instance ran the task: RESULT_STORE's copy
+    if shared_copies.fetch_uploads(settings, task_id, folder, kept_as_result=True):
+        return folder
     return None
 
 
@@ -67,6 +71,7 @@ def settle(settings: Settings, task_id: str, keep_until: float | None) -> bool:
         temp.write_text(json.dumps({"until": keep_until}))
         os.replace(temp, folder / MARKER)
         return True
+    shared_copies.settle(settings, task_id)
     uploads = folder / "uploads"
     if uploads.is_dir():
         target = settings.results_dir / task_id / "uploads"
@@ -94,6 +99,7 @@ def take_for_retry(settings: Settings, old_id: str, new_id: str, skipped: list[t
         return False
     (new / MARKER).unlink(missing_ok=True)
     drop_shards(new / "shards", skipped)
+    shared_copies.take_work(settings, old_id, new_id)
     return True
 
 
@@ -136,3 +142,4 @@ def remove(settings: Settings, task_id: str) -> None:
     """Everything of a deleted task: its work directory and its result folder."""
     shutil.rmtree(settings.work_dir / task_id, ignore_errors=True)
     shutil.rmtree(settings.results_dir / task_id, ignore_errors=True)
+    shared_copies.remove_task(settings, task_id)

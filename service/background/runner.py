@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from engine import JobCancelled, JobFailed, SpecError
-from service.background import kept_work
+from service.background import kept_work, shared_copies
 from service.background.events import Activity
 from service.background.loop import BackgroundLoop
 from service.logs import log_event
-from service.store import HOST, TaskStatus, TaskStore
+from service.store import TaskStatus, TaskStore, new_owner
 from service.views.summary import run_summary
 
 if TYPE_CHECKING:
@@ -55,6 +54,7 @@ def uploads_dir(settings: Settings, task_id: str) -> Path:
 def read_uploads(settings: Settings, task_id: str) -> dict[int, bytes]:
     """ids files uploaded with the task's spec, by source index."""
     folder = uploads_dir(settings, task_id)
+    shared_copies.fetch_uploads(settings, task_id, folder)  # the task was started on another instance
     files = {}
     if folder.exists():
         for path in folder.glob("source-*.csv"):
@@ -80,7 +80,7 @@ class TaskRunner(BackgroundLoop):
         self.store = store
         self.env = os.environ if env is None else env
         self.after_finish = after_finish
-        self.owner = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.owner = new_owner()  # host:pid:random:instance (service/store/owners.py)
         self.active: dict[str, Active] = {}
         self._engine: Engine | None = None
         self._renewed = 0.0
@@ -147,6 +147,9 @@ class TaskRunner(BackgroundLoop):
         except SpecError as exc:  # e.g. an environment variable gone since the task was queued
             self._record_failure(task_id, {"message": f"invalid spec: {exc}", "pages": []}, task)
             return
+        except JobFailed as exc:  # RESULT_STORE could not give the task's uploaded ids files
+            self._record_failure(task_id, {"message": str(exc), "pages": []}, task)
+            return
         remaining = self.settings.worker_timeout - (time.time() - (task.get("started_at") or time.time()))
         options = self.engine.options(
             task_id,
@@ -156,7 +159,7 @@ class TaskRunner(BackgroundLoop):
             nice=ENGINE_NICE,
         )
         options.incremental_state = self._saved_state(task, spec)
-        handle = self.engine.start(prepared, options)
+        handle = self.engine.start(prepared, options, after=shared_copies.result_saver(self.settings, task_id))
         self.active[task_id] = Active(task, handle, extras={"redactor": prepared.redactor, "spec": prepared.resolved})
         self.active[task_id].extras["activity"] = activity = Activity(task.get("activity"), task, _rate(spec))
         activity.event("started", f"resumed (run {task.get('runs')})" if task.get("runs", 1) > 1 else "started")
@@ -349,6 +352,7 @@ class TaskRunner(BackgroundLoop):
         removed = {"results": 0, "work": 0, "temps": 0}
         for task in self.store.expired_results(self.settings.result_ttl):
             shutil.rmtree(self.settings.results_dir / task["id"], ignore_errors=True)
+            shared_copies.remove_result(self.settings, task["id"])
             self.store.mark_expired(task["id"])
             removed["results"] += 1
         unfinished = self.store.unfinished_ids() | set(self.active)
@@ -357,6 +361,8 @@ class TaskRunner(BackgroundLoop):
                 if folder.name not in unfinished and _older_than(folder, 60):
                     if (kept_work.kept_until(folder) or 0) > time.time():
                         continue  # a failed or partial task's shards, kept for a retry
+                    if kept_work.kept_until(folder) is not None:  # kept until now: its stored copy too
+                        shared_copies.remove_work(self.settings, folder.name)
                     shutil.rmtree(folder, ignore_errors=True)
                     removed["work"] += 1
         if self.settings.results_dir.exists():

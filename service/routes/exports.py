@@ -7,10 +7,12 @@ import shutil
 import time
 
 from flask import Blueprint, Response, jsonify, request, send_file
+from werkzeug.datastructures import ContentRange
 
-from engine import FieldError, SpecError, parse_spec, spec_to_json
+from engine import FieldError, SpecError, StoredObject, parse_spec, spec_to_json
 from service import profiles
 from service.auth import require_token
+from service.background import shared_copies
 from service.background.runner import uploads_dir
 from service.errors import ApiError, invalid
 from service.limits import check_spec_size
@@ -150,6 +152,7 @@ def start():
             folder.mkdir(parents=True, exist_ok=True)
             for i, data in uploads.items():
                 (folder / f"source-{i}.csv").write_bytes(data)
+            shared_copies.store_uploads(svc.settings, task_id, folder)  # any instance may run the task
         try:  # the cap again, atomically with the insert
             svc.store.create_task(task, max_queued=svc.settings.max_queued_per_profile)
         except LimitReached as exc:
@@ -240,18 +243,42 @@ def download(task_id: str):
     expired = task["expired"] or (task["finished_at"] or 0) + svc.settings.result_ttl < time.time()
     result = task.get("result") or {}
     path = svc.settings.results_dir / task_id / result.get("filename", "")
-    if expired or not path.is_file():
+    stored = None
+    if not expired and not path.is_file() and path.name:  # written by another instance: RESULT_STORE's copy
+        stored = shared_copies.stored_result(svc.settings, task_id, path.name)
+    if expired or not (stored or path.is_file()):
         raise ApiError(410, "the result has expired (RESULT_TTL) and was removed", "expired")
     fmt = path.suffix.lstrip(".")
-    response: Response = send_file(
-        path,
-        mimetype=CONTENT_TYPES.get(fmt, "application/octet-stream"),
-        as_attachment=True,
-        download_name=path.name,
-        conditional=True,
-        etag=False,
-    )
+    mimetype = CONTENT_TYPES.get(fmt, "application/octet-stream")
+    if stored is not None:
+        response = _stream_stored(stored, mimetype, path.name)
+    else:
+        response = send_file(
+            path, mimetype=mimetype, as_attachment=True, download_name=path.name, conditional=True, etag=False
+        )
     response.headers["X-Content-SHA256"] = result.get("sha256", "")
+    return response
+
+
+def _stream_stored(stored: StoredObject, mimetype: str, filename: str) -> Response:
+    """The result streamed from RESULT_STORE a chunk at a time (memory stays bounded), with the
+    headers `send_file` gives a local file, Range requests included. Streamed rather than a
+    redirect to a presigned URL: the bucket may be reachable from this instance only, and the
+    client keeps one origin (and its API token) for the whole download."""
+    span = request.range.range_for_length(stored.size) if request.range is not None else None
+    if request.range is not None and span is None:
+        response = Response(status=416)
+        response.headers["Content-Range"] = f"bytes */{stored.size}"
+        return response
+    body = shared_copies.store_of(services().settings).stream(stored.key, span)
+    response = Response(body, status=206 if span else 200, mimetype=mimetype, direct_passthrough=True)
+    response.content_length = span[1] - span[0] if span else stored.size
+    if span:
+        response.content_range = ContentRange("bytes", span[0], span[1], stored.size)
+    response.accept_ranges = "bytes"
+    response.last_modified = stored.last_modified
+    response.cache_control.no_cache = True
+    response.headers.set("Content-Disposition", "attachment", filename=filename)  # names are ASCII (NAME_PATTERN)
     return response
 
 

@@ -17,7 +17,7 @@ import time
 from flask import jsonify
 
 from engine import SpecError, parse_spec
-from service.background import kept_work
+from service.background import kept_work, shared_copies
 from service.background.runner import uploads_dir
 from service.errors import ApiError, invalid
 from service.logs import log_event
@@ -139,6 +139,7 @@ def rerun(task_id: str):
             folder.mkdir(parents=True, exist_ok=True)
             for i, data in uploads.items():
                 (folder / f"source-{i}.csv").write_bytes(data)
+            shared_copies.store_uploads(svc.settings, new_id, folder)
         try:
             svc.store.create_task(task, max_queued=svc.settings.max_queued_per_profile)
         except LimitReached as exc:

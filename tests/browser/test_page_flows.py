@@ -79,7 +79,7 @@ def one_failing_page(pages: int, size: int, rate: float) -> int:
 
 def insert_tasks(service, rows: list[tuple[str, str]]) -> list[str]:
     """Finished tasks written straight into the service's store (listing needs no running)."""
-    store = SQLiteTaskStore(service.data_dir / "pageferry.sqlite3")
+    store = SQLiteTaskStore(service.data_dir / "pageferry.db")
     ids, start = [], time.time() - 3600
     for i, (name, status) in enumerate(rows):
         task_id = f"task_{0xB00000000000 + i:012x}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,16 @@ class ServiceProcess:
             return self.log_path.read_text(errors="replace")[-5000:]
         except OSError:
             return ""
+
+    def started_tasks(self) -> set[str]:
+        """The tasks this instance's runners started or resumed (its JSON log lines, whole log)."""
+        found = set()
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("event") in ("task_started", "task_resumed"):
+                    found.add(entry["task_id"])
+        return found
 
     def workers(self) -> list[psutil.Process]:
         try:

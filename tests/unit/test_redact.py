@@ -258,3 +258,14 @@ def test_spec_redaction_scrubs_known_secrets_elsewhere_and_in_urls():
     red = Redactor({"kv-5566"}).spec(spec_to_json(spec))["sources"][0]
     assert "kv-5566" not in red["url"] and "signature=***" in red["url"]
     assert red["headers"]["X-Note"] == "uses ***"
+
+
+def test_log_lines_mask_the_password_of_a_database_or_redis_url():
+    from service.logs import scrub
+
+    line = scrub(
+        "store: postgresql://pf:pg-Secret-1@db:5432/pageferry; limiter: redis://:redis-Secret-2@cache:6379/0, "
+        "rediss://user:r%40Secret-3@cache/1"
+    )
+    assert "Secret" not in line
+    assert "postgresql://pf:***@db:5432/pageferry" in line and "redis://:***@cache:6379/0" in line
