@@ -209,7 +209,12 @@ class Limiter(ABC):
     """What the fetch code asks of a job's limiter, wherever its state lives. `try_take` lets a
     request go or says how long to wait; every ticket it hands out is settled once."""
 
-    requests: int | None
+    def __init__(self, requests: int | None, per: float = 1.0, burst: int | None = None):
+        self.requests = requests
+        self.per = per
+        self.burst = burst or requests
+        self.interval = per / requests if requests else 0.0
+        self.cap = arrival_cap(per)
 
     @property
     def limited(self) -> bool:
@@ -265,12 +270,8 @@ class RateLimiter(Limiter):
         burst: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
+        super().__init__(requests, per, burst)
         self.shared = shared
-        self.requests = requests
-        self.per = per
-        self.burst = burst or requests
-        self.interval = per / requests if requests else 0.0
-        self.cap = arrival_cap(per)
         self.clock = clock
 
     def try_take(self) -> tuple[float, Ticket | None]:

@@ -58,7 +58,6 @@ from engine.fetch.ratelimit import (
     LimiterState,
     Signal,
     Ticket,
-    arrival_cap,
 )
 from engine.fetch.retry import MAX_RETRY_AFTER
 from engine.spec.models import RateLimit
@@ -522,12 +521,8 @@ class RedisRateLimiter(Limiter):
         burst: int | None = None,
         clock: Callable[[], float] | None = None,
     ):
+        super().__init__(requests, per, burst)
         self.state = state
-        self.requests = requests
-        self.per = per
-        self.burst = burst or requests
-        self.interval = per / requests if requests else 0.0
-        self.cap = arrival_cap(per)
         self.clock = clock
         self._paused = NEVER  # the last pause read: shown while Redis does not answer
         keys = state.keys
