@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from service.store import TaskStatus
+from service.store.protocol import TaskStatus
 
 METRIC_COLUMNS = ("m_pages", "m_requests", "m_retries", "m_bytes", "m_rows")
 STATUSES = tuple(s.value for s in TaskStatus)
@@ -59,6 +59,13 @@ def metrics_of(progress: Any) -> dict[str, Any]:
         "m_retries": numbers.get("retries") or 0,
         "m_bytes": numbers.get("bytes") or 0,
     }
+
+
+def profile_of(row: Any) -> dict:
+    """A profile's saved inputs and configuration; an unsaved profile has none."""
+    if row is None:
+        return {"inputs": [], "configuration": {}}
+    return {"inputs": json.loads(row["inputs"]), "configuration": json.loads(row["configuration"])}
 
 
 def schedule_of(row: Any) -> dict:
