@@ -23,7 +23,7 @@ from engine.errors import JobFailed, SpecError
 from engine.plan.fanout import ID_COLUMN
 from engine.spec.models import parse_spec
 from tests.conftest import write_spec
-from tests.support.readback import all_bytes_under, read_export
+from tests.support.readback import all_bytes_under, flat, read_export
 from tests.testapi.bodies_api import SEARCH_KEY
 from tests.testapi.records import decode_cursor, owner_records, record
 
@@ -36,17 +36,6 @@ COMPACT_QUERY = (
     "{nodes{id}pageInfo{hasNextPage endCursor}}}"
 )
 PAGE_INFO = "data.items.pageInfo"
-
-
-def flat(row: dict) -> dict:
-    """A record as the engine writes it: nested objects become `parent.child` columns."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
-        else:
-            out[key] = value
-    return out
 
 
 def expected(n: int) -> list[dict]:

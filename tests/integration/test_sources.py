@@ -30,20 +30,9 @@ from engine.run.engine import new_job_id
 from engine.spec.models import parse_spec
 from engine.spec.prepare import prepare
 from tests.conftest import write_spec
-from tests.support.readback import all_bytes_under, read_export, xlsx_sheets
+from tests.support.readback import all_bytes_under, flat, read_export, xlsx_sheets
 from tests.testapi import creds
 from tests.testapi.records import event, owner_records, record
-
-
-def flat(row: dict) -> dict:
-    """A record as the engine writes it: nested objects become `parent.child` columns."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
-        else:
-            out[key] = value
-    return out
 
 
 def max_in_window(times: list[float], per: float) -> int:

@@ -11,6 +11,17 @@ from pathlib import Path
 import polars as pl
 
 
+def flat(row: dict) -> dict:
+    """A record as the engine writes it: nested objects become `parent.child` columns."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
 def _csv_rows(data: bytes, separator: str = ",") -> list[dict]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8")), delimiter=separator))
 
