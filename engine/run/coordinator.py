@@ -27,7 +27,7 @@ from engine.errors import JobCancelled, JobFailed, PageFailure, ShapingError
 from engine.fetch.budget import open_for_job
 from engine.fetch.outbound import OutboundPolicy
 from engine.fetch.ratelimit import LimiterState
-from engine.fetch.redis_limiter import LimiterUnavailable, open_in_redis
+from engine.fetch.redis_limiter import open_in_redis
 from engine.plan.fanout import MAX_UNITS, FanOut, ParentValues, parent_values
 from engine.plan.scheduler import Piece, PieceResult, Scheduler
 from engine.run import incremental
@@ -38,7 +38,7 @@ from engine.run.progress import WIDTH, Counter
 from engine.shards import ShardInfo, drop_shard, list_shards, remove_temp_files
 from engine.spec.models import spec_to_json
 from engine.spec.prepare import PreparedJob, check_child
-from engine.storage import ResultStoreError, StoreConfig, WorkCopy
+from engine.storage import StoreConfig, WorkCopy
 
 log = logging.getLogger("pageferry.engine")
 
@@ -477,9 +477,7 @@ class JobRunner:
                     broken = True
                     scheduler.release(piece)
                     continue
-                except ResultStoreError:
-                    raise
-                except LimiterUnavailable:  # REDIS_URL lost mid-run: its own message
+                except JobFailed:  # says what failed (RESULT_STORE, REDIS_URL lost mid-run): its own message
                     raise
                 except OSError as exc:
                     raise JobFailed(f"cannot write shards to the work directory: {exc.strerror or exc}") from None
