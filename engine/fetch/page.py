@@ -24,7 +24,7 @@ import orjson
 from engine.fetch.auth import Auth
 from engine.fetch.client import HttpClient, Response
 from engine.fetch.ratelimit import read_signal
-from engine.fetch.records import BodyError, ParsedPage, find_records, get_path, parse_page, records_to_table
+from engine.fetch.records import BodyError, ParsedPage, find_records, get_path, parse_page
 from engine.fetch.retry import MAX_RETRY_AFTER, FetchError, RetryPolicy, parse_retry_after, retrying
 from engine.spec.models import ResponseRule, Retry, Source
 
@@ -81,6 +81,7 @@ class SourceRequestSpec:
     rules: tuple[ResponseRule, ...] = ()  # the source's `responses`, in order
     graphql: bool = False  # a 200 with a non-empty `errors` list is a failed page
     redact: Callable[[str], str] = _as_is  # masks secrets in quoted answer bodies
+    pack: bool = False  # keep JSON records packed for the shard's native read (ParsedPage.packed)
     data: bytes | None = field(init=False, default=None)  # the body as sent, encoded once
 
     def __post_init__(self) -> None:
@@ -218,9 +219,9 @@ class PageFetcher:
         try:
             if source.fmt == "json" and doc is not _UNREAD and doc is not _NOT_JSON:
                 records = find_records(doc, source.records)
-                outcome.parsed = ParsedPage(records_to_table(records), doc, len(records))
+                outcome.parsed = ParsedPage.of_records(records, doc, source.pack)
             else:
-                outcome.parsed = parse_page(response.body, source.fmt, source.records, source.csv)
+                outcome.parsed = parse_page(response.body, source.fmt, source.records, source.csv, source.pack)
         except BodyError as exc:
             raise FetchError(str(exc), exc.retryable, status) from None
         outcome.error = None

@@ -1,15 +1,20 @@
 """Page bodies → flat Arrow tables.
 
-JSON is decoded once with orjson; the records go to Arrow with `pa.array`, which infers one
-struct type over *all* records (not just the first) in C++. Nested objects are flattened to
-`parent.child` columns; lists stay lists. When records disagree on a field's type (an int
-here, a string there), a slower path types each column on its own and, where values still
-don't agree, keeps them as text (JSON for lists and objects) - nothing is dropped.
+JSON is decoded once per page with orjson (pagination, response rules and the record count need
+the document); a page's records are then kept *packed* - one compact JSON array - and the
+packed pages of a shard become one table through Arrow's native JSON reader
+(`packed_to_table`), which infers one struct type over all their records. Where that reader
+would type a value differently from `records_to_table` (a time-like string, an integer a double
+cannot hold, records that disagree on a field's type), the Python path below decides instead:
+`pa.array` over the records, then, when they still disagree, each column typed on its own and,
+where values don't agree, kept as text (JSON for lists and objects) - nothing is dropped.
+Nested objects are flattened to `parent.child` columns; lists stay lists.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import io
 import json
 import re
@@ -18,7 +23,9 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 
 from engine.plan.pagination import get_path  # noqa: F401  (part of this module's interface)
 from engine.spec.models import CsvSourceOptions
@@ -248,18 +255,106 @@ def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
 
 @dataclass
 class ParsedPage:
-    table: pa.Table
+    """One page's records: as a table, or packed (one compact JSON array of dict records) for
+    the shard's native read. `table` builds the table of a packed page when it is asked for."""
+
+    _table: pa.Table | None
     doc: Any  # the decoded JSON document (for pagination), or None
     records: int
+    packed: bytes | None = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def of_records(cls, records: list, doc: Any, pack: bool) -> ParsedPage:
+        if pack and records and all(type(r) is dict for r in records):
+            return cls(None, doc, len(records), orjson.dumps(records))
+        return cls(records_to_table(records), doc, len(records))
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            assert self.packed is not None
+            self._table = records_to_table(orjson.loads(self.packed))
+        return self._table
 
 
-def parse_page(body: bytes, fmt: str, records_path: str | None, csv_options: CsvSourceOptions) -> ParsedPage:
+def parse_page(
+    body: bytes, fmt: str, records_path: str | None, csv_options: CsvSourceOptions, pack: bool = False
+) -> ParsedPage:
     if fmt == "json":
         doc = decode_json(body)
-        records = find_records(doc, records_path)
-        return ParsedPage(records_to_table(records), doc, len(records))
+        return ParsedPage.of_records(find_records(doc, records_path), doc, pack)
     if fmt == "ndjson":
-        records = ndjson_records(body)
-        return ParsedPage(records_to_table(records), None, len(records))
+        return ParsedPage.of_records(ndjson_records(body), None, pack)
     table = csv_table(body, csv_options)
     return ParsedPage(table, None, table.num_rows)
+
+
+# ---------------------------------------------------------------- packed pages → one table
+
+EXACT_INTEGERS = 2**53  # a double holds every integer below this, and not all above
+
+
+def packed_to_table(packed: list[bytes]) -> pa.Table | None:
+    """The records of several packed pages as one flat table, read by Arrow's JSON reader (no
+    Python object per value); None when the result could differ from `records_to_table` over
+    the same records, so the caller takes the Python path: records that disagree on a type
+    (the reader refuses them), a double at or beyond 2**53 (it may stand for an integer the
+    reader rounded, which `pa.array` would keep exact or as text). Time-like strings, which the
+    reader alone would turn into timestamps, are read again as the strings they are."""
+    if not packed:
+        return None
+    buffer = b"".join(part for page in packed for part in (b'{"r":', page, b"}\n"))
+    try:
+        records = _read_records(buffer, None)
+        if records is not None and _has_timestamp(records.type):
+            records = _read_records(buffer, _timestamps_as_text(records.type))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if records is None or _beyond_exact(records):
+        return None
+    return _flatten_records(records)
+
+
+def _read_records(buffer: bytes, record_type: pa.DataType | None) -> pa.StructArray | None:
+    options = pajson.ParseOptions(
+        explicit_schema=None if record_type is None else pa.schema([("r", pa.list_(record_type))])
+    )
+    # One block: a shard's pages are read in one go (the pool processes are the parallelism).
+    read = pajson.ReadOptions(use_threads=False, block_size=len(buffer) + 1)
+    table = pajson.read_json(io.BytesIO(buffer), read_options=read, parse_options=options)
+    column = table.column("r").combine_chunks()
+    if not pa.types.is_list(column.type):
+        return None
+    records = column.flatten()
+    if not pa.types.is_struct(records.type) or records.type.num_fields == 0:
+        return None  # no fields at all: `records_to_table` has its own rule for those
+    return records
+
+
+def _has_timestamp(kind: pa.DataType) -> bool:
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+        return True
+    return any(_has_timestamp(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _timestamps_as_text(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([f.with_type(_timestamps_as_text(f.type)) for f in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_timestamps_as_text(kind.value_type)))
+    return kind
+
+
+def _beyond_exact(array: pa.Array) -> bool:
+    """Does any double in `array` (through structs and lists) reach 2**53 in magnitude?"""
+    kind = array.type
+    if pa.types.is_floating(kind):
+        largest = pc.max(pc.abs(array)).as_py()
+        return largest is not None and largest >= EXACT_INTEGERS
+    if pa.types.is_struct(kind):
+        return any(_beyond_exact(array.field(i)) for i in range(kind.num_fields))
+    if pa.types.is_list(kind):
+        return _beyond_exact(array.flatten())
+    return False

@@ -25,6 +25,7 @@ from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pyarrow as pa
 
 from engine.errors import PageFailure
@@ -32,6 +33,7 @@ from engine.fetch.auth import DictTokenStore, make_auth
 from engine.fetch.client import HttpClient, with_query
 from engine.fetch.page import FetchError, Gate, PageFetcher, PageOutcome, SourceRequestSpec
 from engine.fetch.ratelimit import Limiter
+from engine.fetch.records import ParsedPage, packed_to_table, records_to_table
 from engine.plan.fanout import FanOut, Unit
 from engine.plan.pagination import (
     PageRequest,
@@ -130,6 +132,9 @@ def build_state(job: WorkerJob, shared: SharedState, board_key: str | None = Non
         )
         auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client, redactor.add)
         request = SourceRequestSpec.for_source(source, auth, redactor.text)
+        # JSON records stay packed until their shard is built (one native read for all its
+        # pages), except where a page's cursor is read from its own table (incremental).
+        request.pack = source.incremental is None
         sources.append(
             _SourceRuntime(
                 i, FanOut(source, job.id_values[i]), request, PageFetcher(client, gate, spec.retry, spec.timeout)
@@ -246,7 +251,8 @@ def _set_end(source: int, unit: int, page: int) -> None:
 class _Page:
     unit: int
     page: int
-    table: pa.Table | None = None
+    table: pa.Table | None = None  # its records (unit columns added), or:
+    packed: bytes | None = None  # its records packed (ParsedPage.packed), read with the shard's
     records: int = 0
     last: bool = False  # this page ends its unit
     total: int | None = None  # pages total (from page 1)
@@ -287,6 +293,32 @@ def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Tab
             table = table.drop_columns([name])
         table = table.add_column(position, name, array)
     return table
+
+
+def _take_records(page: _Page, runtime: _SourceRuntime, unit: Unit, parsed: ParsedPage) -> None:
+    if parsed.packed is not None:
+        page.packed = parsed.packed  # its unit's columns are added to the shard's table
+    else:
+        page.table = _with_unit_columns(runtime, unit, parsed.table)
+
+
+def _packed_table(runtime: _SourceRuntime, pages: list[_Page]) -> pa.Table:
+    """The records of consecutive packed pages as one table with their units' columns: one
+    native read (`packed_to_table`), or page by page where it declines."""
+    table = packed_to_table([page.packed for page in pages if page.packed is not None])
+    units = {page.unit for page in pages}
+    if table is not None and len(units) == 1:
+        return _with_unit_columns(runtime, runtime.fanout.unit(pages[0].unit), table)
+    parts = []
+    offset = 0
+    for page in pages:
+        assert page.packed is not None
+        if table is None:
+            part = records_to_table(orjson.loads(page.packed))
+        else:  # several units (pagination none): each page's rows get their own unit's values
+            part, offset = table.slice(offset, page.records), offset + page.records
+        parts.append(_with_unit_columns(runtime, runtime.fanout.unit(page.unit), part))
+    return unify(parts)
 
 
 def _unit_request(runtime: _SourceRuntime, unit: Unit) -> PageRequest:
@@ -341,7 +373,7 @@ def _addressable_page(
     result.records = parsed.records
     if runtime.bounds is not None:
         result.cursor = runtime.bounds.page_max(parsed.table, parsed.doc)
-    result.table = _with_unit_columns(runtime, unit, parsed.table)
+    _take_records(result, runtime, unit, parsed)
     if page == 1:
         result.size = size or (parsed.records or None)
         headers = outcome.response.headers if outcome.response is not None else None
@@ -396,7 +428,7 @@ async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
         result.records = parsed.records
         if runtime.bounds is not None:
             result.cursor = runtime.bounds.page_max(parsed.table, parsed.doc)
-        result.table = _with_unit_columns(runtime, unit, parsed.table)
+        _take_records(result, runtime, unit, parsed)
         _state().counters.add_page(runtime.index, parsed.records)
         following = next_token(source.pagination, parsed.doc, response.links, response.url, response.headers)
         if following is not None and source.pagination.type in ("next_url", "link"):
@@ -409,7 +441,7 @@ async def _run_sequence(runtime: _SourceRuntime, run: RunSpan) -> list[_Page]:
                 f"page would be one already fetched (the API loops)",
                 source=source.name,
             )
-            result.table, result.records = None, 0
+            result.table, result.packed, result.records = None, None, 0
             result.last = True
             break
         if following is None or (source.max_pages is not None and page >= source.max_pages):
@@ -460,7 +492,22 @@ class _Segment:
         return info
 
     def table(self) -> pa.Table:
-        return unify([p.table for p in self.pages if p.table is not None])
+        """The shard's rows, page order kept: runs of packed pages read natively in one go."""
+        runtime = _state().sources[self.source]
+        parts: list[pa.Table] = []
+        run: list[_Page] = []
+        for page in self.pages:
+            if page.packed is not None:
+                run.append(page)
+                continue
+            if run:
+                parts.append(_packed_table(runtime, run))
+                run = []
+            if page.table is not None:
+                parts.append(page.table)
+        if run:
+            parts.append(_packed_table(runtime, run))
+        return unify(parts)
 
 
 def _segments(source: int, pages: list[_Page], one_page_units: bool) -> list[_Segment]:
