@@ -31,7 +31,15 @@ from engine.fetch.redis_limiter import open_in_redis
 from engine.plan.fanout import MAX_UNITS, FanOut, ParentValues, parent_values
 from engine.plan.scheduler import Piece, PieceResult, Scheduler
 from engine.run import incremental
-from engine.run.entrypoints import greet, init_worker, ready, run_export, run_piece, start_export_process
+from engine.run.entrypoints import (
+    greet,
+    init_worker,
+    load_export_here,
+    ready,
+    run_export,
+    run_piece,
+    start_export_process,
+)
 from engine.run.messages import ExportRequest, SharedState, WorkerJob
 from engine.run.pool import mp_context
 from engine.run.progress import WIDTH, Counter
@@ -81,6 +89,9 @@ class JobOptions:
     dask_address: str | None = None  # EXECUTOR=dask://: the scheduler whose workers run the pieces
     redis_url: str | None = field(default=None, repr=False)  # REDIS_URL: limiters and budgets (may hold a password)
     result_store: StoreConfig | None = None  # RESULT_STORE: the shared copy of the work (None: local disk only)
+    # The export runs in this process, on a thread that loads Polars while the pages are fetched
+    # (the CLI: no process to start and wait for); False: in a process of its own (the service).
+    export_here: bool = False
 
 
 @dataclass
@@ -177,7 +188,7 @@ class JobRunner:
         self._last_read = 0.0
         self.started_at = utcnow()
         self.result: JobResult | None = None
-        self._export_pool: cf.ProcessPoolExecutor | None = None  # started early: it loads Polars meanwhile
+        self._export_pool: cf.Executor | None = None  # started early: it loads Polars meanwhile
         self._known: dict[str, ShardInfo] = {}  # finished shards by file name
         self._started = time.monotonic()
         self._source_seconds: dict[int, float] = {}  # source index -> seconds until all its pages were in
@@ -185,6 +196,7 @@ class JobRunner:
         self._fetch_pool: tuple[Any, SharedState] | None = None  # the pool _fetch (re)built last
         self._dask: Any = None  # the job's DaskExecutor (engine/run/dask_pool.py) when EXECUTOR is dask://
         self._copy = WorkCopy(options.result_store, options.job_id, options.workdir)  # RESULT_STORE's copy
+        self.fetch_processes = 0  # pool processes the last fetch had started (small jobs: 1)
 
     # ------------------------------------------------------------ control
     def cancel(self, reason: str = "cancelled") -> None:
@@ -405,11 +417,12 @@ class JobRunner:
         os.replace(temp, marker)
 
     def _new_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState) -> cf.Executor:
-        """The job's pool, every process started now (a pool starts one process per submit,
-        so the second would otherwise start only once page 1 has revealed the pages to split,
-        late). Under a rate limit they are also waited for before the first piece:
-        process start-up is a CPU burst, and overlapping it with rate-limited sends skews them.
-        With EXECUTOR=dask://, the Dask cluster's pool of the job's next epoch."""
+        """The job's pool. Its processes start as pieces queue up for them: the first with the
+        first piece, the others once page 1 has shown work for them - a small job never starts
+        processes it has nothing for. Under a rate limit every process is started and waited
+        for before the first piece: process start-up is a CPU burst, and overlapping it with
+        rate-limited sends skews them. With EXECUTOR=dask://, the Dask cluster's pool of the
+        job's next epoch."""
         if self._dask is not None:
             concurrency = self.spec.concurrency or processes
             return self._dask.pool(worker_job, shared, self._board, self.spec.rate_limit, concurrency)
@@ -417,9 +430,7 @@ class JobRunner:
             max_workers=processes, mp_context=ctx, initializer=init_worker, initargs=(worker_job, shared)
         )
         if self.spec.rate_limit is None:
-            for _ in range(processes):
-                pool.submit(greet, 0.0)
-            return pool
+            return pool  # the first piece starts the first process
         started: set[int] = set()
         for _ in range(3):  # each greeting holds its process briefly, so they spread over all
             started |= {f.result() for f in [pool.submit(greet, 0.05) for _ in range(processes)]}
@@ -529,6 +540,7 @@ class JobRunner:
             if self._cancel_reason.startswith("timed out"):
                 raise JobFailed(self._cancel_reason)
             raise JobCancelled(self._cancel_reason)
+        self.fetch_processes = len(getattr(pool, "_processes", None) or {})  # a Dask pool: 0
         return pool, shared
 
     def _drain(self, in_flight: dict, scheduler: Scheduler, failures: list[PageFailure]) -> None:
@@ -676,6 +688,8 @@ class JobRunner:
 
     @staticmethod
     def _kill(pool) -> None:
+        if isinstance(pool, ExportHere):  # a thread of this process: nothing to kill
+            return
         if not isinstance(pool, cf.ProcessPoolExecutor):  # a Dask pool: its pieces stop and return
             pool.kill()
             return
@@ -834,8 +848,11 @@ class JobRunner:
                 raise JobFailed(self._cancel_reason) from None
             raise JobCancelled(self._cancel_reason) from None
 
-    def _start_export_pool(self, ctx) -> cf.ProcessPoolExecutor:
-        """The job's export process (one), started now: it loads Polars while it waits."""
+    def _start_export_pool(self, ctx) -> cf.Executor:
+        """The job's export process (one), started now: it loads Polars while it waits. With
+        `export_here`, a thread of this process instead."""
+        if self.options.export_here:
+            return ExportHere()
         pool = cf.ProcessPoolExecutor(
             max_workers=1, mp_context=ctx, initializer=start_export_process, initargs=(self.options.nice, os.getpid())
         )
@@ -861,3 +878,25 @@ def _export_error(exc: Exception) -> str:
         return exc.message
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"export failed: {text[:500]}"
+
+
+class ExportHere(cf.Executor):
+    """Runs the export on a daemon thread of this process, Polars loaded as soon as it is made
+    (a daemon: a cancelled CLI run exits without waiting for an export it gave up on)."""
+
+    def __init__(self) -> None:
+        self._loaded = load_export_here()
+
+    def submit(self, fn, /, *args, **kwargs) -> cf.Future:
+        future: cf.Future = cf.Future()
+
+        def work() -> None:
+            self._loaded.join()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting coordinator
+                    future.set_exception(exc)
+
+        threading.Thread(target=work, name="export", daemon=True).start()
+        return future

@@ -57,6 +57,25 @@ def start_export_process(nice: int, coordinator_pid: int | None = None) -> None:
     import engine.export.reduce  # noqa: F401
 
 
+_export_loader: threading.Thread | None = None
+_loader_lock = threading.Lock()
+
+
+def load_export_here() -> threading.Thread:
+    """Start loading the reducer and Polars on a thread of this process, once (for exports run
+    in this process: the CLI calls it first thing, so the import overlaps the forkserver's)."""
+    global _export_loader
+    with _loader_lock:
+        if _export_loader is None:
+            _export_loader = threading.Thread(target=_import_reducer, name="load-polars", daemon=True)
+            _export_loader.start()
+        return _export_loader
+
+
+def _import_reducer() -> None:
+    import engine.export.reduce  # noqa: F401
+
+
 def _exit_with(pid: int, every: float = 0.25) -> None:
     while True:
         time.sleep(every)

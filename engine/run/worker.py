@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import os
 import signal
 import threading
@@ -53,6 +54,10 @@ from engine.spec.redact import Redactor
 from engine.storage.work import upload_shard
 
 REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
+# Collect the youngest generation every this many new container objects instead of 700: each
+# page's decoded document is thousands of dicts that live for a moment, and the default makes
+# the collector run (and promote them to older generations) many times a page.
+GC_YOUNG_THRESHOLD = 10_000
 CANCEL_CHECK = 0.5  # a sleep looks for a cancel at least this often
 
 T = TypeVar("T")
@@ -102,6 +107,7 @@ def init_worker(job: WorkerJob, shared: SharedState) -> None:
     global _P
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     lower_priority(job.nice)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     _P = build_state(job, shared)
     Finalize(_P, _close, exitpriority=10)  # runs when the pool process exits normally
     threading.Thread(target=_report_loop, name="progress", daemon=True).start()
