@@ -9,10 +9,7 @@ SIGTERM); an interrupted run keeps its work directory for `--resume`.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -21,22 +18,11 @@ from typing import Any
 
 import orjson
 
-from config import load_settings
-from config.settings import SettingsError
-from engine import (
-    Engine,
-    FieldError,
-    JobCancelled,
-    JobFailed,
-    SpecError,
-    WorkdirMismatch,
-    new_job_id,
-    outbound_policy,
-    parse_spec,
-    prepare,
-)
-from engine.run.incremental import load_for_run, save_after_run
-from engine.storage import WorkCopy
+from engine.errors import FieldError, JobCancelled, JobFailed, SpecError
+
+# The rest of the engine (pydantic and the spec models, the coordinator, the pool) is imported
+# by the command that needs it, not here: `--help` and a bad command line answer at once,
+# `validate` and `preview` never load the coordinator.
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EXIT_UNDELIVERED = 3  # the result was written; a delivery target or the webhook failed
@@ -99,6 +85,8 @@ def _save_state(path: Path | None, spec, state: dict | None) -> tuple[dict | Non
     could not be saved (None when it was)."""
     if path is None or state is None:
         return None, None
+    from engine.run.incremental import save_after_run
+
     try:
         return save_after_run(path, spec, state), None
     except OSError as exc:
@@ -123,6 +111,10 @@ def _check_output_location(output: Path) -> None:
 def _prepare_cli(spec_arg: str, as_document=lambda document: document):
     """Settings, the spec read and checked as `run` would: (settings, policy, prepared), or the
     exit code after the error was reported."""
+    from config import load_settings
+    from config.settings import SettingsError
+    from engine import outbound_policy, parse_spec, prepare
+
     try:
         settings = load_settings()
         document, base = _read_spec(spec_arg)
@@ -217,6 +209,12 @@ class _ProgressBar:
 
 
 def cmd_run(args) -> int:
+    import logging
+
+    from config import load_settings
+    from config.settings import SettingsError
+    from engine import outbound_policy, parse_spec, prepare
+
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -237,7 +235,15 @@ def cmd_run(args) -> int:
     except SpecError as exc:
         return _invalid(exc)
 
+    import shutil
+
+    from engine import Engine, WorkdirMismatch, new_job_id
+    from engine.run.incremental import load_for_run
+    from engine.storage import WorkCopy
+
     if args.resume:
+        import json
+
         workdir = Path(args.resume)
         job_id = json.loads((workdir / "job.json").read_text()).get("job_id") or new_job_id("run")
     else:
@@ -259,6 +265,9 @@ def cmd_run(args) -> int:
             job_id, workdir.resolve(), output.resolve(), workers=args.workers, budget_dir=BUDGET_DIR.resolve()
         )
         options.incremental_state = saved_state
+        # This process is the user's own: the first pieces and the export run here, and the pool
+        # starts only when page 1 shows more work than that.
+        options.export_here = options.inline_start = True
         handle = engine.start(prepared, options)
 
         def on_signal(signum, frame):

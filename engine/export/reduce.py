@@ -16,6 +16,7 @@ import pyarrow.ipc as ipc
 from engine.export import ExportedFile, Table, export_tables
 from engine.export.infer import infer_types
 from engine.export.shaping import shape
+from engine.fetch.records import EXACT_INTEGERS
 from engine.run.messages import ExportRequest
 
 SPILL_BUDGET_MB = 64  # working memory of a sort/distinct/group_by before it spills to disk
@@ -23,6 +24,21 @@ SPILL_BUDGET_MB = 64  # working memory of a sort/distinct/group_by before it spi
 
 def _nested(dtype: pa.DataType) -> bool:
     return pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_struct(dtype)
+
+
+def _inexact_numbers(kept: list) -> set[str]:
+    """Columns that are integers in one shard and floats in another, where an integer is at or
+    beyond 2**53: the relaxed concat would round it to a float, so they become text instead."""
+    floats = {f.name for _, schema in kept for f in schema if pa.types.is_floating(f.type)}
+    found: set[str] = set()
+    for path, schema in kept:
+        for field in schema:
+            if field.name in floats and field.name not in found and pa.types.is_integer(field.type):
+                column = pl.col(field.name)
+                low, high = pl.scan_ipc(path).select(column.min(), column.max().alias("max")).collect().row(0)
+                if any(v is not None and abs(v) >= EXACT_INTEGERS for v in (low, high)):
+                    found.add(field.name)
+    return found
 
 
 def json_text(column: str) -> pl.Expr:
@@ -65,7 +81,7 @@ def scan_source(paths: list[str]) -> pl.LazyFrame:
         for field in schema:
             if not pa.types.is_null(field.type):
                 kinds.setdefault(field.name, set()).add(_nested(field.type))
-    mixed = {name for name, found in kinds.items() if len(found) > 1}
+    mixed = {name for name, found in kinds.items() if len(found) > 1} | _inexact_numbers(kept)
     frames = []
     for path, schema in kept:
         frame = pl.scan_ipc(path)

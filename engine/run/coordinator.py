@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, MutableMapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from engine.run.entrypoints import (
     run_piece,
     start_export_process,
 )
+from engine.run.inline import InlinePool
 from engine.run.messages import ExportRequest, SharedState, WorkerJob
 from engine.run.pool import mp_context
 from engine.run.progress import WIDTH, Counter
@@ -92,6 +94,9 @@ class JobOptions:
     # The export runs in this process, on a thread that loads Polars while the pages are fetched
     # (the CLI: no process to start and wait for); False: in a process of its own (the service).
     export_here: bool = False
+    # The first pieces run on a thread of this process while the pool starts, and the pool
+    # starts only when page 1 shows more work (engine/run/inline.py; the CLI, no rate limit).
+    inline_start: bool = False
 
 
 @dataclass
@@ -129,12 +134,15 @@ class _Progress:
         self.causes: dict[str, int] = {}  # retries by cause, all processes
         self.paused_until = 0.0  # time.monotonic() until which the API made the job wait
 
-    def read(self, board: Any) -> None:
+    def read(self, *boards: Any) -> None:
+        """`boards`: the Manager's dict, and an inline pool's own (engine/run/inline.py)."""
         totals = [[0] * WIDTH for _ in self.names]
         causes: dict[str, int] = {}
         paused_until = 0.0
+        items: dict = {}
         try:
-            items = dict(board)
+            for board in boards:
+                items.update(dict(board))
         except Exception:
             return
         for key, values in items.items():
@@ -175,7 +183,7 @@ class JobRunner:
     ):
         self.prepared = prepared
         self.options = options
-        self.manager = manager
+        self._manager = manager  # a started Manager, or what starts one (Engine.manager) when first needed
         self.on_change = on_change
         self.spec = prepared.resolved
         self.phase = "fetching"
@@ -185,6 +193,9 @@ class JobRunner:
         self._scheduler: Scheduler | None = None
         self._progress = _Progress([s.name for s in self.spec.sources], [[0, 0] for _ in self.spec.sources])
         self._board: MutableMapping[str, Any] | None = None  # the Manager's dict while fetching
+        self._boards: list[Any] = []  # every board progress is read from (an inline pool's too)
+        self._starting: cf.Future | None = None  # the pool starting while the inline pool fetches
+        self._inline: InlinePool | None = None  # the inline pool, once the pool took over from it
         self._last_read = 0.0
         self.started_at = utcnow()
         self.result: JobResult | None = None
@@ -210,9 +221,9 @@ class JobRunner:
     # ------------------------------------------------------------ progress
     def progress(self) -> dict:
         """The status's `phase`, `progress` and `sources` sections (safe to call from any thread)."""
-        if self._board is not None and time.monotonic() - self._last_read > 0.2:
+        if self._boards and time.monotonic() - self._last_read > 0.2:
             self._last_read = time.monotonic()
-            self._progress.read(self._board)
+            self._progress.read(*self._boards)
         p = self._progress
         scheduler = self._scheduler
         sources = []
@@ -333,8 +344,10 @@ class JobRunner:
             self.spec = self.spec.model_copy(update={"rate_limit": limit})
             rl = limit
         ctx = mp_context()
-        self._board = self.manager.dict()
-        shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, self._board, budget)
+        inline = options.inline_start and self._dask is None and rl is None
+        board: Any = {} if inline else self._manager_board()  # inline: the pool gets the Manager's later
+        self._boards = [board]
+        shared = SharedState.create(ctx, rl.requests if rl else None, concurrency, total_units, board, budget)
         worker_job = WorkerJob(
             job_id=options.job_id,
             spec=self.spec,
@@ -354,7 +367,9 @@ class JobRunner:
         self._known = known
         pool = None
         try:
-            pool = self._new_pool(ctx, processes, worker_job, shared)
+            pool = InlinePool(worker_job, shared) if inline else self._new_pool(ctx, processes, worker_job, shared)
+            if options.export_here:  # Polars loads while the first pages are fetched (not before: one GIL)
+                load_export_here()
             if self.spec.rate_limit is None:
                 # Under a rate limit, nothing may burst beside the sends (see _new_pool): the
                 # export process starts when it is needed instead.
@@ -385,9 +400,14 @@ class JobRunner:
             if export_pool is not None:
                 self._kill(export_pool)
                 export_pool.shutdown(wait=True, cancel_futures=True)
-            board, self._board = self._board, None
-            if board is not None:
-                self._progress.read(board)  # the last figures stay readable after the board is gone
+            self._abandon_starting()
+            handed_over, self._inline = self._inline, None
+            if handed_over is not None:
+                handed_over.shutdown(wait=True)
+            boards, self._boards, self._board = self._boards, [], None
+            if boards:
+                self._progress.read(*boards)  # the last figures stay readable after the boards are gone
+            for board in boards:
                 try:
                     board.clear()
                 except Exception:
@@ -395,6 +415,61 @@ class JobRunner:
             shared.close()  # a budget's file: this job no longer counts as using it
             if self._dask is not None:
                 self._dask.close()
+
+    @property
+    def manager(self) -> Any:
+        if callable(self._manager):  # Engine.manager: started now, when something needs it
+            self._manager = self._manager()
+        return self._manager
+
+    def _manager_board(self) -> Any:
+        """The Manager's dict: the board pool processes report to (made once per run)."""
+        if self._board is None:
+            self._board = self.manager.dict()
+            self._boards.append(self._board)
+        return self._board
+
+    def _pool_shared(self, shared: SharedState) -> SharedState:
+        """`shared` with the Manager's board: an inline pool's own board (a plain dict) cannot
+        reach pool processes. OAuth2 tokens it obtained go along."""
+        if not isinstance(shared.board, dict):
+            return shared
+        board = self._manager_board()
+        board.update({key: value for key, value in shared.board.items() if not key.startswith("proc:")})
+        return replace(shared, board=board)
+
+    def _leave_inline(self, pool, shared: SharedState, more_work: bool, start):
+        """While the inline pool fetches: start the real pool once a settled piece has shown
+        `more_work` (not for a job page 1 shows to be done), and switch to it once it is up."""
+        if self._starting is None:
+            if more_work:
+                starter = cf.ThreadPoolExecutor(1, thread_name_prefix="pool-start")
+                self._starting = starter.submit(start, shared)
+                starter.shutdown(wait=False)  # its one call still runs; the thread ends after it
+            return pool, shared
+        if not self._starting.done():
+            return pool, shared
+        started, self._starting = self._starting.result(), None
+        self._inline = pool  # shut down once the run ends (its last piece is still in flight)
+        self._fetch_pool = started
+        return started
+
+    def _started_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState):
+        """The job's pool with its first process up (on the pool-start thread: the forkserver
+        may still be loading), and the shared state it reports to."""
+        pool = self._new_pool(ctx, processes, worker_job, shared)
+        pool.submit(greet, 0.0).result()
+        return pool, self._pool_shared(shared)
+
+    def _abandon_starting(self) -> None:
+        """The run ended while its pool was starting: stop that pool once it is up."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            try:
+                pool, shared = starting.result()
+            except Exception:
+                return
+            self._stop_pool(pool, shared)
 
     def _claim_workdir(self) -> None:
         workdir = self.options.workdir
@@ -426,6 +501,7 @@ class JobRunner:
         if self._dask is not None:
             concurrency = self.spec.concurrency or processes
             return self._dask.pool(worker_job, shared, self._board, self.spec.rate_limit, concurrency)
+        shared = self._pool_shared(shared)
         pool = cf.ProcessPoolExecutor(
             max_workers=processes, mp_context=ctx, initializer=init_worker, initargs=(worker_job, shared)
         )
@@ -457,6 +533,7 @@ class JobRunner:
         in_flight: dict[cf.Future, Piece] = {}
         failures: list[PageFailure] = []
         rebuilds = 0
+        settled = 0  # pieces done (an inline pool hands over to the pool after the first)
         last_change = 0.0
         while True:
             self._check_deadline()
@@ -464,7 +541,14 @@ class JobRunner:
                 break
             # Sources fed by a parent that is now fetched: the pool drains, then restarts with them.
             waiting = scheduler.waiting()
-            while not waiting and len(in_flight) < processes * PIECES_PER_PROCESS:
+            capacity = processes * PIECES_PER_PROCESS
+            if isinstance(pool, InlinePool):
+                # (a parent's children restart the pool anyway: _start_children)
+                more_work = settled > 0 and not in_flight and not waiting and not scheduler.done()
+                start = partial(self._started_pool, ctx, processes, worker_job)
+                pool, shared = self._leave_inline(pool, shared, more_work, start)
+                capacity = 1 if isinstance(pool, InlinePool) else capacity
+            while not waiting and len(in_flight) < capacity:
                 piece = scheduler.next_piece()
                 if piece is None:
                     break
@@ -478,7 +562,9 @@ class JobRunner:
                 if scheduler.done():
                     break
                 raise JobFailed("internal error: the planner has pages left but nothing to fetch")
-            finished, _ = cf.wait(in_flight, timeout=0.25, return_when=cf.FIRST_COMPLETED)
+            # while the pool starts, look at it often: its processes should take over at once
+            wait = 0.25 if self._starting is None else 0.01
+            finished, _ = cf.wait(in_flight, timeout=wait, return_when=cf.FIRST_COMPLETED)
             broken = False
             for future in finished:
                 piece = in_flight.pop(future)
@@ -499,6 +585,7 @@ class JobRunner:
                 for info in result.shards:
                     known[info.file_name] = info
                 scheduler.settle(piece, result)
+                settled += 1
                 failures.extend(result.fatal)
             if broken:
                 rebuilds += 1
@@ -688,7 +775,7 @@ class JobRunner:
 
     @staticmethod
     def _kill(pool) -> None:
-        if isinstance(pool, ExportHere):  # a thread of this process: nothing to kill
+        if isinstance(pool, (ExportHere, InlinePool)):  # threads of this process: nothing to kill
             return
         if not isinstance(pool, cf.ProcessPoolExecutor):  # a Dask pool: its pieces stop and return
             pool.kill()
@@ -733,7 +820,7 @@ class JobRunner:
         if not scheduler.done():
             raise JobFailed("internal error: fetching ended with pages missing")
         selected = self._select_shards(scheduler, shards_dir)
-        self._progress.read(self._board)
+        self._progress.read(*self._boards)
         skipped = [
             dict(s, source=self.spec.sources[i].name)
             for i, infos in enumerate(selected)

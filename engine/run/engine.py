@@ -133,7 +133,8 @@ class Engine:
     def runner(
         self, prepared: PreparedJob, options: JobOptions, on_change: Callable[[dict], None] | None = None
     ) -> JobRunner:
-        return JobRunner(prepared, options, self.manager(), on_change)
+        # A run that starts inline (engine/run/inline.py) starts the Manager only if it needs a pool.
+        return JobRunner(prepared, options, self.manager if options.inline_start else self.manager(), on_change)
 
     def start(
         self,

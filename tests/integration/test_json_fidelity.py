@@ -22,6 +22,7 @@ CASES = {
         [{"id": 1, "big": 9007199254740993, "mix": 2.5}, {"id": 2, "big": 9007199254740995, "mix": 9007199254740993}],
         [{"id": 3, "big": 18446744073709551615, "mix": 1}],
     ],
+    "an integer beyond a double, then floats": [[{"id": 1, "v": 9007199254740993}], [{"id": 2, "v": 2.5}]],
     "types that disagree": [
         [{"id": 1, "code": "01067", "flag": 1}, {"id": 2, "code": 7, "flag": "yes"}],
         [{"id": 3, "code": None, "flag": True}],
@@ -38,6 +39,7 @@ EXPECTED = {
         {"id": "2", "big": "9007199254740995", "mix": "9007199254740993"},  # not 9007199254740992.0
         {"id": "3", "big": "18446744073709551615", "mix": "1"},
     ],
+    "an integer beyond a double, then floats": [{"id": "1", "v": "9007199254740993"}, {"id": "2", "v": "2.5"}],
     "types that disagree": [
         {"id": "1", "code": "01067", "flag": "1"},
         {"id": "2", "code": "7", "flag": "yes"},
@@ -68,3 +70,20 @@ def test_json_values_are_exported_as_the_api_wrote_them(server, run_job, tmp_pat
     }
     result = run_job(spec, output=tmp_path / "out.csv")
     assert read_export(result.output, "csv") == EXPECTED[case]
+
+
+def test_shards_with_an_integer_beyond_a_double_and_floats_become_text(tmp_path):
+    """Across shards the reducer's relaxed concat would make int + float a float, rounding
+    9007199254740993 to 9007199254740992.0: that column becomes text instead."""
+    import pyarrow as pa
+
+    from engine.export.reduce import scan_source
+    from engine.shards import ShardInfo, write_shard
+
+    first = write_shard(tmp_path, pa.table({"id": [1], "v": [9007199254740993]}), ShardInfo(0, (0, 1), (0, 1)))
+    second = write_shard(tmp_path, pa.table({"id": [2], "v": [2.5]}), ShardInfo(0, (0, 2), (0, 2)))
+    rows = scan_source([str(first), str(second)]).collect().to_dicts()
+    assert rows == [{"id": 1, "v": "9007199254740993"}, {"id": 2, "v": "2.5"}]
+    small = write_shard(tmp_path, pa.table({"id": [3], "v": [7]}), ShardInfo(0, (0, 3), (0, 3)))
+    rows = scan_source([str(small), str(second)]).collect().to_dicts()
+    assert rows == [{"id": 3, "v": 7.0}, {"id": 2, "v": 2.5}]  # exact as a float: promoted as before

@@ -3,10 +3,15 @@ when page 1 has shown work for them (engine/run/coordinator.py `_new_pool`)."""
 
 from __future__ import annotations
 
+import collections
 import os
 
-from engine import new_job_id, outbound_policy, parse_spec, prepare
+import pytest
+
+from config import load_settings
+from engine import Engine, new_job_id, outbound_policy, parse_spec, prepare
 from tests.support.specs import page_spec
+from tests.testapi import creds
 
 
 def run_runner(engine, spec: dict, tmp_path):
@@ -52,3 +57,58 @@ def test_export_here_runs_the_export_in_this_process(api, engine, tmp_path, monk
     result = engine.runner(prepared, options).run()
     assert calls == [os.getpid()]
     assert result.rows == 120 and (tmp_path / "out.csv").read_text().count("\n") == 121
+
+
+# ---------------------------------------------------------------- inline start (the CLI's)
+
+
+@pytest.fixture
+def fresh_engine(tmp_path):
+    """An engine of its own: whether a run started its Manager shows."""
+    eng = Engine(load_settings({"DATA_DIR": str(tmp_path / "data"), "WORKERS": "2"}))
+    yield eng
+    eng.close()
+
+
+def run_inline(engine, spec: dict, tmp_path, fmt: str = "csv"):
+    prepared = prepare(parse_spec(spec), os.environ, outbound_policy(engine.settings, service=False), base_dir=tmp_path)
+    job_id = new_job_id("test")
+    options = engine.options(job_id, tmp_path / "work" / job_id, tmp_path / f"out.{fmt}", workers=2)
+    options.inline_start = options.export_here = True
+    runner = engine.runner(prepared, options)
+    return runner, runner.run()
+
+
+def test_a_one_page_job_started_inline_starts_no_process(api, fresh_engine, tmp_path):
+    runner, result = run_inline(fresh_engine, page_spec(api, n=40, size=50), tmp_path)
+    assert (result.rows, result.pages, result.requests) == (40, 1, 1)
+    assert runner.fetch_processes == 0  # the page was fetched on a thread of this process
+    assert fresh_engine._manager is None  # nor was the progress Manager started
+    ids = [int(line.split(",")[0]) for line in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+    assert ids == list(range(1, 41))
+
+
+def test_a_larger_job_moves_from_inline_to_the_pool(api, fresh_engine, tmp_path):
+    spec = page_spec(api, n=3000, size=50, concurrency=4, delay_ms=10)
+    runner, result = run_inline(fresh_engine, spec, tmp_path)
+    assert (result.rows, result.pages) == (3000, 60)
+    assert runner.fetch_processes == 2 and fresh_engine._manager is not None
+    ids = [int(line.split(",")[0]) for line in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+    assert ids == list(range(1, 3001))  # every id once, in order, across both
+    pages = collections.Counter(entry["query"]["page"] for entry in api.log(path="/items/page"))
+    assert pages == collections.Counter(str(p) for p in range(1, 61))  # each page fetched once
+    assert runner.progress()["progress"]["pages_done"] == 60  # the inline pages counted too
+
+
+def test_an_oauth2_token_obtained_inline_goes_to_the_pool(api, fresh_engine, tmp_path):
+    spec = page_spec(api, n=2000, size=50, concurrency=4, delay_ms=10)
+    spec["sources"][0]["auth"] = {
+        "type": "oauth2",
+        "token_url": api.url("/oauth/token"),
+        "client_id": creds.OAUTH_CLIENT_ID,
+        "client_secret": creds.OAUTH_CLIENT_SECRET,
+    }
+    spec["sources"][0]["url"] = api.url("/auth/oauth2")
+    runner, result = run_inline(fresh_engine, spec, tmp_path)
+    assert result.rows == 2000 and runner.fetch_processes == 2
+    assert api.tokens_issued() == 1  # one token for the job, inline and pool processes alike

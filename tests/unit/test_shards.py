@@ -244,6 +244,14 @@ def test_unify_int_and_float_become_float():
     assert out.column("a").to_pylist() == [1.0, 2.0, 2.5]
 
 
+def test_unify_int_beyond_a_double_and_float_become_text():
+    # pyarrow's promotion refuses an integer a double cannot hold: the conflicting path takes it
+    out = unify([pa.table({"a": [9007199254740993, 1]}), pa.table({"a": [2.5]})])
+    assert out.column("a").to_pylist() == ["9007199254740993", "1", "2.5"]  # not 9007199254740992.0
+    negative = unify([pa.table({"a": [-(2**60)]}), pa.table({"a": [None, 0.5]})])
+    assert negative.column("a").to_pylist() == [str(-(2**60)), None, "0.5"]
+
+
 def test_unify_incompatible_types_become_text():
     out = unify(
         [pa.table({"a": [1], "b": [1]}), pa.table({"a": ["x"], "b": [2]}), pa.table({"a": pa.nulls(1), "b": [3]})]
