@@ -299,29 +299,24 @@ def packed_to_table(packed: list[bytes]) -> pa.Table | None:
     Python object per value); None when the result could differ from `records_to_table` over
     the same records, so the caller takes the Python path: records that disagree on a type
     (the reader refuses them), a double at or beyond 2**53 (it may stand for an integer the
-    reader rounded, which `pa.array` would keep exact or as text). Time-like strings, which the
-    reader alone would turn into timestamps, are read again as the strings they are."""
+    reader rounded, which `pa.array` would keep exact or as text), a time-like string (the
+    reader makes it a timestamp; reading it again as text costs more than the Python path)."""
     if not packed:
         return None
     buffer = b"".join(part for page in packed for part in (b'{"r":', page, b"}\n"))
     try:
-        records = _read_records(buffer, None)
-        if records is not None and _has_timestamp(records.type):
-            records = _read_records(buffer, _timestamps_as_text(records.type))
-        if records is None or _beyond_exact(records):
+        records = _read_records(buffer)
+        if records is None or _has_timestamp(records.type) or _beyond_exact(records):
             return None
         return _flatten_records(records)
     except pa.ArrowException:  # what the reader refuses (or trips over) the Python path takes
         return None
 
 
-def _read_records(buffer: bytes, record_type: pa.DataType | None) -> pa.StructArray | None:
-    options = pajson.ParseOptions(
-        explicit_schema=None if record_type is None else pa.schema([("r", pa.list_(record_type))])
-    )
+def _read_records(buffer: bytes) -> pa.StructArray | None:
     # One block: a shard's pages are read in one go (the pool processes are the parallelism).
     read = pajson.ReadOptions(use_threads=False, block_size=len(buffer) + 1)
-    table = pajson.read_json(io.BytesIO(buffer), read_options=read, parse_options=options)
+    table = pajson.read_json(io.BytesIO(buffer), read_options=read)
     column = table.column("r").combine_chunks()
     if not pa.types.is_list(column.type):
         return None
@@ -335,16 +330,6 @@ def _has_timestamp(kind: pa.DataType) -> bool:
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
         return True
     return any(_has_timestamp(kind.field(i).type) for i in range(kind.num_fields))
-
-
-def _timestamps_as_text(kind: pa.DataType) -> pa.DataType:
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
-        return pa.string()
-    if pa.types.is_struct(kind):
-        return pa.struct([f.with_type(_timestamps_as_text(f.type)) for f in kind])
-    if pa.types.is_list(kind):
-        return pa.list_(kind.value_field.with_type(_timestamps_as_text(kind.value_type)))
-    return kind
 
 
 def _beyond_exact(array: pa.Array) -> bool:

@@ -312,6 +312,8 @@ def _packed_table(runtime: _SourceRuntime, pages: list[_Page]) -> pa.Table:
     """The records of consecutive packed pages as one table with their units' columns: one
     native read (`packed_to_table`), or page by page where it declines."""
     table = packed_to_table([page.packed for page in pages if page.packed is not None])
+    if table is None:  # records the reader cannot take as they are: this source's pages stop packing
+        runtime.request.pack = False
     units = {page.unit for page in pages}
     if table is not None and len(units) == 1:
         return _with_unit_columns(runtime, runtime.fanout.unit(pages[0].unit), table)
@@ -601,6 +603,7 @@ def run_piece(piece: Piece) -> PieceResult:
     for segment in _segments(piece.source, kept, source.pagination.type == "none"):
         info = segment.info()
         path = write_shard(shards_dir, segment.table(), info)
+        pa.default_memory_pool().release_unused()  # the shard's transient buffers go back to the system
         if state.job.result_store is not None:  # stored before the piece reports it (engine/storage/work.py)
             upload_shard(state.job.result_store, path)
         result.shards.append(info)

@@ -59,14 +59,13 @@ def test_records_of_one_type_are_read_natively(page):
     same(native, records_to_table(page))
 
 
-def test_time_like_strings_stay_the_text_they_are():
-    page = [{"d": "2020-01-06", "t": "2020-01-06T10:00:00Z", "m": {"at": "2021-02-03 04:05:06"}, "l": ["2020-01-01"]}]
-    table = packed_to_table([packed(page)])
-    assert table is not None
-    assert table.to_pylist() == [
-        {"d": "2020-01-06", "t": "2020-01-06T10:00:00Z", "m.at": "2021-02-03 04:05:06", "l": ["2020-01-01"]}
+def test_time_like_strings_are_left_to_the_python_path():
+    # the reader would make them timestamps: declined, and the Python path keeps the text
+    page = [{"d": "2020-01-06", "t": "2020-01-06T10:00:00Z", "m": {"at": "2021-02-03 04:05:06"}}]
+    assert packed_to_table([packed(page)]) is None
+    assert records_to_table(page).to_pylist() == [
+        {"d": "2020-01-06", "t": "2020-01-06T10:00:00Z", "m.at": "2021-02-03 04:05:06"}
     ]
-    assert table.schema.field("d").type == pa.string()
 
 
 @pytest.mark.parametrize(
