@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import threading
 from typing import Any
 
 from engine.run.messages import SharedState, WorkerJob
@@ -26,6 +27,15 @@ class InlinePool(cf.Executor):
 
         self.state: Any = build_state(job, shared, board_key=f"proc:{os.getpid()}")
         self._thread = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="inline-fetch")
+        self._closed = threading.Event()
+        threading.Thread(target=self._report, name="inline-progress", daemon=True).start()
+
+    def _report(self) -> None:
+        """Progress while a piece runs, as a pool process's reporting thread pushes it."""
+        from engine.run.worker import REPORT_EVERY, flush_progress
+
+        while not self._closed.wait(REPORT_EVERY):
+            flush_progress(self.state)
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         """`fn` as a pool process would run it; the pool's `run_piece` with this process's job
@@ -39,6 +49,7 @@ class InlinePool(cf.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._thread.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._closed.set()
         if wait:
             from engine.run.worker import close_state
 

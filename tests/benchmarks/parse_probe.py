@@ -2,10 +2,10 @@
 over the records (the Python path), beside the native readers a page could be handed to
 (pyarrow's and Polars' NDJSON readers over the records joined as NDJSON), CPU time per page for
 pages of 100, 1,000 and 10,000 test-API records. Second table: the pages of one shard
-(32,768 rows), per page - the Python path page by page against pageferry's (each page decoded
-and its records packed, then one `packed_to_table` for the shard), with the test API's records
-(a time-like `meta.created`: the reader reads the shard twice) and without that field. Not a
-test: a probe for docs/performance.md.
+(32,768 rows), per page - the Python path page by page against the native one (each page
+decoded and its records packed, then one `packed_to_table` for the shard), for records without
+a time-like field (with one, a source takes the Python path). Not a test: a probe for
+docs/performance.md.
 
     python tests/benchmarks/parse_probe.py [--rounds N]
 """
@@ -66,30 +66,30 @@ def main() -> None:
 
 
 def shard_table(options: CsvSourceOptions, rounds: int) -> None:
-    """CPU µs per page when a shard's pages are parsed: page by page, or packed + one native read."""
-    print(f"{'records':>8} {'time-like':>10} {'page by page':>13} {'packed+shard':>13} {'ratio':>6}")
+    """CPU µs per page when a shard's pages are parsed: page by page, or packed + one native read.
+    The test API's records without `meta.created`: a time-like string sends a source back to
+    the page-by-page path (engine/fetch/records.py `packed_to_table`)."""
+    print(f"{'records':>8} {'page by page':>13} {'packed+shard':>13} {'ratio':>6}")
     for n in (100, 1_000):
-        for time_like in (True, False):
-            pages = 32_768 // n
-            bodies = []
-            for page in range(pages):
-                records = [record(page * n + i) for i in range(1, n + 1)]
-                if not time_like:
-                    for r in records:
-                        del r["meta"]["created"]
-                bodies.append(orjson.dumps({"data": records, "meta": {"page": page + 1}}))
+        pages = 32_768 // n
+        bodies = []
+        for page in range(pages):
+            records = [record(page * n + i) for i in range(1, n + 1)]
+            for r in records:
+                del r["meta"]["created"]
+            bodies.append(orjson.dumps({"data": records, "meta": {"page": page + 1}}))
 
-            def by_page() -> None:
-                for body in bodies:
-                    parse_page(body, "json", "data", options).table  # noqa: B018 - built eagerly
+        def by_page() -> None:
+            for body in bodies:
+                parse_page(body, "json", "data", options).table  # noqa: B018 - built eagerly
 
-            def packed() -> None:  # a piece keeps each page's packed records, not its document
-                kept = [parse_page(body, "json", "data", options, pack=True).packed for body in bodies]
-                assert packed_to_table([p for p in kept if p is not None]) is not None
+        def packed() -> None:  # a piece keeps each page's packed records, not its document
+            kept = [parse_page(body, "json", "data", options, pack=True).packed for body in bodies]
+            assert packed_to_table([p for p in kept if p is not None]) is not None
 
-            shard_rounds = max(rounds // 50, 3)
-            old, new = cpu_us(by_page, shard_rounds) / pages, cpu_us(packed, shard_rounds) / pages
-            print(f"{n:>8} {'yes' if time_like else 'no':>10} {old:>13.0f} {new:>13.0f} {new / old:>6.2f}")
+        shard_rounds = max(rounds // 50, 3)
+        old, new = cpu_us(by_page, shard_rounds) / pages, cpu_us(packed, shard_rounds) / pages
+        print(f"{n:>8} {old:>13.0f} {new:>13.0f} {new / old:>6.2f}")
 
 
 if __name__ == "__main__":

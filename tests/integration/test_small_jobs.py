@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
+import time
 
 import pytest
 
@@ -112,3 +114,32 @@ def test_an_oauth2_token_obtained_inline_goes_to_the_pool(api, fresh_engine, tmp
     runner, result = run_inline(fresh_engine, spec, tmp_path)
     assert result.rows == 2000 and runner.fetch_processes == 2
     assert api.tokens_issued() == 1  # one token for the job, inline and pool processes alike
+
+
+def test_progress_shows_while_the_first_piece_runs_inline(api, fresh_engine, tmp_path):
+    # a cursor run's first chunk (64 pages, 20 ms each) runs inline, before any pool exists
+    spec = {
+        "name": "cursor",
+        "sources": [
+            {
+                "url": api.url("/items/cursor"),
+                "params": {"n": 1000, "size": 10, "delay_ms": 20},
+                "pagination": {"type": "cursor", "param": "cursor", "next": "next_cursor"},
+            }
+        ],
+        "export": {"format": "csv"},
+    }
+    prepared = prepare(parse_spec(spec), os.environ, outbound_policy(fresh_engine.settings, service=False), tmp_path)
+    job_id = new_job_id("test")
+    options = fresh_engine.options(job_id, tmp_path / "work" / job_id, tmp_path / "out.csv", workers=2)
+    options.inline_start = options.export_here = True
+    runner = fresh_engine.runner(prepared, options)
+    seen: list[int] = []
+    worker = threading.Thread(target=runner.run)
+    worker.start()
+    while worker.is_alive():
+        if fresh_engine._manager is None:  # no pool yet: what progress shows is the inline piece's
+            seen.append(runner.progress()["progress"]["pages_done"])
+        time.sleep(0.05)
+    assert runner.result is not None and runner.result.rows == 1000
+    assert any(0 < done < 64 for done in seen)  # it grew while the piece ran, not only at its end
