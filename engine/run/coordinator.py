@@ -547,7 +547,13 @@ class JobRunner:
                 more_work = settled > 0 and not in_flight and not waiting and not scheduler.done()
                 start = partial(self._started_pool, ctx, processes, worker_job)
                 pool, shared = self._leave_inline(pool, shared, more_work, start)
-                capacity = 1 if isinstance(pool, InlinePool) else capacity
+                if isinstance(pool, InlinePool):
+                    # One piece at a time, and none once the pool is starting: a piece taken
+                    # then would hold its pages on this process's one GIL while the pool idles.
+                    capacity = 0 if self._starting is not None else 1
+                    if self._starting is not None and not in_flight:
+                        cf.wait([self._starting], timeout=0.25)
+                        continue
             while not waiting and len(in_flight) < capacity:
                 piece = scheduler.next_piece()
                 if piece is None:

@@ -71,6 +71,7 @@ class _SourceRuntime:
     request: SourceRequestSpec
     fetcher: PageFetcher
     bounds: SourceBounds | None = None  # an incremental source's lower bounds
+    native_checked: bool = False  # its first packed page was tried on the native reader
 
 
 @dataclass
@@ -302,6 +303,15 @@ def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Tab
 
 
 def _take_records(page: _Page, runtime: _SourceRuntime, unit: Unit, parsed: ParsedPage) -> None:
+    if parsed.packed is not None and not runtime.native_checked:
+        # The source's first packed page in this process: does the native reader take its
+        # records? If not (a time-like field, say), the source's pages stop packing now rather
+        # than after a whole shard of them.
+        runtime.native_checked = True
+        if packed_to_table([parsed.packed]) is None:
+            runtime.request.pack = False
+            page.table = _with_unit_columns(runtime, unit, parsed.table)
+            return
     if parsed.packed is not None:
         page.packed = parsed.packed  # its unit's columns are added to the shard's table
     else:
