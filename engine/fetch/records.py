@@ -253,6 +253,11 @@ def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
     return table.rename_columns([f"column_{i + 1}" for i in range(table.num_columns)])
 
 
+# Larger pages go to Arrow page by page: `pa.array` over a thousand records costs about what
+# packing them and the native read do (tests/benchmarks/parse_probe.py, docs/performance.md).
+PACK_MAX_RECORDS = 500
+
+
 @dataclass
 class ParsedPage:
     """One page's records: as a table, or packed (one compact JSON array of dict records) for
@@ -265,7 +270,7 @@ class ParsedPage:
 
     @classmethod
     def of_records(cls, records: list, doc: Any, pack: bool) -> ParsedPage:
-        if pack and records and all(type(r) is dict for r in records):
+        if pack and 0 < len(records) <= PACK_MAX_RECORDS and all(type(r) is dict for r in records):
             return cls(None, doc, len(records), orjson.dumps(records))
         return cls(records_to_table(records), doc, len(records))
 

@@ -105,3 +105,5 @@ def test_pages_that_cannot_be_packed_are_tables_at_once():
     assert ParsedPage.of_records([1, 2], None, pack=True).packed is None  # not records of fields
     assert ParsedPage.of_records([], None, pack=True).packed is None  # nothing to read
     assert ParsedPage.of_records([{"id": 1}], None, pack=False).packed is None
+    assert ParsedPage.of_records([{"id": i} for i in range(501)], None, pack=True).packed is None  # a large page
+    assert ParsedPage.of_records([{"id": i} for i in range(500)], None, pack=True).packed is not None
