@@ -140,8 +140,10 @@ def build_state(job: WorkerJob, shared: SharedState, board_key: str | None = Non
         auth = make_auth(source.auth, store, f"oauth2:{job.job_id}:{i}", spec.timeout, client, redactor.add)
         request = SourceRequestSpec.for_source(source, auth, redactor.text)
         # JSON records stay packed until their shard is built (one native read for all its
-        # pages), except where a page's cursor is read from its own table (incremental).
-        request.pack = source.incremental is None
+        # pages), except where a page's cursor is read from its own table (incremental), and
+        # under a rate limit: the job is paced by its limit, and a read at a piece's end would
+        # hold back the sends a new window allows.
+        request.pack = source.incremental is None and rl is None
         sources.append(
             _SourceRuntime(
                 i, FanOut(source, job.id_values[i]), request, PageFetcher(client, gate, spec.retry, spec.timeout)
@@ -613,7 +615,6 @@ def run_piece(piece: Piece) -> PieceResult:
     for segment in _segments(piece.source, kept, source.pagination.type == "none"):
         info = segment.info()
         path = write_shard(shards_dir, segment.table(), info)
-        pa.default_memory_pool().release_unused()  # the shard's transient buffers go back to the system
         if state.job.result_store is not None:  # stored before the piece reports it (engine/storage/work.py)
             upload_shard(state.job.result_store, path)
         result.shards.append(info)
