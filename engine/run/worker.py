@@ -310,10 +310,12 @@ def _take_records(page: _Page, runtime: _SourceRuntime, unit: Unit, parsed: Pars
         # records? If not (a time-like field, say), the source's pages stop packing now rather
         # than after a whole shard of them.
         runtime.native_checked = True
-        if packed_to_table([parsed.packed]) is None:
+        table = packed_to_table([parsed.packed])
+        if table is None:
             runtime.request.pack = False
-            page.table = _with_unit_columns(runtime, unit, parsed.table)
-            return
+        # either way the page is a table now: the check's read (the same rows) is not redone
+        page.table = _with_unit_columns(runtime, unit, parsed.table if table is None else table)
+        return
     if parsed.packed is not None:
         page.packed = parsed.packed  # its unit's columns are added to the shard's table
     else:

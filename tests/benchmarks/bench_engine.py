@@ -245,12 +245,8 @@ def asyncio_contender(
     url: str, pages: int, per_page: int, n: int, inflight: int = ASYNC_INFLIGHT, *params: str, after=None
 ) -> Contender:
     """Contender (b): the hand-tuned asyncio client, `params` (`name=value`) on every request."""
-    extra = [arg for param in params for arg in ("--param", param)]
-    return Contender(
-        f"(b) asyncio + aiohttp, {inflight} in flight",
-        baseline_cmd("async_aiohttp", url, pages, per_page, n, "b.parquet", "--inflight", str(inflight), *extra),
-        check_ids("b.parquet", n),
-        after=after,
+    return _client_contender(
+        "(b) asyncio + aiohttp", "async_aiohttp", "b.parquet", url, pages, per_page, n, inflight, params, after
     )
 
 
@@ -259,11 +255,20 @@ def polars_contender(
 ) -> Contender:
     """Contender (c): the issue's tuned asyncio client (records joined as NDJSON, one
     `pl.read_ndjson`), `params` (`name=value`) on every request."""
+    return _client_contender(
+        "(c) asyncio + Polars NDJSON", "async_polars", "c.parquet", url, pages, per_page, n, inflight, params, after
+    )
+
+
+def _client_contender(
+    label: str, module: str, out: str, url: str, pages: int, per_page: int, n: int, inflight: int, params, after
+) -> Contender:
+    """A baseline client script (baselines/<module>.py) with `inflight` requests in flight."""
     extra = [arg for param in params for arg in ("--param", param)]
     return Contender(
-        f"(c) asyncio + Polars NDJSON, {inflight} in flight",
-        baseline_cmd("async_polars", url, pages, per_page, n, "c.parquet", "--inflight", str(inflight), *extra),
-        check_ids("c.parquet", n),
+        f"{label}, {inflight} in flight",
+        baseline_cmd(module, url, pages, per_page, n, out, "--inflight", str(inflight), *extra),
+        check_ids(out, n),
         after=after,
     )
 
