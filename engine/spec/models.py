@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import math
 import re
 from fractions import Fraction
 from typing import Annotated, Any, Literal
@@ -139,7 +140,8 @@ class Pagination(Model):
     @model_validator(mode="before")
     @classmethod
     def _type_defaults(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or data.get("type", "none") not in _PAGINATION_FIELDS:
+        kind = data.get("type", "none") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or kind not in _PAGINATION_FIELDS:
             return data  # the Literal reports an unknown type
         given = {k: v for k, v in data.items() if v is not None}
         defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(data.get("type", "none"), {}).items() if k not in given}
@@ -180,9 +182,11 @@ class IdRange(Model):
     def _finite(self) -> IdRange:
         if self.step == 0:
             raise ValueError("step must not be 0")
-        if len(range(self.start, self.end, self.step)) == 0:
+        # counted by arithmetic: len(range(...)) overflows beyond a C ssize_t
+        count = max(0, -((self.start - self.end) // self.step))
+        if count == 0:
             raise ValueError("range is empty (end is exclusive)")
-        if len(range(self.start, self.end, self.step)) > 10_000_000:
+        if count > 10_000_000:
             raise ValueError("range has more than 10,000,000 values")
         return self
 
@@ -421,8 +425,8 @@ def _rate_limit(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a number or an object {requests, per, burst}")
     if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError("must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a positive, finite number")
         fraction = Fraction(value).limit_denominator(1000)
         return {"requests": fraction.numerator, "per": float(fraction.denominator)}
     return value

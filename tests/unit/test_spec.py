@@ -329,6 +329,8 @@ INVALID = [
         "sources.1.pagination.size",
     ),
     ("pagination-type", one(pagination={"type": "scroll"}), "sources.0.pagination.type"),
+    ("pagination-type-list", one(pagination={"type": ["page"]}), "sources.0.pagination.type"),
+    ("pagination-type-object", one(pagination={"type": {}}), "sources.0.pagination.type"),
     ("pagination-unknown-field", one(pagination={"type": "page", "bogus": 1}), "sources.0.pagination.bogus"),
     ("cursor-with-csv", one(format="csv", pagination={"type": "cursor"}), "sources.0.pagination.type"),
     ("next_url-with-ndjson", one(format="ndjson", pagination={"type": "next_url"}), "sources.0.pagination.type"),
@@ -359,6 +361,11 @@ INVALID = [
     ("ids-two-origins", one(url=URL + "/{id}", ids={"values": [1], "range": {"start": 1, "end": 3}}), "sources.0.ids"),
     ("ids-value-object", one(url=URL + "/{id}", ids={"values": [{"a": 1}]}), "sources.0.ids.values.0"),
     ("empty-id-range", one(url=URL + "/{id}", ids={"range": {"start": 5, "end": 5}}), "sources.0.ids.range"),
+    (
+        "id-range-beyond-a-machine-integer",
+        one(url=URL + "/{id}", ids={"range": {"start": 0, "end": 10**30}}),
+        "sources.0.ids.range",
+    ),
     ("id-range-wrong-direction", one(url=URL + "/{id}", ids={"range": {"start": 5, "end": 1}}), "sources.0.ids.range"),
     (
         "id-range-step-zero",
@@ -392,6 +399,8 @@ INVALID = [
     ("rate-limit-zero", {**one(), "rate_limit": 0}, "rate_limit"),
     ("rate-limit-negative", {**one(), "rate_limit": -2}, "rate_limit"),
     ("rate-limit-bool", {**one(), "rate_limit": True}, "rate_limit"),
+    ("rate-limit-infinite", {**one(), "rate_limit": float("inf")}, "rate_limit"),
+    ("rate-limit-nan", {**one(), "rate_limit": float("nan")}, "rate_limit"),
     ("rate-limit-requests-zero", {**one(), "rate_limit": {"requests": 0}}, "rate_limit.requests"),
     ("rate-limit-unknown-field", {**one(), "rate_limit": {"requests": 1, "window": 2}}, "rate_limit.window"),
     ("concurrency-zero", {**one(), "concurrency": 0}, "concurrency"),
@@ -771,3 +780,59 @@ def test_prepare_names_the_listed_value_that_is_not_a_url():
 def test_csv_infer_types_defaults_to_false():
     assert parse_spec(one(format="csv")).sources[0].csv.infer_types is False
     assert parse_spec(one(format="csv", csv={"infer_types": True})).sources[0].csv.infer_types is True
+
+
+# Values that have crashed validators (non-finite floats, integers beyond a machine word,
+# containers where a string is compared against a set).
+EDGE_VALUES = [
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    2**64,
+    -(2**63) - 1,
+    10**30,
+    1e308,
+    5e-324,
+    -0.0,
+    -1,
+    "",
+    "\x00",
+    "inf",
+    [],
+    {},
+    [float("inf")],
+    {"": float("nan")},
+    None,
+    True,
+]
+
+
+def _field_paths(value, prefix=()):
+    yield prefix
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _field_paths(child, (*prefix, key))
+
+
+def _replaced(document, path, value):
+    copied = copy.deepcopy(document)
+    parent = copied
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    return copied
+
+
+def test_every_field_of_a_full_spec_with_an_edge_value_parses_or_names_a_field():
+    crashes = []
+    for path in _field_paths(FULL):
+        if not path:
+            continue
+        for value in EDGE_VALUES:
+            try:
+                parse_spec(_replaced(FULL, path, value))
+            except SpecError as exc:
+                assert exc.details and all(d.field and d.message for d in exc.details)
+            except Exception as exc:  # noqa: BLE001 - the test collects every crash
+                crashes.append((".".join(map(str, path)), repr(value), type(exc).__name__))
+    assert crashes == []
