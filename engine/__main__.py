@@ -16,6 +16,13 @@ if __name__ == "__main__":
         import logging
         import os
 
+        if code != 0:
+            # A failed or interrupted run's objects may sit in reference cycles (exceptions and
+            # their frames) holding multiprocessing semaphores: free them here, or the resource
+            # tracker would report them leaked - os._exit runs no finalizer.
+            import gc
+
+            gc.collect()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

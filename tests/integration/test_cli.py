@@ -112,6 +112,7 @@ def test_failed_job_exits_1_with_the_pages_and_no_output(api, cli, tmp_path):
     assert summary["failed_pages"][0]["status"] == 500 and "page=1" in summary["failed_pages"][0]["url"]
     assert not (tmp_path / "out.csv").exists()
     assert len(api.log()) == 2  # page 1 tried twice (attempts counts the first try), nothing after
+    assert "leaked" not in run.stderr  # no semaphore left for the resource tracker to report
 
 
 def slow_spec(api, pages=60):
