@@ -1,8 +1,21 @@
+import os
 import sys
+
+
+def _one_process(argv: list[str]) -> bool:
+    """`--workers 1` (or WORKERS=1): the run fetches on the CLI's own loop, without a pool
+    (a rate-limited one starts the forkserver when its pool does)."""
+    for i, arg in enumerate(argv):
+        if arg == "--workers" and i + 1 < len(argv):
+            return argv[i + 1] == "1"
+        if arg.startswith("--workers="):
+            return arg == "--workers=1"
+    return os.environ.get("WORKERS", "").strip() == "1"
+
 
 if __name__ == "__main__":
     running = len(sys.argv) > 1 and sys.argv[1] == "run"
-    if running:
+    if running and not _one_process(sys.argv[2:]):
         from engine.run.pool import warm_up
 
         warm_up()  # the forkserver preloads while this process imports the CLI
@@ -14,7 +27,6 @@ if __name__ == "__main__":
         # Polars' and pydantic's objects (a noticeable part of a small run), like a process
         # that ends once its work is done.
         import logging
-        import os
 
         if code != 0:
             # A failed or interrupted run's objects may sit in reference cycles (exceptions and

@@ -95,7 +95,8 @@ class JobOptions:
     # (the CLI: no process to start and wait for); False: in a process of its own (the service).
     export_here: bool = False
     # The first pieces run on a thread of this process while the pool starts, and the pool
-    # starts only when page 1 shows more work (engine/run/inline.py; the CLI, no rate limit).
+    # starts only when page 1 shows more work (engine/run/inline.py; the CLI, no rate limit);
+    # with one process's worth of concurrency, never: this process fetches everything.
     inline_start: bool = False
 
 
@@ -542,7 +543,8 @@ class JobRunner:
             # Sources fed by a parent that is now fetched: the pool drains, then restarts with them.
             waiting = scheduler.waiting()
             capacity = processes * PIECES_PER_PROCESS
-            if isinstance(pool, InlinePool):
+            # One process's worth of work: the inline pool is that process, for the whole run.
+            if isinstance(pool, InlinePool) and processes > 1:
                 # (a parent's children restart the pool anyway: _start_children)
                 more_work = settled > 0 and not in_flight and not waiting and not scheduler.done()
                 start = partial(self._started_pool, ctx, processes, worker_job)

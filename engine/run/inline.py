@@ -5,7 +5,8 @@ with it; a CLI run that waited for them would send its first request well after 
 would have. `InlinePool` runs pieces the way a pool process does (`engine.run.worker`: one event
 loop, one HTTP session) on one thread of this process: the first piece (page 1, usually) goes
 out as soon as the spec is checked, and a job that page 1 shows to be small never starts a pool
-at all. Only for a process that runs one job for its own user (the CLI): it loads pyarrow and
+at all - nor does a job run with one process (`--workers 1`): this thread is that process.
+Only for a process that runs one job for its own user (the CLI): it loads pyarrow and
 the HTTP stack, which the service's web workers must not.
 """
 

@@ -191,6 +191,38 @@ def test_ctrl_c_stops_within_2_seconds_and_resume_completes_exactly(api, cli, tm
     assert len(api.log()) + first_requests >= reference["requests"]
 
 
+def test_ctrl_c_of_a_one_process_run_stops_it_and_resume_completes_exactly(api, cli, tmp_path):
+    # --workers 1: the whole run is on the CLI's own loop (no pool process to stop)
+    spec = write_spec(tmp_path / "s.json", slow_spec(api))
+    reference = cli("run", str(spec), "-o", str(tmp_path / "reference.csv"), "--workers", "1").summary
+    api.reset()
+    proc = start_cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "out.csv"), "--workers", "1")
+    wait_for_requests(api, 15)
+    children = [" ".join(c.cmdline()) for c in descendants(proc.pid)]
+    assert not [c for c in children if "resource_tracker" not in c], children  # no forkserver, no pool
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 2.0
+    assert proc.returncode == 130, err
+    summary = json.loads(out.strip())
+    assert summary["status"] == "interrupted"
+    api.reset()
+    resumed = cli(
+        "run",
+        str(spec),
+        "-o",
+        str(tmp_path / "out.csv"),
+        "--resume",
+        str(tmp_path / summary["workdir"]),
+        "--workers",
+        "1",
+    )
+    assert resumed.code == 0, resumed.stderr
+    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "reference.csv").read_bytes()
+    assert resumed.summary["requests"] < reference["requests"]
+
+
 def test_sigkill_then_resume_completes_exactly_and_leaves_no_orphans(api, cli, tmp_path):
     run = start_run_to_interrupt(api, cli, tmp_path, 25)
     proc, children = run.proc, run.children

@@ -72,10 +72,10 @@ def fresh_engine(tmp_path):
     eng.close()
 
 
-def run_inline(engine, spec: dict, tmp_path, fmt: str = "csv"):
+def run_inline(engine, spec: dict, tmp_path, fmt: str = "csv", workers: int = 2):
     prepared = prepare(parse_spec(spec), os.environ, outbound_policy(engine.settings, service=False), base_dir=tmp_path)
     job_id = new_job_id("test")
-    options = engine.options(job_id, tmp_path / "work" / job_id, tmp_path / f"out.{fmt}", workers=2)
+    options = engine.options(job_id, tmp_path / "work" / job_id, tmp_path / f"out.{fmt}", workers=workers)
     options.inline_start = options.export_here = True
     runner = engine.runner(prepared, options)
     return runner, runner.run()
@@ -100,6 +100,20 @@ def test_a_larger_job_moves_from_inline_to_the_pool(api, fresh_engine, tmp_path)
     pages = collections.Counter(entry["query"]["page"] for entry in api.log(path="/items/page"))
     assert pages == collections.Counter(str(p) for p in range(1, 61))  # each page fetched once
     assert runner.progress()["progress"]["pages_done"] == 60  # the inline pages counted too
+
+
+@pytest.mark.parametrize("limits", [{"workers": 1}, {"concurrency": 1}], ids=["workers-1", "concurrency-1"])
+def test_a_one_process_job_runs_wholly_inline(api, fresh_engine, tmp_path, limits):
+    # one process's worth of work: the CLI's own loop is that process (no pool, no Manager)
+    spec = page_spec(api, n=3000, size=50, concurrency=limits.get("concurrency", 4), delay_ms=5)
+    runner, result = run_inline(fresh_engine, spec, tmp_path, workers=limits.get("workers", 2))
+    assert (result.rows, result.pages) == (3000, 60)
+    assert runner.fetch_processes == 0 and fresh_engine._manager is None
+    ids = [int(line.split(",")[0]) for line in (tmp_path / "out.csv").read_text().splitlines()[1:]]
+    assert ids == list(range(1, 3001))
+    pages = collections.Counter(entry["query"]["page"] for entry in api.log(path="/items/page"))
+    assert pages == collections.Counter(str(p) for p in range(1, 61))  # each page fetched once
+    assert runner.progress()["progress"]["pages_done"] == 60
 
 
 def test_an_oauth2_token_obtained_inline_goes_to_the_pool(api, fresh_engine, tmp_path):
@@ -143,3 +157,26 @@ def test_progress_shows_while_the_first_piece_runs_inline(api, fresh_engine, tmp
         time.sleep(0.05)
     assert runner.result is not None and runner.result.rows == 1000
     assert any(0 < done < 64 for done in seen)  # it grew while the piece ran, not only at its end
+
+
+def test_a_parents_children_started_after_an_inline_page_report_to_the_job(api, fresh_engine, tmp_path):
+    # page 1 holds every parent: the children's pool is the job's first, and its processes
+    # must report to the Manager's board (an inline pool's own board reaches no process)
+    spec = {
+        "name": "family",
+        "sources": [
+            {
+                "name": "parents",
+                "url": api.url("/parents"),
+                "params": {"n": 20},
+                "pagination": {"type": "page", "size": 20, "total_pages": "meta.total_pages"},
+                "export": False,
+            },
+            {"name": "children", "url": api.url("/children") + "?ids={id}", "ids": {"from": "parents"}},
+        ],
+        "concurrency": 4,
+        "export": {"format": "csv"},
+    }
+    runner, result = run_inline(fresh_engine, spec, tmp_path)
+    assert result.rows == 40 and len(api.log(path="/children")) == 20
+    assert runner.progress()["progress"]["pages_done"] == 21  # the parents' page and 20 children's
