@@ -39,14 +39,26 @@ def warm_up() -> None:
     forkserver.ensure_running()
 
 
+_PROC = os.path.isdir("/proc/self")
+
+
 def process_alive(pid: int) -> bool:
+    """Is `pid` running? A zombie is not: a killed coordinator whose own parent died with it
+    stays one until init reaps it, and its engine processes must stop meanwhile."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, someone else's
+        pass
+    if not _PROC:
         return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ...": the state follows the last ")" (comm may hold one)
+            return stat.read().rpartition(b")")[2].split()[:1] != [b"Z"]
+    except FileNotFoundError:  # gone since
+        return False
 
 
 def lower_priority(nice: int) -> None:

@@ -59,6 +59,7 @@ REPORT_EVERY = 0.25  # seconds between progress pushes to the Manager board
 # the collector run (and promote them to older generations) many times a page.
 GC_YOUNG_THRESHOLD = 10_000
 CANCEL_CHECK = 0.5  # a sleep looks for a cancel at least this often
+PARENT_CHECK = 0.05  # s between looks at the coordinator's process (each reads /proc)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -85,6 +86,7 @@ class _Process:
     redactor: Redactor
     limiter: Limiter
     parent_alive: bool = True
+    parent_checked: float = 0.0  # time.monotonic() of the last look at the coordinator
     tables: dict = field(default_factory=dict)
     board_key: str = field(default_factory=lambda: f"proc:{os.getpid()}")  # its counters on the board
 
@@ -184,17 +186,19 @@ def greet(hold: float) -> int:
 
 
 def _parent_alive() -> bool:
-    pid = _state().job.coordinator_pid
-    return pid is None or process_alive(pid)  # None: the coordinator is on another host (Dask)
+    state = _state()
+    pid = state.job.coordinator_pid
+    if pid is None:  # the coordinator is on another host (Dask)
+        return True
+    now = time.monotonic()
+    if state.parent_alive and now - state.parent_checked >= PARENT_CHECK:
+        state.parent_checked = now
+        state.parent_alive = process_alive(pid)
+    return state.parent_alive
 
 
 def _cancelled() -> bool:
-    if _state().shared.cancel.is_set():
-        return True
-    if not _parent_alive():
-        _state().parent_alive = False
-        return True
-    return False
+    return _state().shared.cancel.is_set() or not _parent_alive()
 
 
 async def _sleep(seconds: float) -> bool:
