@@ -5,12 +5,13 @@ import sys
 def _one_process(argv: list[str]) -> bool:
     """`--workers 1` (or WORKERS=1): the run fetches on the CLI's own loop, without a pool
     (a rate-limited one starts the forkserver when its pool does)."""
-    for i, arg in enumerate(argv):
+    workers = os.environ.get("WORKERS", "").strip()
+    for i, arg in enumerate(argv):  # the last one counts, as for argparse
         if arg == "--workers" and i + 1 < len(argv):
-            return argv[i + 1] == "1"
-        if arg.startswith("--workers="):
-            return arg == "--workers=1"
-    return os.environ.get("WORKERS", "").strip() == "1"
+            workers = argv[i + 1]
+        elif arg.startswith("--workers="):
+            workers = arg.partition("=")[2]
+    return workers == "1"
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ class Pagination(Model):
         if not isinstance(kind, str) or kind not in _PAGINATION_FIELDS:
             return data  # the Literal reports an unknown type
         given = {k: v for k, v in data.items() if v is not None}
-        defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(data.get("type", "none"), {}).items() if k not in given}
+        defaults = {k: v for k, v in _PAGINATION_DEFAULTS.get(kind, {}).items() if k not in given}
         return {**defaults, **given}
 
     @field_validator("param", "start", "size_param", "size", "total_pages", "total_records", "next", "has_more", "in_")

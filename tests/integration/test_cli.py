@@ -149,21 +149,33 @@ class InterruptedRun:
     children: list[psutil.Process]
 
 
-def start_run_to_interrupt(api, cli, tmp_path: Path, after_requests: int) -> InterruptedRun:
+def start_run_to_interrupt(api, cli, tmp_path: Path, after_requests: int, *options: str) -> InterruptedRun:
     """The slow spec run once to the end (reference.csv), then again to out.csv in the
     background: returned once the API has seen `after_requests` requests, to be interrupted."""
     spec = write_spec(tmp_path / "s.json", slow_spec(api))
-    reference = cli("run", str(spec), "-o", str(tmp_path / "reference.csv")).summary
+    reference = cli("run", str(spec), "-o", str(tmp_path / "reference.csv"), *options).summary
     api.reset()
-    proc = start_cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "out.csv"))
+    proc = start_cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "out.csv"), *options)
     wait_for_requests(api, after_requests)
     return InterruptedRun(spec, reference, proc, descendants(proc.pid))
 
 
-def resume_exactly(cli, tmp_path: Path, run: InterruptedRun, workdir: Path) -> CliRun:
+def interrupt(proc: subprocess.Popen) -> dict:
+    """Ctrl-C to a running CLI: it stops within 2 s, exit code 130, an `interrupted` summary."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 2.0
+    assert proc.returncode == 130, err
+    summary = json.loads(out.strip())
+    assert summary["status"] == "interrupted"
+    return summary
+
+
+def resume_exactly(cli, tmp_path: Path, run: InterruptedRun, workdir: Path, *options: str) -> CliRun:
     """--resume the interrupted run: out.csv must come out the same as reference.csv, with fewer
     requests than the whole run."""
-    resumed = cli("run", str(run.spec), "-o", str(tmp_path / "out.csv"), "--resume", str(workdir))
+    resumed = cli("run", str(run.spec), "-o", str(tmp_path / "out.csv"), "--resume", str(workdir), *options)
     assert resumed.code == 0, resumed.stderr
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "reference.csv").read_bytes()
     assert resumed.summary["requests"] < run.reference["requests"]
@@ -172,14 +184,8 @@ def resume_exactly(cli, tmp_path: Path, run: InterruptedRun, workdir: Path) -> C
 
 def test_ctrl_c_stops_within_2_seconds_and_resume_completes_exactly(api, cli, tmp_path):
     run = start_run_to_interrupt(api, cli, tmp_path, 15)
-    proc, children, reference = run.proc, run.children, run.reference
-    started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
-    assert time.monotonic() - started < 2.0
-    assert proc.returncode == 130, err
-    summary = json.loads(out.strip())
-    assert summary["status"] == "interrupted"
+    children, reference = run.children, run.reference
+    summary = interrupt(run.proc)
     workdir = tmp_path / summary["workdir"]
     assert (workdir / "job.json").exists()
     time.sleep(1.5)
@@ -193,34 +199,12 @@ def test_ctrl_c_stops_within_2_seconds_and_resume_completes_exactly(api, cli, tm
 
 def test_ctrl_c_of_a_one_process_run_stops_it_and_resume_completes_exactly(api, cli, tmp_path):
     # --workers 1: the whole run is on the CLI's own loop (no pool process to stop)
-    spec = write_spec(tmp_path / "s.json", slow_spec(api))
-    reference = cli("run", str(spec), "-o", str(tmp_path / "reference.csv"), "--workers", "1").summary
-    api.reset()
-    proc = start_cli(tmp_path, "run", str(spec), "-o", str(tmp_path / "out.csv"), "--workers", "1")
-    wait_for_requests(api, 15)
-    children = [" ".join(c.cmdline()) for c in descendants(proc.pid)]
+    run = start_run_to_interrupt(api, cli, tmp_path, 15, "--workers", "1")
+    children = [" ".join(c.cmdline()) for c in run.children]
     assert not [c for c in children if "resource_tracker" not in c], children  # no forkserver, no pool
-    started = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
-    assert time.monotonic() - started < 2.0
-    assert proc.returncode == 130, err
-    summary = json.loads(out.strip())
-    assert summary["status"] == "interrupted"
+    summary = interrupt(run.proc)
     api.reset()
-    resumed = cli(
-        "run",
-        str(spec),
-        "-o",
-        str(tmp_path / "out.csv"),
-        "--resume",
-        str(tmp_path / summary["workdir"]),
-        "--workers",
-        "1",
-    )
-    assert resumed.code == 0, resumed.stderr
-    assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "reference.csv").read_bytes()
-    assert resumed.summary["requests"] < reference["requests"]
+    resume_exactly(cli, tmp_path, run, tmp_path / summary["workdir"], "--workers", "1")
 
 
 def test_sigkill_then_resume_completes_exactly_and_leaves_no_orphans(api, cli, tmp_path):
