@@ -32,12 +32,15 @@ def _inexact_numbers(kept: list) -> set[str]:
     floats = {f.name for _, schema in kept for f in schema if pa.types.is_floating(f.type)}
     found: set[str] = set()
     for path, schema in kept:
-        for field in schema:
-            if field.name in floats and field.name not in found and pa.types.is_integer(field.type):
-                column = pl.col(field.name)
-                low, high = pl.scan_ipc(path).select(column.min(), column.max().alias("max")).collect().row(0)
-                if any(v is not None and abs(v) >= EXACT_INTEGERS for v in (low, high)):
-                    found.add(field.name)
+        names = [f.name for f in schema if f.name in floats and f.name not in found and pa.types.is_integer(f.type)]
+        if not names:
+            continue
+        bounds = [pl.col(name).min().alias(f"{i}min") for i, name in enumerate(names)]
+        bounds += [pl.col(name).max().alias(f"{i}max") for i, name in enumerate(names)]
+        row = pl.scan_ipc(path).select(bounds).collect().row(0)  # one read of the shard for all of them
+        for i, name in enumerate(names):
+            if any(v is not None and abs(v) >= EXACT_INTEGERS for v in (row[i], row[len(names) + i])):
+                found.add(name)
     return found
 
 

@@ -458,9 +458,10 @@ class JobRunner:
     def _started_pool(self, ctx, processes: int, worker_job: WorkerJob, shared: SharedState):
         """The job's pool with its first process up (on the pool-start thread: the forkserver
         may still be loading), and the shared state it reports to."""
+        shared = self._pool_shared(shared)
         pool = self._new_pool(ctx, processes, worker_job, shared)
         pool.submit(greet, 0.0).result()
-        return pool, self._pool_shared(shared)
+        return pool, shared
 
     def _abandon_starting(self) -> None:
         """The run ended while its pool was starting: stop that pool once it is up."""
