@@ -2,9 +2,9 @@
 
 JSON is decoded once per page with orjson (pagination, response rules and the record count need
 the document); a page's records are then kept *packed* - one compact JSON array - and the
-packed pages of a shard become one table through Arrow's native JSON reader
-(`packed_to_table`), which infers one struct type over all their records. Where that reader
-would type a value differently from `records_to_table` (a time-like string, an integer a double
+packed pages of a shard become one table through Arrow's native JSON reader (`PackedReader`),
+which types them as `pa.array` over all their records would: a time-like string stays text.
+Where that reader would type a value differently from `records_to_table` (an integer a double
 cannot hold, records that disagree on a field's type), the Python path below decides instead:
 `pa.array` over the records, then, when they still disagree, each column typed on its own and,
 where values don't agree, kept as text (JSON for lists and objects) - nothing is dropped.
@@ -253,9 +253,9 @@ def csv_table(body: bytes, options: CsvSourceOptions) -> pa.Table:
     return table.rename_columns([f"column_{i + 1}" for i in range(table.num_columns)])
 
 
-# Larger pages go to Arrow page by page: `pa.array` over a thousand records costs about what
-# packing them and the native read do (tests/benchmarks/parse_probe.py, docs/performance.md).
-PACK_MAX_RECORDS = 500
+# Larger pages go to Arrow page by page: packing is measured to pay up to a thousand records
+# (tests/benchmarks/parse_probe.py, docs/performance.md).
+PACK_MAX_RECORDS = 1000
 
 
 @dataclass
@@ -302,26 +302,93 @@ EXACT_INTEGERS = 2**53  # a double holds every integer below this, and not all a
 def packed_to_table(packed: list[bytes]) -> pa.Table | None:
     """The records of several packed pages as one flat table, read by Arrow's JSON reader (no
     Python object per value); None when the result could differ from `records_to_table` over
-    the same records, so the caller takes the Python path: records that disagree on a type
-    (the reader refuses them), a double at or beyond 2**53 (it may stand for an integer the
-    reader rounded, which `pa.array` would keep exact or as text), a time-like string (the
-    reader makes it a timestamp; reading it again as text costs more than the Python path)."""
-    if not packed:
-        return None
-    buffer = b"".join(part for page in packed for part in (b'{"r":', page, b"}\n"))
-    try:
-        records = _read_records(buffer)
-        if records is None or _has_timestamp(records.type) or _beyond_exact(records):
+    the same records (see `PackedReader`). A reader of its own: nothing learnt is kept."""
+    return PackedReader().read(packed)
+
+
+# The reader's memory grows with its input (about 8x), so a shard's pages are read a few MB at a time.
+READ_BYTES = 1 << 20
+
+
+class PackedReader:
+    """Reads one source's packed pages with Arrow's JSON reader, where its typing is the Python
+    path's: records that disagree on a type (the reader refuses them) and a double at or beyond
+    2**53 (it may stand for an integer the reader rounded) make `read` return None, and the
+    caller takes the Python path. A time-like string, which the reader would make a timestamp,
+    is read again as text. The record type of the last read (time-like fields as text) is kept
+    and given to the next one: one read, no type inference - where a value does not fit it (a
+    field it lacks, a type it has not), that read is done as the first one was. A shard's pages
+    are read `READ_BYTES` at a time."""
+
+    def __init__(self) -> None:
+        self.record_type: pa.StructType | None = None
+
+    def read(self, packed: list[bytes]) -> pa.Table | None:
+        tables = []
+        for group in _groups(packed, READ_BYTES):
+            table = self._read(b"".join(part for page in group for part in (b'{"r":', page, b"}\n")))
+            if table is None:
+                return None
+            tables.append(table)
+        if len(tables) < 2:
+            return tables[0] if tables else None
+        # The groups' types differ only where the kept one was refused (an int64, a double now);
+        # the promotion refuses an integer a double cannot hold.
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             return None
-        return _flatten_records(records)
-    except pa.ArrowException:  # what the reader refuses (or trips over) the Python path takes
-        return None
+
+    def _read(self, buffer: bytes) -> pa.Table | None:
+        try:
+            records = self._read_as_before(buffer)
+            if records is None:
+                records = _read_records(buffer)
+                if records is None:
+                    return None
+                if _has_timestamp(records.type):
+                    as_text = _timestamps_as_text(records.type)
+                    records = _read_records(buffer, as_text)
+                    if records is None or not records.type.equals(as_text):
+                        return None
+                self.record_type = records.type
+            if _beyond_exact(records):
+                return None
+            return _flatten_records(records)
+        except pa.ArrowException:  # what the reader refuses (or trips over) the Python path takes
+            return None
+
+    def _read_as_before(self, buffer: bytes) -> pa.StructArray | None:
+        if self.record_type is None:
+            return None
+        try:
+            records = _read_records(buffer, self.record_type)
+        except pa.ArrowInvalid:  # a field or a type the kept record type lacks
+            return None
+        return records if records is not None and records.type.equals(self.record_type) else None
 
 
-def _read_records(buffer: bytes) -> pa.StructArray | None:
+def _groups(packed: list[bytes], limit: int) -> list[list[bytes]]:
+    """Consecutive pages in groups of at most `limit` bytes (a larger page is a group of its own)."""
+    groups: list[list[bytes]] = []
+    size = limit
+    for page in packed:
+        if size + len(page) > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(page)
+        size += len(page)
+    return groups
+
+
+def _read_records(buffer: bytes, record_type: pa.StructType | None = None) -> pa.StructArray | None:
     # One block: a shard's pages are read in one go (the pool processes are the parallelism).
     read = pajson.ReadOptions(use_threads=False, block_size=len(buffer) + 1)
-    table = pajson.read_json(io.BytesIO(buffer), read_options=read)
+    parse = None
+    if record_type is not None:  # a field it lacks is an error: the caller reads with inference then
+        schema = pa.schema([pa.field("r", pa.list_(record_type))])
+        parse = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    table = pajson.read_json(io.BytesIO(buffer), read_options=read, parse_options=parse)
     column = table.column("r").combine_chunks()
     if not pa.types.is_list(column.type):
         return None
@@ -331,8 +398,23 @@ def _read_records(buffer: bytes) -> pa.StructArray | None:
     return records
 
 
+def _is_time(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind)
+
+
+def _timestamps_as_text(kind: Any) -> Any:
+    """`kind` with every time-like type (what the reader infers from a time-like string) text."""
+    if _is_time(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_timestamps_as_text(field.type)) for field in kind])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_timestamps_as_text(kind.value_type)))
+    return kind
+
+
 def _has_timestamp(kind: pa.DataType) -> bool:
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+    if _is_time(kind):
         return True
     return any(_has_timestamp(kind.field(i).type) for i in range(kind.num_fields))
 

@@ -34,7 +34,7 @@ from engine.fetch.auth import DictTokenStore, make_auth
 from engine.fetch.client import HttpClient, with_query
 from engine.fetch.page import FetchError, Gate, PageFetcher, PageOutcome, SourceRequestSpec
 from engine.fetch.ratelimit import Limiter
-from engine.fetch.records import ParsedPage, packed_to_table, records_to_table
+from engine.fetch.records import PackedReader, ParsedPage, records_to_table
 from engine.plan.fanout import FanOut, Unit
 from engine.plan.pagination import (
     PageRequest,
@@ -73,6 +73,7 @@ class _SourceRuntime:
     fetcher: PageFetcher
     bounds: SourceBounds | None = None  # an incremental source's lower bounds
     native_checked: bool = False  # its first packed page was tried on the native reader
+    reader: PackedReader = field(default_factory=PackedReader)  # its packed pages' native reads
 
 
 @dataclass
@@ -120,6 +121,9 @@ def build_state(job: WorkerJob, shared: SharedState, board_key: str | None = Non
     """The job's state in this process (or thread): limiter, event loop, HTTP client, counters."""
     spec = job.spec
     rl = spec.rate_limit
+    # Arrow's default allocator (mimalloc) keeps the JSON reader's freed buffers resident; the
+    # system's gives them back (a fetch process's peak: docs/performance.md).
+    pa.set_memory_pool(pa.system_memory_pool())
     limiter = shared.limiter.rate_limiter(  # over shared memory, a budget's file or Redis
         rl.requests if rl else None, rl.per if rl else 1.0, rl.effective_burst if rl else None
     )
@@ -314,7 +318,7 @@ def _take_records(page: _Page, runtime: _SourceRuntime, unit: Unit, parsed: Pars
         # records? If not (a time-like field, say), the source's pages stop packing now rather
         # than after a whole shard of them.
         runtime.native_checked = True
-        table = packed_to_table([parsed.packed])
+        table = runtime.reader.read([parsed.packed])
         if table is None:
             runtime.request.pack = False
         # either way the page is a table now: the check's read (the same rows) is not redone
@@ -328,8 +332,8 @@ def _take_records(page: _Page, runtime: _SourceRuntime, unit: Unit, parsed: Pars
 
 def _packed_table(runtime: _SourceRuntime, pages: list[_Page]) -> pa.Table:
     """The records of consecutive packed pages as one table with their units' columns: one
-    native read (`packed_to_table`), or page by page where it declines."""
-    table = packed_to_table([page.packed for page in pages if page.packed is not None])
+    native read (`PackedReader`), or page by page where it declines."""
+    table = runtime.reader.read([page.packed for page in pages if page.packed is not None])
     if table is None:  # records the reader cannot take as they are: this source's pages stop packing
         runtime.request.pack = False
     units = {page.unit for page in pages}
