@@ -306,7 +306,7 @@ def packed_to_table(packed: list[bytes]) -> pa.Table | None:
     return PackedReader().read(packed)
 
 
-# The reader's memory grows with its input (about 8x), so a shard's pages are read a few MB at a time.
+# The reader needs several times its input in memory while it works: a shard is read 1 MB at a time.
 READ_BYTES = 1 << 20
 
 
@@ -382,7 +382,8 @@ def _groups(packed: list[bytes], limit: int) -> list[list[bytes]]:
 
 
 def _read_records(buffer: bytes, record_type: pa.StructType | None = None) -> pa.StructArray | None:
-    # One block: a shard's pages are read in one go (the pool processes are the parallelism).
+    # One block, one thread: a call's bytes are bounded by `PackedReader` (the pool processes are
+    # the parallelism).
     read = pajson.ReadOptions(use_threads=False, block_size=len(buffer) + 1)
     parse = None
     if record_type is not None:  # a field it lacks is an error: the caller reads with inference then

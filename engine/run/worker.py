@@ -315,8 +315,8 @@ def _with_unit_columns(runtime: _SourceRuntime, unit, table: pa.Table) -> pa.Tab
 def _take_records(page: _Page, runtime: _SourceRuntime, unit: Unit, parsed: ParsedPage) -> None:
     if parsed.packed is not None and not runtime.native_checked:
         # The source's first packed page in this process: does the native reader take its
-        # records? If not (a time-like field, say), the source's pages stop packing now rather
-        # than after a whole shard of them.
+        # records? If not (records that disagree on a type, say), the source's pages stop
+        # packing now rather than after a whole shard of them.
         runtime.native_checked = True
         table = runtime.reader.read([parsed.packed])
         if table is None:
