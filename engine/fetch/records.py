@@ -299,13 +299,6 @@ def parse_page(
 EXACT_INTEGERS = 2**53  # a double holds every integer below this, and not all above
 
 
-def packed_to_table(packed: list[bytes]) -> pa.Table | None:
-    """The records of several packed pages as one flat table, read by Arrow's JSON reader (no
-    Python object per value); None when the result could differ from `records_to_table` over
-    the same records (see `PackedReader`). A reader of its own: nothing learnt is kept."""
-    return PackedReader().read(packed)
-
-
 # The reader needs several times its input in memory while it works: a shard is read 1 MB at a time.
 READ_BYTES = 1 << 20
 
@@ -346,8 +339,8 @@ class PackedReader:
                 records = _read_records(buffer)
                 if records is None:
                     return None
-                if _has_timestamp(records.type):
-                    as_text = _timestamps_as_text(records.type)
+                as_text = _timestamps_as_text(records.type)
+                if not as_text.equals(records.type):  # time-like strings, read as timestamps
                     records = _read_records(buffer, as_text)
                     if records is None or not records.type.equals(as_text):
                         return None
@@ -399,25 +392,15 @@ def _read_records(buffer: bytes, record_type: pa.StructType | None = None) -> pa
     return records
 
 
-def _is_time(kind: pa.DataType) -> bool:
-    return pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind)
-
-
 def _timestamps_as_text(kind: Any) -> Any:
     """`kind` with every time-like type (what the reader infers from a time-like string) text."""
-    if _is_time(kind):
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
         return pa.string()
     if pa.types.is_struct(kind):
         return pa.struct([field.with_type(_timestamps_as_text(field.type)) for field in kind])
     if pa.types.is_list(kind):
         return pa.list_(kind.value_field.with_type(_timestamps_as_text(kind.value_type)))
     return kind
-
-
-def _has_timestamp(kind: pa.DataType) -> bool:
-    if _is_time(kind):
-        return True
-    return any(_has_timestamp(kind.field(i).type) for i in range(kind.num_fields))
 
 
 def _beyond_exact(array: pa.Array) -> bool:

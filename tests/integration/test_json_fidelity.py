@@ -1,5 +1,5 @@
 """JSON records keep their values through the engine's native read of a shard's pages
-(engine/fetch/records.py `packed_to_table`): time-like strings stay the text they are, an integer
+(engine/fetch/records.py `PackedReader`): time-like strings stay the text they are, an integer
 a double cannot hold stays exact, and records that disagree on a type become text - as the
 Python path has always made them."""
 

@@ -1,8 +1,7 @@
-"""engine/fetch/records.py `packed_to_table` and `PackedReader`: the records of a shard's packed
-pages read by Arrow's JSON reader give exactly the table `records_to_table` gives over the same
-records - or the reader declines (None) and the worker takes that Python path itself. A reader
-that keeps the record type of its last read gives, over a source's shards, the export the
-Python path gives."""
+"""engine/fetch/records.py `PackedReader`: the records of a shard's packed pages read by Arrow's
+JSON reader give exactly the table `records_to_table` gives over the same records - or the
+reader declines (None) and the worker takes that Python path itself. A reader that keeps the
+record type of its last read gives, over a source's shards, the export the Python path gives."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.fetch import records as records_module
-from engine.fetch.records import PackedReader, ParsedPage, packed_to_table, parse_page, records_to_table
+from engine.fetch.records import PackedReader, ParsedPage, parse_page, records_to_table
 from engine.shards import unify
 from engine.spec.models import CsvSourceOptions
 
@@ -39,6 +38,10 @@ def packed(page: list[dict]) -> bytes:
     parsed = ParsedPage.of_records(page, None, pack=True)
     assert parsed.packed is not None
     return parsed.packed
+
+
+def packed_to_table(pages: list[bytes]) -> pa.Table | None:
+    return PackedReader().read(pages)  # a reader of its own: nothing learnt before
 
 
 def same(native: pa.Table, expected: pa.Table) -> None:
